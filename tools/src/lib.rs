@@ -1,0 +1,1 @@
+//! Shared helpers of Duraplane's command-line tools.

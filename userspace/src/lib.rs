@@ -1,0 +1,10 @@
+//! Duraplane: a cluster data plane for fleets of mail servers.
+//!
+//! One folder per capability, each owning its state; data flows one way:
+//! kernel maps → poller → replication → cluster totals → kernel maps.
+
+pub mod config;
+
+/// The compiled eBPF object (all programs), built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/duraplane-ebpf"));

@@ -1,0 +1,3 @@
+fn main() {
+    println!("duraplane: {} bytes of eBPF", duraplane::EBPF_OBJECT.len());
+}
