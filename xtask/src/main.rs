@@ -1,1 +1,159 @@
-fn main() {}
+//! `cargo xtask …`: Duraplane's project commands.
+//!
+//! xtask deliberately does not depend on the `duraplane` crate: building that crate needs the
+//! eBPF toolchain, which `cargo xtask setup` is what installs.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Duraplane project commands: set up the machine, run the demo, run the tests.",
+    long_about = "Duraplane project commands.\n\n\
+        The two commands that matter on a fresh Debian machine:\n  \
+        cargo xtask run    set everything up, then run the built-in demo\n  \
+        cargo xtask test   set everything up, then run the whole test suite"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install (idempotently) every package, the eBPF toolchain and corosync.
+    Setup(setup::SetupArgs),
+    /// Set up, build, and run the main job: a demo in network namespaces on this machine.
+    Run {
+        #[command(flatten)]
+        setup: setup::SetupArgs,
+        /// Arguments passed to the demo (see `dp-demo --help`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run formatting and lint checks and the whole test suite.
+    Test {
+        #[command(flatten)]
+        setup: setup::SetupArgs,
+        /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Formatting and lint checks only.
+    Lint,
+    /// Run the benchmark scenarios (see `duraplane-bench --help`).
+    Bench {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup(args) => setup::run(&args),
+        Cmd::Run { setup: s, args } => setup::run(&s).and_then(|()| demo(&args)),
+        Cmd::Test {
+            setup: s,
+            no_lint,
+            args,
+        } => setup::run(&s).and_then(|()| test(no_lint, &args)),
+        Cmd::Lint => lint(),
+        Cmd::Bench { args } => bench(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, streaming its output; fails if it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: $ {}", shown.replace('"', ""));
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn lint() -> Result<()> {
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    run_cmd(cargo().args(["build", "--workspace", "--all-targets"]))?;
+    if !no_lint {
+        lint()?;
+    }
+    // Network-namespace tests are independent (unique names), but the machine has two cores:
+    // let cargo pick the thread count.
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(args),
+    )
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    run_cmd(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    run_cmd(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "duraplane-tools",
+                "--bin",
+                "dp-demo",
+                "--",
+            ])
+            .args(args),
+    )
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    run_cmd(
+        cargo()
+            .args(["run", "--release", "-p", "duraplane-benches", "--"])
+            .args(args),
+    )
+}
