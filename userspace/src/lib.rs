@@ -4,6 +4,7 @@
 //! kernel maps → poller → replication → cluster totals → kernel maps.
 
 pub mod config;
+pub mod inbound;
 
 /// The compiled eBPF object (all programs), built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =
