@@ -3,4 +3,367 @@
 //! Every eBPF map key and value is defined here, once, `#[repr(C)]` with `zerocopy`
 //! derives, and used by both the eBPF programs (`ebpf/duraplane-ebpf`) and the daemon
 //! (`userspace`). Nothing on either side re-declares these layouts by hand.
+//!
+//! Conventions: addresses are kept in wire (network) byte order in 16-byte arrays (IPv4 in
+//! the first 4 bytes, the rest zero) tagged by `family` ([`AF_INET`] / [`AF_INET6`]); ports
+//! are in host byte order. Every struct is free of implicit padding (explicit `_pad` fields,
+//! always zero) so that keys hash identically on both sides.
 #![no_std]
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Linux `AF_INET`, the `family` tag of IPv4 keys.
+pub const AF_INET: u8 = 2;
+/// Linux `AF_INET6`, the `family` tag of IPv6 keys.
+pub const AF_INET6: u8 = 10;
+
+/// Number of policy netblock ids, including id 0 ([`NETBLOCK_UNCLASSIFIED`]). Sizes every
+/// array indexed by netblock id; the program treats an id ≥ this as 0.
+pub const MAX_NETBLOCKS: u32 = 4096;
+/// The netblock id of sources no configured netblock covers.
+pub const NETBLOCK_UNCLASSIFIED: u32 = 0;
+
+/// Default capacity of [`map_names::FLOWS`]: concurrent tracked connections per node.
+/// Userspace may override it before load (`EbpfLoader::set_max_entries`).
+pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
+/// Default capacity of [`map_names::SOURCES`] (distinct source addresses; LRU).
+pub const SOURCES_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of each LPM trie ([`map_names::NETBLOCKS_V4`], [`map_names::NETBLOCKS_V6`]).
+pub const NETBLOCK_PREFIXES_MAX_ENTRIES: u32 = 4096;
+/// Size in bytes of the drop-event ring buffer (power of two, page multiple).
+pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Names of the maps in the eBPF object (the `static` names in `duraplane-ebpf`).
+pub mod map_names {
+    /// `HASH` [`crate::FlowKey`] → [`crate::FlowValue`]: open connections.
+    pub const FLOWS: &str = "FLOWS";
+    /// `LRU_PERCPU_HASH` [`crate::SourceKey`] → [`crate::SourceCounts`].
+    pub const SOURCES: &str = "SOURCES";
+    /// `LPM_TRIE` `{prefixlen u32, [u8; 4]}` → netblock id `u32`.
+    pub const NETBLOCKS_V4: &str = "NETBLOCKS_V4";
+    /// `LPM_TRIE` `{prefixlen u32, [u8; 16]}` → netblock id `u32`.
+    pub const NETBLOCKS_V6: &str = "NETBLOCKS_V6";
+    /// `ARRAY` netblock id → [`crate::NetblockLimit`].
+    pub const LIMITS: &str = "LIMITS";
+    /// `ARRAY` netblock id → `u64`: current connections on this node (atomic).
+    pub const LOCAL: &str = "LOCAL";
+    /// `ARRAY` netblock id → `u64`: current connections on all other nodes.
+    pub const REMOTE: &str = "REMOTE";
+    /// `PERCPU_ARRAY` netblock id → [`crate::NetblockStats`].
+    pub const NB_STATS: &str = "NB_STATS";
+    /// `PERCPU_ARRAY`, one entry → [`crate::StatsBlock`].
+    pub const STATS: &str = "STATS";
+    /// `ARRAY`, one entry → [`crate::PortSet`]: counted destination ports.
+    pub const PORTS: &str = "PORTS";
+    /// `RINGBUF` of [`crate::DropEvent`].
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// The ingress XDP program (connection accounting and enforcement).
+    pub const XDP_INGRESS: &str = "xdp_ingress";
+}
+
+/// One open connection, as seen on the wire from the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Client port, host byte order.
+    pub sport: u16,
+    /// Counted server port, host byte order.
+    pub dport: u16,
+}
+
+/// What a flow remembers so its close decrements the right netblock exactly once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowValue {
+    /// Netblock id the SYN was classified into (the one whose LOCAL count it holds).
+    pub netblock: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the SYN was accepted.
+    pub opened_ns: u64,
+}
+
+/// A source address (per-source counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SourceKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Per-CPU connection counts of one source; current = Σopened − Σclosed over CPUs
+/// (opens and closes of one connection may happen on different CPUs).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct SourceCounts {
+    pub opened: u64,
+    pub closed: u64,
+}
+
+/// [`NetblockLimit::action`]: count only.
+pub const ACTION_COUNT: u32 = 0;
+/// [`NetblockLimit::action`]: drop SYNs at the NIC while over the limit.
+pub const ACTION_DROP: u32 = 1;
+
+/// Enforcement policy of one netblock id.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetblockLimit {
+    /// Cluster-wide limit on current connections; 0 = no limit.
+    pub limit: u64,
+    /// [`ACTION_COUNT`] or [`ACTION_DROP`].
+    pub action: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU event counters of one netblock id (sum over CPUs in userspace).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetblockStats {
+    /// First SYNs classified into this netblock (retransmits excluded).
+    pub syn: u64,
+    /// Flows accepted and counted.
+    pub opened: u64,
+    /// Flows closed (FIN/RST or expired by userspace).
+    pub closed: u64,
+    /// SYNs dropped by the limit.
+    pub dropped: u64,
+    /// SYNs over the limit with action count (passed and tracked).
+    pub over_limit: u64,
+}
+
+/// Counted destination ports as a 65,536-bit bitmap: one lookup, no hashing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct PortSet {
+    pub words: [u64; 1024],
+}
+
+impl PortSet {
+    /// The empty set.
+    pub const fn empty() -> Self {
+        Self { words: [0; 1024] }
+    }
+
+    /// Adds `port`.
+    pub const fn insert(&mut self, port: u16) {
+        self.words[(port >> 6) as usize] |= 1 << (port & 63);
+    }
+
+    /// Whether `port` is in the set.
+    #[inline(always)]
+    pub const fn contains(&self, port: u16) -> bool {
+        (self.words[(port >> 6) as usize] >> (port & 63)) & 1 != 0
+    }
+}
+
+/// One SYN dropped at the NIC: the rejectlog feed (ring buffer record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub saddr: [u8; 16],
+    pub netblock: u32,
+    /// Host byte order.
+    pub dport: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// XDP metadata (in front of the packet) marking a synthetic RST that userspace runs
+/// through `BPF_PROG_TEST_RUN` to expire a flow. The program then closes the flow through
+/// its normal close path (one code path, atomic, per-CPU-correct) and counts it as
+/// [`Stat::Expired`] instead of [`Stat::FinRstClosed`]. Real NICs never supply this
+/// metadata (only an XDP program running before ours could).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ExpireMeta {
+    pub magic: u32,
+}
+
+/// [`ExpireMeta::magic`] ("DPEX").
+pub const EXPIRE_MAGIC: u32 = 0x4450_4558;
+
+/// Global counters, slots of [`StatsBlock::counters`]. Every map-full, insert failure and
+/// eviction has its own slot: nothing the program gives up on is silent.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stat {
+    /// Every packet the program saw.
+    Packets = 0,
+    /// Not IPv4/IPv6 (ARP, QinQ outer tag, …): passed.
+    NonIp,
+    /// IP but not TCP (or an IPv6 chain ending elsewhere): passed.
+    NonTcp,
+    /// TCP to a port not in [`PortSet`]: passed.
+    UncountedPort,
+    /// Frame shorter than the headers it announces: passed.
+    Truncated,
+    /// IPv4 version/IHL or IPv6 header nonsense: passed.
+    Malformed,
+    /// TCP fragments (non-first, or first with more-fragments): passed uncounted.
+    Fragments,
+    /// IPv6 with more extension headers than the program walks: passed uncounted.
+    Ipv6ExtUnsupported,
+    /// SYN without ACK to a counted port (retransmits included).
+    Syn,
+    /// SYN for a flow already tracked: not counted again.
+    SynRetransmit,
+    /// Flows accepted and counted.
+    Opened,
+    /// Flows closed by a client FIN/RST.
+    FinRstClosed,
+    /// FIN/RST for no tracked flow (already closed, or never counted).
+    FinRstNoFlow,
+    /// Flows closed by userspace expiry.
+    Expired,
+    /// SYNs dropped over a limit.
+    Dropped,
+    /// SYNs over a limit with action count (passed, tracked).
+    OverLimit,
+    /// Flow insert failed because FLOWS is full: SYN passed uncounted.
+    FlowMapFull,
+    /// Flow insert failed for another reason (ENOMEM…): SYN passed uncounted.
+    FlowInsertFailed,
+    /// Per-source entry could not be created: the flow is counted per netblock only.
+    SourceMapInsertFailed,
+    /// Close of a source whose entry the LRU evicted: its per-source count is lost.
+    SourceEvicted,
+    /// Drop event lost because the ring buffer was full.
+    RingbufFull,
+    /// LOCAL decrement found 0 (a bug or a reset map): clamped at 0.
+    LocalUnderflow,
+}
+
+/// Number of [`Stat`] slots.
+pub const STAT_COUNT: usize = Stat::LocalUnderflow as usize + 1;
+
+impl Stat {
+    /// Every slot, in index order.
+    pub const ALL: [Stat; STAT_COUNT] = [
+        Stat::Packets,
+        Stat::NonIp,
+        Stat::NonTcp,
+        Stat::UncountedPort,
+        Stat::Truncated,
+        Stat::Malformed,
+        Stat::Fragments,
+        Stat::Ipv6ExtUnsupported,
+        Stat::Syn,
+        Stat::SynRetransmit,
+        Stat::Opened,
+        Stat::FinRstClosed,
+        Stat::FinRstNoFlow,
+        Stat::Expired,
+        Stat::Dropped,
+        Stat::OverLimit,
+        Stat::FlowMapFull,
+        Stat::FlowInsertFailed,
+        Stat::SourceMapInsertFailed,
+        Stat::SourceEvicted,
+        Stat::RingbufFull,
+        Stat::LocalUnderflow,
+    ];
+
+    /// Stable snake_case name (metrics label, console output).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Packets => "packets",
+            Stat::NonIp => "non_ip",
+            Stat::NonTcp => "non_tcp",
+            Stat::UncountedPort => "uncounted_port",
+            Stat::Truncated => "truncated",
+            Stat::Malformed => "malformed",
+            Stat::Fragments => "fragments",
+            Stat::Ipv6ExtUnsupported => "ipv6_ext_unsupported",
+            Stat::Syn => "syn",
+            Stat::SynRetransmit => "syn_retransmit",
+            Stat::Opened => "opened",
+            Stat::FinRstClosed => "fin_rst_closed",
+            Stat::FinRstNoFlow => "fin_rst_no_flow",
+            Stat::Expired => "expired",
+            Stat::Dropped => "dropped",
+            Stat::OverLimit => "over_limit",
+            Stat::FlowMapFull => "flow_map_full",
+            Stat::FlowInsertFailed => "flow_insert_failed",
+            Stat::SourceMapInsertFailed => "source_map_insert_failed",
+            Stat::SourceEvicted => "source_evicted",
+            Stat::RingbufFull => "ringbuf_full",
+            Stat::LocalUnderflow => "local_underflow",
+        }
+    }
+}
+
+/// All global counters of one CPU. The STATS map has one entry holding this block (rather
+/// than one entry per [`Stat`]) so the program does a single, verifier-inlined lookup per
+/// packet and then plain increments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct StatsBlock {
+    pub counters: [u64; STAT_COUNT],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are `#[repr(C)]`, contain only integers and byte arrays, have no padding
+    // (checked by the zerocopy `IntoBytes` derive) and are valid for any bit pattern
+    // (`FromBytes`).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceCounts {}
+    unsafe impl aya::Pod for super::NetblockLimit {}
+    unsafe impl aya::Pod for super::NetblockStats {}
+    unsafe impl aya::Pod for super::PortSet {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::StatsBlock {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 16);
+        assert_eq!(size_of::<SourceKey>(), 20);
+        assert_eq!(size_of::<SourceCounts>(), 16);
+        assert_eq!(size_of::<NetblockLimit>(), 16);
+        assert_eq!(size_of::<NetblockStats>(), 40);
+        assert_eq!(size_of::<PortSet>(), 8192);
+        assert_eq!(size_of::<DropEvent>(), 32);
+        assert_eq!(size_of::<StatsBlock>(), 8 * STAT_COUNT);
+    }
+
+    #[test]
+    fn stat_table_is_in_index_order() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "{}", s.name());
+        }
+    }
+
+    #[test]
+    fn port_set() {
+        let mut p = PortSet::empty();
+        p.insert(25);
+        p.insert(65535);
+        assert!(p.contains(25) && p.contains(65535));
+        assert!(!p.contains(24) && !p.contains(26) && !p.contains(0));
+    }
+}
