@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod config;
 pub mod inbound;
+pub mod testbed;
 
 /// The compiled eBPF object (all programs), built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =

@@ -20,7 +20,7 @@
 
 use std::net::IpAddr;
 
-use super::{InboundError, cidr, from_bits, mask, to_bits, width};
+use super::{InboundError, cidr, from_bits, mask, to_bits};
 use crate::config::Cidr;
 
 const V4_LEVELS: &[u8] = &[8, 24];
