@@ -5,7 +5,11 @@
 
 pub mod bus;
 pub mod config;
+pub mod console;
+pub mod daemon;
 pub mod inbound;
+pub mod metrics;
+pub mod security;
 pub mod testbed;
 
 /// The compiled eBPF object (all programs), built by `build.rs`.

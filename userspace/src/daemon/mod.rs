@@ -1,0 +1,253 @@
+//! `duraplane run`: the daemon's life cycle.
+//!
+//! Order matters and is fixed here: resolve identity → privileged setup (bind the control
+//! socket and metrics port; later: load and attach BPF) → privilege drop (before any thread
+//! exists, since capabilities are per thread) → start servers → wait for signals. SIGHUP and
+//! `config reload` re-load the file; SIGTERM/SIGINT shut down and remove the socket.
+//!
+//! Capabilities plug in through [`Services`]: console commands ([`crate::console::Registry`]),
+//! `cluster info` sections ([`crate::console::InfoRegistry`]), metrics
+//! ([`crate::metrics::Metrics`]) and reload callbacks ([`reload::Reloader::register`]).
+
+pub mod commands;
+pub mod identity;
+pub mod logging;
+pub mod reload;
+
+use crate::{
+    config::Loaded,
+    console::{ControlServer, ControlSocketError, InfoRegistry, RegisterError, Registry},
+    metrics::{Metrics, MetricsError, MetricsServer},
+    security::{self, PrivilegePlan, SecurityError},
+};
+use identity::{Identity, IdentityError};
+use reload::{ConfigHandle, Reloader};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::{
+    io::{self, Read, Write},
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    ControlSocket(#[from] ControlSocketError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("cannot register built-in console commands: {0}")]
+    Register(#[from] RegisterError),
+    #[error("cannot install signal handlers: {source}")]
+    Signals {
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot daemonize ({step}): {source}")]
+    Daemonize {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// What every capability gets to plug itself into the daemon.
+#[derive(Clone)]
+pub struct Services {
+    pub console: Registry,
+    pub info: InfoRegistry,
+    pub metrics: Metrics,
+    pub reloader: Arc<Reloader>,
+    pub config: ConfigHandle,
+    pub identity: Arc<Identity>,
+    pub started: Instant,
+}
+
+/// How `run` was asked to behave.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `loaded` is the already validated configuration
+/// (the caller prints load errors in check-config format).
+pub fn run(
+    opts: &RunOptions,
+    loaded: Loaded,
+    mut ready: Option<ReadyNotifier>,
+) -> Result<(), DaemonError> {
+    let result = run_inner(opts, loaded, &mut ready);
+    if let (Err(e), Some(r)) = (&result, ready.take()) {
+        r.failed(&e.to_string());
+    }
+    result
+}
+
+fn run_inner(
+    opts: &RunOptions,
+    loaded: Loaded,
+    ready: &mut Option<ReadyNotifier>,
+) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %opts.config_path.display(),
+        pid = std::process::id(),
+        "starting"
+    );
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let cfg = &loaded.config;
+    let identity = identity::resolve(
+        cfg.cluster.nodename.as_deref(),
+        cfg.cluster.nodeaddr,
+        &identity::SystemHost,
+    )?;
+    tracing::info!(
+        nodename = %identity.nodename,
+        nodename_from = ?identity.nodename_source,
+        nodeaddr = %identity.nodeaddr,
+        nodeaddr_from = ?identity.nodeaddr_source,
+        "node identity"
+    );
+    let plan = cfg
+        .security
+        .as_ref()
+        .map(PrivilegePlan::resolve)
+        .transpose()?;
+
+    // Privileged setup.
+    let control = ControlServer::bind(&cfg.duraplane.control_socket)?;
+    let metrics_server = cfg
+        .duraplane
+        .metrics_listen
+        .map(MetricsServer::bind)
+        .transpose()?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|source| DaemonError::Signals { source })?;
+    if let Some((uid, gid)) = plan.as_ref().and_then(|p| p.uid().zip(p.gid())) {
+        control.chown(uid, gid)?;
+    }
+
+    // No thread may exist before this point (capabilities are per thread).
+    security::drop_privileges(plan.as_ref())?;
+
+    let handle = ConfigHandle::new(loaded.clone());
+    let services = Services {
+        console: Registry::new(),
+        info: InfoRegistry::new(),
+        metrics: Metrics::new(),
+        reloader: Arc::new(Reloader::new(&opts.config_path, handle.clone())),
+        config: handle,
+        identity: Arc::new(identity),
+        started,
+    };
+    commands::register(&services)?;
+    services.metrics.register(
+        "duraplane_config_reloads",
+        "Configuration reloads (SIGHUP, config reload) by result (ok, error).",
+        services.reloader.results(),
+    );
+
+    let control = control.spawn(services.console.clone())?;
+    let metrics = metrics_server
+        .map(|m| m.spawn(services.metrics.clone()))
+        .transpose()?;
+    tracing::info!(
+        control_socket = %control.path().display(),
+        metrics = %metrics.as_ref().map(|m| format!("http://{}/metrics", m.local_addr())).unwrap_or_else(|| "off".into()),
+        "ready"
+    );
+    if let Some(r) = ready.take() {
+        r.ready();
+    }
+
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                let _ = services.reloader.reload();
+            }
+            other => {
+                let name = if other == SIGINT { "SIGINT" } else { "SIGTERM" };
+                tracing::info!(signal = name, "shutting down");
+                break;
+            }
+        }
+    }
+    control.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The child's end of the daemonize pipe: tells the waiting parent "ready" or why not.
+#[derive(Debug)]
+pub struct ReadyNotifier(OwnedFd);
+
+impl ReadyNotifier {
+    fn ready(self) {
+        let mut f = std::fs::File::from(self.0);
+        let _ = f.write_all(b"R");
+    }
+
+    fn failed(self, why: &str) {
+        let mut f = std::fs::File::from(self.0);
+        let _ = f.write_all(format!("E{why}").as_bytes());
+    }
+}
+
+/// Detaches from the terminal. The parent waits until the child is ready (exit 0) or has
+/// failed (its error on stderr, exit 1), so `duraplane run` without `--foreground` still
+/// reports startup errors. Must be called before any thread exists. stderr is kept (logs).
+pub fn daemonize() -> Result<ReadyNotifier, DaemonError> {
+    use nix::unistd::{ForkResult, fork, pipe, setsid};
+    let err = |step| move |source| DaemonError::Daemonize { step, source };
+    let (r, w) = pipe().map_err(err("pipe"))?;
+    // SAFETY: single-threaded at this point (documented precondition); the child continues
+    // with ordinary Rust code and the parent only reads a pipe and exits.
+    match unsafe { fork() }.map_err(err("fork"))? {
+        ForkResult::Parent { .. } => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            if msg == "R" {
+                std::process::exit(0);
+            }
+            let why = msg
+                .strip_prefix('E')
+                .unwrap_or("the daemon exited during startup");
+            eprintln!("duraplane: startup failed: {why}");
+            std::process::exit(1);
+        }
+        ForkResult::Child => {
+            drop(r);
+            setsid().map_err(err("setsid"))?;
+            redirect_stdio_to_null();
+            Ok(ReadyNotifier(w))
+        }
+    }
+}
+
+fn redirect_stdio_to_null() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in [0, 1] {
+            // SAFETY: dup2 onto the standard descriptors, which we own; failure leaves them as they were.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
