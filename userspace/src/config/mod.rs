@@ -2,10 +2,23 @@
 //! from it. See `reference/momentum.md` §1–2 and the `duraplane { }` scope in docs/.
 //!
 //! Entry point: [`load`]. Everything else in the daemon reads [`Config`].
+//! `check-config` uses [`check`] (errors *and* warnings) and [`render_effective`].
+//! The grammar as implemented and every option are described in docs/configuration.md.
 
+pub mod lexer;
 pub mod model;
+pub mod parser;
+mod render;
+mod suggest;
+mod typed;
+pub mod values;
 
 pub use model::*;
+pub use render::render_effective;
+pub use typed::{
+    CLUSTER_OPTIONS, DURAPLANE_OPTIONS, LISTENER_OPTIONS, NETBLOCK_OPTIONS, REPLICATE_OPTIONS,
+    REPLICATE_PARAMETERS, SECURITY_OPTIONS, TOPOLOGY_OPTIONS,
+};
 
 use std::{
     fmt,
@@ -61,13 +74,61 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// The full outcome of checking a configuration: every error and warning, and the
+/// configuration when there were no errors.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: Option<Config>,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+    /// Every file read (the top-level one first), with its read-only flag.
+    pub files: Vec<parser::SourceFile>,
+}
+
+impl Checked {
+    /// [`Loaded`] if there were no errors, else every error.
+    pub fn into_result(self) -> Result<Loaded, ConfigError> {
+        match self.config {
+            Some(config) if self.errors.is_empty() => Ok(Loaded {
+                config,
+                warnings: self.warnings,
+            }),
+            _ => Err(ConfigError::Invalid(self.errors)),
+        }
+    }
+}
+
+/// Reads, includes, parses and validates `path`, collecting all errors and warnings.
+/// Only an unreadable top-level file is an `Err`; everything else is in [`Checked`].
+pub fn check(path: &Path) -> Result<Checked, ConfigError> {
+    let text = std::fs::read(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(check_bytes(&text, path))
+}
+
+/// [`check`] on text already in memory, as if it had been read from `path` (includes are
+/// resolved against `path`'s directory). Never panics, whatever the bytes.
+pub fn check_bytes(text: &[u8], path: &Path) -> Checked {
+    let (tree, mut errors) = parser::parse_bytes(text, path);
+    let mut ctx = typed::Ctx::default();
+    let config = typed::build(&tree.nodes, path.to_owned(), &mut ctx);
+    errors.append(&mut ctx.errors);
+    Checked {
+        config: errors.is_empty().then_some(config),
+        errors,
+        warnings: ctx.warnings,
+        files: tree.files,
+    }
+}
+
 /// Loads, includes, parses and validates `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    Err(ConfigError::Invalid(vec![Diagnostic {
-        file: path.to_owned(),
-        line: 1,
-        col: 1,
-        message: "the configuration parser is not implemented yet".into(),
-        suggestion: None,
-    }]))
+    check(path)?.into_result()
+}
+
+/// [`load`] from a string (tests, `config` console commands); `path` names it in messages.
+pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    check_bytes(text.as_bytes(), path).into_result()
 }
