@@ -1,0 +1,996 @@
+//! Loading, attaching and reading/writing the XDP data plane (`xdp_ingress`).
+//!
+//! [`Datapath`] owns the loaded eBPF object and every map; the rest of the daemon talks to
+//! the kernel side only through it. Map layouts come from `duraplane-common`.
+//!
+//! Counting model (DESIGN.md "eBPF data plane"): the program tracks each accepted SYN as a
+//! flow and keeps, per policy netblock id, the current number of open flows on this node
+//! (LOCAL, atomic). Replication writes the other nodes' total into REMOTE; SYNs of a
+//! netblock at or over `local + remote >= limit` are dropped (action drop) or only reported
+//! (action count). Flows close on the client's FIN/RST, or when userspace expires them
+//! ([`Datapath::expire_flows`]).
+
+mod batch;
+pub mod frames;
+pub mod testrun;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, BorrowedFd},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, RingBuf, lpm_trie::Key,
+    },
+    programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+};
+use duraplane_common::{
+    ACTION_COUNT, ACTION_DROP, AF_INET, AF_INET6, DropEvent, EXPIRE_MAGIC, FLOWS_MAX_ENTRIES,
+    FlowKey, FlowValue, MAX_NETBLOCKS, NetblockLimit, NetblockStats, PortSet, SOURCES_MAX_ENTRIES,
+    STAT_COUNT, SourceCounts, SourceKey, Stat, StatsBlock, map_names as names, program_names,
+};
+use zerocopy::FromBytes;
+
+use crate::config::DuraplaneSettings;
+pub use crate::config::{Cidr, NetblockAction, XdpMode};
+use batch::Layout;
+use testrun::RunOutcome;
+
+/// One policy netblock: the configuration's `Netblock "cidr" { max_connections action }`.
+pub use crate::config::Netblock as NetblockSpec;
+
+/// Errors of the data plane layer; each names what an operator needs to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("the embedded eBPF object is empty (built with AYA_BUILD_SKIP=1?)")]
+    ObjectMissing,
+    #[error(
+        "loading the eBPF object failed (maps: flows={flow_capacity}, sources={source_capacity})"
+    )]
+    Load {
+        flow_capacity: u32,
+        source_capacity: u32,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("eBPF program `{program}` not found in the object")]
+    ProgramMissing { program: &'static str },
+    #[error("loading eBPF program `{program}` into the kernel failed (verifier log in the cause)")]
+    ProgramLoad {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map `{map}` not found in the object")]
+    MapMissing { map: &'static str },
+    #[error("eBPF map `{map}`: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("eBPF map `{map}`: {op} failed")]
+    MapSyscall {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching XDP to `{interface}` in {mode:?} mode failed{}", native_error.as_ref().map(|e| format!(" (native mode failed first: {e})")).unwrap_or_default())]
+    AttachFailed {
+        interface: String,
+        mode: AttachedMode,
+        /// With [`XdpMode::Auto`]: why native mode failed before the generic attempt.
+        native_error: Option<String>,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("XDP is already attached to `{interface}` by this datapath")]
+    AlreadyAttached { interface: String },
+    #[error("XDP is not attached to `{interface}` by this datapath")]
+    NotAttached { interface: String },
+    #[error("detaching XDP from `{interface}` failed")]
+    DetachFailed {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("netblock {addr}/{prefix}: prefix longer than the address")]
+    InvalidPrefix { addr: IpAddr, prefix: u8 },
+    #[error("netblock {addr}/{prefix} is configured twice")]
+    DuplicateNetblock { addr: IpAddr, prefix: u8 },
+    #[error(
+        "too many netblocks: {requested} requested, at most {max} (ids 1..{max} free of open flows)"
+    )]
+    TooManyNetblocks { requested: usize, max: u32 },
+    #[error("netblock id {id} out of range (ids are below {max})")]
+    NetblockIdOutOfRange { id: u32, max: u32 },
+    #[error("BPF_PROG_TEST_RUN on a {frame_len}-byte frame failed")]
+    TestRun {
+        frame_len: usize,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "BPF_PROG_TEST_RUN cannot carry a {frame_len}-byte frame with {meta_len} bytes of metadata"
+    )]
+    TestRunFrame { frame_len: usize, meta_len: usize },
+    #[error("cannot read the number of possible CPUs from {path}")]
+    PossibleCpus {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading CLOCK_MONOTONIC failed")]
+    Clock {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Load-time settings of the data plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatapathConfig {
+    /// Counted TCP destination ports.
+    pub ports: Vec<u16>,
+    pub netblocks: Vec<NetblockSpec>,
+    /// FLOWS capacity (concurrent tracked connections); fixed at load.
+    pub flow_capacity: u32,
+    /// SOURCES capacity (distinct sources, LRU); fixed at load.
+    pub source_capacity: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![25, 465, 587],
+            netblocks: Vec::new(),
+            flow_capacity: FLOWS_MAX_ENTRIES,
+            source_capacity: SOURCES_MAX_ENTRIES,
+        }
+    }
+}
+
+impl From<&DuraplaneSettings> for DatapathConfig {
+    fn from(s: &DuraplaneSettings) -> Self {
+        Self {
+            ports: s.ports.clone(),
+            netblocks: s.netblocks.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The mode an attachment actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// In the driver (`XDP_FLAGS_DRV_MODE`).
+    Native,
+    /// In the generic network stack path (`XDP_FLAGS_SKB_MODE`), ~10× slower.
+    Generic,
+}
+
+/// Global counters summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub counters: [u64; STAT_COUNT],
+}
+
+impl StatsSnapshot {
+    /// The value of one counter.
+    pub fn get(&self, s: Stat) -> u64 {
+        self.counters[s as usize]
+    }
+
+    /// `(name, value)` of every counter, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Stat, u64)> + '_ {
+        Stat::ALL.iter().map(|s| (*s, self.counters[*s as usize]))
+    }
+}
+
+/// The state of one netblock id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetblockCounters {
+    pub id: u32,
+    /// `None` for id 0 (unclassified) and for removed netblocks still holding flows.
+    pub cidr: Option<Cidr>,
+    /// Configured limit (0 = none) and action.
+    pub limit: u64,
+    pub action: NetblockAction,
+    /// Open flows on this node.
+    pub local: u64,
+    /// Open flows on the other nodes, as last written by [`Datapath::set_remote`].
+    pub remote: u64,
+    /// Event counters summed over CPUs.
+    pub stats: NetblockStats,
+}
+
+/// Connection counts of one source address (summed over CPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceCount {
+    pub addr: IpAddr,
+    pub opened: u64,
+    pub closed: u64,
+    /// `opened − closed`, saturating: an LRU eviction and re-creation can leave more
+    /// closes than opens in the new entry.
+    pub current: u64,
+}
+
+/// One open flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub netblock: u32,
+    /// CLOCK_MONOTONIC ns when the SYN was accepted.
+    pub opened_ns: u64,
+}
+
+/// A SYN dropped at the NIC (rejectlog feed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropRecord {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    pub addr: IpAddr,
+    pub netblock: u32,
+    pub dport: u16,
+}
+
+struct Attachment {
+    interface: String,
+    mode: AttachedMode,
+    link: XdpLinkId,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Assigned {
+    id: u32,
+}
+
+/// The loaded data plane: program, maps and attachments. Detaches on drop.
+pub struct Datapath {
+    ebpf: Ebpf,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    sources: PerCpuHashMap<MapData, SourceKey, SourceCounts>,
+    nb_v4: LpmTrie<MapData, [u8; 4], u32>,
+    nb_v6: LpmTrie<MapData, [u8; 16], u32>,
+    limits: Array<MapData, NetblockLimit>,
+    local: Array<MapData, u64>,
+    remote: Array<MapData, u64>,
+    nb_stats: PerCpuArray<MapData, NetblockStats>,
+    stats: PerCpuArray<MapData, StatsBlock>,
+    ports: Array<MapData, PortSet>,
+    drop_events: RingBuf<MapData>,
+    netblocks: BTreeMap<Cidr, Assigned>,
+    attachments: Vec<Attachment>,
+    cpus: usize,
+    /// Cleared after the kernel refuses BPF_MAP_LOOKUP_BATCH once.
+    batch_ok: bool,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(BpfError::MapMissing { map: name })?;
+    T::try_from(map).map_err(|source| BpfError::Map {
+        map: name,
+        op: "open",
+        source,
+    })
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { map, op, source }
+}
+
+/// `addr` with the host bits beyond `prefix` cleared, or `None` if `prefix` is too long.
+fn masked(addr: IpAddr, prefix: u8) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) if prefix <= 32 => {
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from(a) & m)))
+        }
+        IpAddr::V6(a) if prefix <= 128 => {
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            Some(IpAddr::V6(Ipv6Addr::from(u128::from(a) & m)))
+        }
+        _ => None,
+    }
+}
+
+fn key_addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+fn monotonic_ns() -> Result<u64, BpfError> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(BpfError::Clock {
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Sums per-CPU values laid out as the kernel copies them (`round_up(size, 8)` per CPU).
+fn sum_percpu<V: FromBytes + Copy>(bytes: &[u8], add: impl Fn(&mut V, &V), mut acc: V) -> V {
+    let stride = size_of::<V>().next_multiple_of(8);
+    for chunk in bytes.chunks_exact(stride) {
+        if let Ok((v, _)) = V::read_from_prefix(chunk) {
+            add(&mut acc, &v);
+        }
+    }
+    acc
+}
+
+fn add_nb(a: &mut NetblockStats, b: &NetblockStats) {
+    a.syn += b.syn;
+    a.opened += b.opened;
+    a.closed += b.closed;
+    a.dropped += b.dropped;
+    a.over_limit += b.over_limit;
+}
+
+impl Datapath {
+    /// Loads `EBPF_OBJECT` into the kernel (verifier included), sizes FLOWS/SOURCES from
+    /// `config`, and fills the port set and netblock tables. Nothing is attached yet.
+    pub fn load(config: &DatapathConfig) -> Result<Datapath, BpfError> {
+        if crate::EBPF_OBJECT.is_empty() {
+            return Err(BpfError::ObjectMissing);
+        }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, source)| BpfError::PossibleCpus { path, source })?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, config.flow_capacity)
+            .map_max_entries(names::SOURCES, config.source_capacity)
+            .load(crate::EBPF_OBJECT)
+            .map_err(|source| BpfError::Load {
+                flow_capacity: config.flow_capacity,
+                source_capacity: config.source_capacity,
+                source,
+            })?;
+        let prog_name = program_names::XDP_INGRESS;
+        let prog: &mut Xdp = ebpf
+            .program_mut(prog_name)
+            .ok_or(BpfError::ProgramMissing { program: prog_name })?
+            .try_into()
+            .map_err(|source| BpfError::ProgramLoad {
+                program: prog_name,
+                source,
+            })?;
+        prog.load().map_err(|source| BpfError::ProgramLoad {
+            program: prog_name,
+            source,
+        })?;
+        let mut dp = Datapath {
+            flows: take(&mut ebpf, names::FLOWS)?,
+            sources: take(&mut ebpf, names::SOURCES)?,
+            nb_v4: take(&mut ebpf, names::NETBLOCKS_V4)?,
+            nb_v6: take(&mut ebpf, names::NETBLOCKS_V6)?,
+            limits: take(&mut ebpf, names::LIMITS)?,
+            local: take(&mut ebpf, names::LOCAL)?,
+            remote: take(&mut ebpf, names::REMOTE)?,
+            nb_stats: take(&mut ebpf, names::NB_STATS)?,
+            stats: take(&mut ebpf, names::STATS)?,
+            ports: take(&mut ebpf, names::PORTS)?,
+            drop_events: take(&mut ebpf, names::DROP_EVENTS)?,
+            ebpf,
+            netblocks: BTreeMap::new(),
+            attachments: Vec::new(),
+            cpus,
+            batch_ok: true,
+        };
+        dp.set_ports(&config.ports)?;
+        dp.set_netblocks(&config.netblocks)?;
+        Ok(dp)
+    }
+
+    /// The loaded `xdp_ingress` program (for [`testrun`] and benches).
+    pub fn program(&self) -> Result<&Xdp, BpfError> {
+        let name = program_names::XDP_INGRESS;
+        self.ebpf
+            .program(name)
+            .ok_or(BpfError::ProgramMissing { program: name })?
+            .try_into()
+            .map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source,
+            })
+    }
+
+    /// Runs `xdp_ingress` on `frame` through `BPF_PROG_TEST_RUN` (real maps, real effects).
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<RunOutcome, BpfError> {
+        testrun::run_xdp(self.program()?, frame, repeat)
+    }
+
+    /// Attaches `xdp_ingress` to `interface`. `Auto` tries native mode first and falls back
+    /// to generic mode; the mode obtained is returned.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachedMode, BpfError> {
+        if self.attachments.iter().any(|a| a.interface == interface) {
+            return Err(BpfError::AlreadyAttached {
+                interface: interface.to_owned(),
+            });
+        }
+        let name = program_names::XDP_INGRESS;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::ProgramMissing { program: name })?
+            .try_into()
+            .map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+        let fail = |mode, native_error, source| BpfError::AttachFailed {
+            interface: interface.to_owned(),
+            mode,
+            native_error,
+            source,
+        };
+        let (link, got) = match mode {
+            XdpMode::Native => (
+                prog.attach(interface, AyaXdpMode::Driver)
+                    .map_err(|e| fail(AttachedMode::Native, None, e))?,
+                AttachedMode::Native,
+            ),
+            XdpMode::Generic => (
+                prog.attach(interface, AyaXdpMode::Skb)
+                    .map_err(|e| fail(AttachedMode::Generic, None, e))?,
+                AttachedMode::Generic,
+            ),
+            XdpMode::Auto => match prog.attach(interface, AyaXdpMode::Driver) {
+                Ok(l) => (l, AttachedMode::Native),
+                Err(native) => {
+                    tracing::warn!(interface, error = %native, "native XDP failed, trying generic");
+                    let l = prog
+                        .attach(interface, AyaXdpMode::Skb)
+                        .map_err(|e| fail(AttachedMode::Generic, Some(native.to_string()), e))?;
+                    (l, AttachedMode::Generic)
+                }
+            },
+        };
+        self.attachments.push(Attachment {
+            interface: interface.to_owned(),
+            mode: got,
+            link,
+        });
+        Ok(got)
+    }
+
+    /// Interfaces this datapath is attached to, with their modes.
+    pub fn attachments(&self) -> Vec<(String, AttachedMode)> {
+        self.attachments
+            .iter()
+            .map(|a| (a.interface.clone(), a.mode))
+            .collect()
+    }
+
+    /// Detaches from `interface`. Counts and flows are kept.
+    pub fn detach(&mut self, interface: &str) -> Result<(), BpfError> {
+        let pos = self
+            .attachments
+            .iter()
+            .position(|a| a.interface == interface)
+            .ok_or_else(|| BpfError::NotAttached {
+                interface: interface.to_owned(),
+            })?;
+        let a = self.attachments.remove(pos);
+        let name = program_names::XDP_INGRESS;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::ProgramMissing { program: name })?
+            .try_into()
+            .map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+        prog.detach(a.link)
+            .map_err(|source| BpfError::DetachFailed {
+                interface: a.interface,
+                source,
+            })
+    }
+
+    /// Replaces the counted port set (config reload; flows already open are unaffected and
+    /// still close/expire normally).
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), BpfError> {
+        let mut set = PortSet::empty();
+        for p in ports {
+            set.insert(*p);
+        }
+        self.ports
+            .set(0, set, 0)
+            .map_err(map_err(names::PORTS, "set"))
+    }
+
+    /// Installs the policy netblocks; may be called again on reload without detaching.
+    ///
+    /// Ids are stable: a CIDR present before and after keeps its id, its counts, its flows
+    /// and its stats (its limit/action are updated). A new CIDR gets the lowest id that is
+    /// unused *and* has no open flows (LOCAL = 0), so flows of a removed netblock can never
+    /// decrement a newcomer. Update order keeps classification sane at every moment:
+    /// removed prefixes leave the tries first, new ids get zeroed stats and their limit
+    /// before their prefix is inserted. A failure midway leaves a partial update (the
+    /// error says which map); calling again with the same list completes it.
+    pub fn set_netblocks(&mut self, specs: &[NetblockSpec]) -> Result<(), BpfError> {
+        let mut wanted: Vec<(Cidr, &NetblockSpec)> = Vec::with_capacity(specs.len());
+        let mut seen = BTreeSet::new();
+        for s in specs {
+            let addr = masked(s.cidr.addr, s.cidr.prefix).ok_or(BpfError::InvalidPrefix {
+                addr: s.cidr.addr,
+                prefix: s.cidr.prefix,
+            })?;
+            let cidr = Cidr {
+                addr,
+                prefix: s.cidr.prefix,
+            };
+            if !seen.insert(cidr) {
+                return Err(BpfError::DuplicateNetblock {
+                    addr,
+                    prefix: cidr.prefix,
+                });
+            }
+            wanted.push((cidr, s));
+        }
+        let local = self.read_array_u64(names::LOCAL)?;
+        let mut next: BTreeMap<Cidr, Assigned> = BTreeMap::new();
+        let mut taken: BTreeSet<u32> = wanted
+            .iter()
+            .filter_map(|(c, _)| self.netblocks.get(c).map(|a| a.id))
+            .collect();
+        let mut fresh = Vec::new();
+        for (cidr, _) in &wanted {
+            let id = match self.netblocks.get(cidr) {
+                Some(a) => a.id,
+                None => {
+                    let id = (1..MAX_NETBLOCKS)
+                        .find(|id| {
+                            !taken.contains(id) && local.get(*id as usize).copied() == Some(0)
+                        })
+                        .ok_or(BpfError::TooManyNetblocks {
+                            requested: wanted.len(),
+                            max: MAX_NETBLOCKS - 1,
+                        })?;
+                    taken.insert(id);
+                    fresh.push(id);
+                    id
+                }
+            };
+            next.insert(*cidr, Assigned { id });
+        }
+        // 1. Removed prefixes leave the tries.
+        let removed: Vec<(Cidr, Assigned)> = self
+            .netblocks
+            .iter()
+            .filter(|(c, _)| !next.contains_key(*c))
+            .map(|(c, a)| (*c, *a))
+            .collect();
+        for (c, _) in &removed {
+            self.lpm_remove(c)?;
+            self.netblocks.remove(c);
+        }
+        // 2. New ids start from zero.
+        for id in &fresh {
+            let zeros = PerCpuValues::try_from(vec![NetblockStats::default(); self.cpus]).map_err(
+                |source| BpfError::MapSyscall {
+                    map: names::NB_STATS,
+                    op: "build zero value",
+                    source,
+                },
+            )?;
+            self.nb_stats
+                .set(*id, zeros, 0)
+                .map_err(map_err(names::NB_STATS, "reset"))?;
+            self.remote
+                .set(*id, 0, 0)
+                .map_err(map_err(names::REMOTE, "reset"))?;
+        }
+        // 3. Limits for all wanted ids, then 4. their prefixes.
+        for (cidr, spec) in &wanted {
+            let id = next[cidr].id;
+            let limit = NetblockLimit {
+                limit: spec.max_connections.unwrap_or(0),
+                action: match spec.action {
+                    NetblockAction::Drop => ACTION_DROP,
+                    NetblockAction::Count => ACTION_COUNT,
+                },
+                _pad: 0,
+            };
+            self.limits
+                .set(id, limit, 0)
+                .map_err(map_err(names::LIMITS, "set"))?;
+        }
+        for (cidr, _) in &wanted {
+            self.lpm_insert(cidr, next[cidr].id)?;
+        }
+        // 5. Removed ids that nobody reuses lose their limit.
+        for (_, a) in &removed {
+            if !taken.contains(&a.id) {
+                self.limits
+                    .set(a.id, NetblockLimit::default(), 0)
+                    .map_err(map_err(names::LIMITS, "clear"))?;
+            }
+        }
+        self.netblocks = next;
+        Ok(())
+    }
+
+    /// The id of each configured netblock.
+    pub fn netblock_ids(&self) -> Vec<(Cidr, u32)> {
+        self.netblocks.iter().map(|(c, a)| (*c, a.id)).collect()
+    }
+
+    fn lpm_insert(&mut self, c: &Cidr, id: u32) -> Result<(), BpfError> {
+        let prefix = u32::from(c.prefix);
+        match c.addr {
+            IpAddr::V4(a) => self
+                .nb_v4
+                .insert(&Key::new(prefix, a.octets()), id, 0)
+                .map_err(map_err(names::NETBLOCKS_V4, "insert")),
+            IpAddr::V6(a) => self
+                .nb_v6
+                .insert(&Key::new(prefix, a.octets()), id, 0)
+                .map_err(map_err(names::NETBLOCKS_V6, "insert")),
+        }
+    }
+
+    fn lpm_remove(&mut self, c: &Cidr) -> Result<(), BpfError> {
+        let prefix = u32::from(c.prefix);
+        let r = match c.addr {
+            IpAddr::V4(a) => self.nb_v4.remove(&Key::new(prefix, a.octets())),
+            IpAddr::V6(a) => self.nb_v6.remove(&Key::new(prefix, a.octets())),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: if c.addr.is_ipv4() {
+                    names::NETBLOCKS_V4
+                } else {
+                    names::NETBLOCKS_V6
+                },
+                op: "remove",
+                source,
+            }),
+        }
+    }
+
+    /// Writes the other nodes' current total for netblock `id` (replication).
+    pub fn set_remote(&mut self, id: u32, count: u64) -> Result<(), BpfError> {
+        if id >= MAX_NETBLOCKS {
+            return Err(BpfError::NetblockIdOutOfRange {
+                id,
+                max: MAX_NETBLOCKS,
+            });
+        }
+        self.remote
+            .set(id, count, 0)
+            .map_err(map_err(names::REMOTE, "set"))
+    }
+
+    /// Global counters summed over CPUs.
+    pub fn read_stats(&self) -> Result<StatsSnapshot, BpfError> {
+        let per_cpu = self
+            .stats
+            .get(&0, 0)
+            .map_err(map_err(names::STATS, "lookup"))?;
+        let mut counters = [0u64; STAT_COUNT];
+        for block in per_cpu.iter() {
+            for (c, v) in counters.iter_mut().zip(block.counters.iter()) {
+                *c += v;
+            }
+        }
+        Ok(StatsSnapshot { counters })
+    }
+
+    fn layout<K, V>(&self, percpu: bool) -> Layout {
+        Layout {
+            key_size: size_of::<K>(),
+            value_size: size_of::<V>(),
+            percpu,
+            cpus: self.cpus,
+        }
+    }
+
+    fn dump(
+        &mut self,
+        map: &'static str,
+        fd: BorrowedFd<'_>,
+        l: &Layout,
+    ) -> Result<batch::Dump, BpfError> {
+        let d = batch::dump(fd, l, self.batch_ok).map_err(|source| BpfError::MapSyscall {
+            map,
+            op: "BPF_MAP_LOOKUP_BATCH",
+            source,
+        })?;
+        if !d.batched && self.batch_ok {
+            tracing::info!(
+                map,
+                "kernel refused BPF_MAP_LOOKUP_BATCH; reading maps key by key"
+            );
+            self.batch_ok = false;
+        }
+        Ok(d)
+    }
+
+    fn read_array_u64(&mut self, name: &'static str) -> Result<Vec<u64>, BpfError> {
+        let l = self.layout::<u32, u64>(false);
+        let map = if name == names::LOCAL {
+            &self.local
+        } else {
+            &self.remote
+        };
+        // SAFETY-free: the fd lives as long as `self`; cloned to end the borrow.
+        let fd = map
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| BpfError::MapSyscall {
+                map: name,
+                op: "dup",
+                source,
+            })?;
+        let d = self.dump(name, fd.as_fd(), &l)?;
+        let mut out = vec![0u64; MAX_NETBLOCKS as usize];
+        for (k, v) in d.entries(&l) {
+            if let (Ok(k), Ok(v)) = (u32::read_from_bytes(k), u64::read_from_bytes(v))
+                && let Some(slot) = out.get_mut(k as usize)
+            {
+                *slot = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Current and cumulative counts of id 0, every configured netblock, and every removed
+    /// id that still holds open flows.
+    pub fn read_netblocks(&mut self) -> Result<Vec<NetblockCounters>, BpfError> {
+        let local = self.read_array_u64(names::LOCAL)?;
+        let remote = self.read_array_u64(names::REMOTE)?;
+        let by_id: BTreeMap<u32, Cidr> = self.netblocks.iter().map(|(c, a)| (a.id, *c)).collect();
+        let ids: BTreeSet<u32> = std::iter::once(0)
+            .chain(by_id.keys().copied())
+            .chain((0..MAX_NETBLOCKS).filter(|i| local[*i as usize] != 0))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let lim = self
+                .limits
+                .get(&id, 0)
+                .map_err(map_err(names::LIMITS, "lookup"))?;
+            let per_cpu = self
+                .nb_stats
+                .get(&id, 0)
+                .map_err(map_err(names::NB_STATS, "lookup"))?;
+            let mut stats = NetblockStats::default();
+            for s in per_cpu.iter() {
+                add_nb(&mut stats, s);
+            }
+            out.push(NetblockCounters {
+                id,
+                cidr: by_id.get(&id).copied(),
+                limit: lim.limit,
+                action: if lim.action == ACTION_DROP {
+                    NetblockAction::Drop
+                } else {
+                    NetblockAction::Count
+                },
+                local: local[id as usize],
+                remote: remote[id as usize],
+                stats,
+            });
+        }
+        Ok(out)
+    }
+
+    /// LOCAL count of one netblock id (open flows on this node).
+    pub fn local(&self, id: u32) -> Result<u64, BpfError> {
+        self.local
+            .get(&id, 0)
+            .map_err(map_err(names::LOCAL, "lookup"))
+    }
+
+    /// Per-source counts of every source the LRU still holds (batch read).
+    pub fn read_sources(&mut self) -> Result<Vec<SourceCount>, BpfError> {
+        let l = self.layout::<SourceKey, SourceCounts>(true);
+        let fd = self
+            .sources
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| BpfError::MapSyscall {
+                map: names::SOURCES,
+                op: "dup",
+                source,
+            })?;
+        let d = self.dump(names::SOURCES, fd.as_fd(), &l)?;
+        let mut out = Vec::with_capacity(d.count);
+        for (k, v) in d.entries(&l) {
+            let Ok(k) = SourceKey::read_from_bytes(k) else {
+                continue;
+            };
+            let c = sum_percpu::<SourceCounts>(
+                v,
+                |a, b| {
+                    a.opened += b.opened;
+                    a.closed += b.closed;
+                },
+                SourceCounts::default(),
+            );
+            out.push(SourceCount {
+                addr: key_addr(k.family, &k.addr),
+                opened: c.opened,
+                closed: c.closed,
+                current: c.opened.saturating_sub(c.closed),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every open flow (batch read).
+    pub fn read_flows(&mut self) -> Result<Vec<FlowEntry>, BpfError> {
+        Ok(self
+            .read_flow_keys()?
+            .into_iter()
+            .map(|(k, v)| FlowEntry {
+                src: key_addr(k.family, &k.saddr),
+                sport: k.sport,
+                dst: key_addr(k.family, &k.daddr),
+                dport: k.dport,
+                netblock: v.netblock,
+                opened_ns: v.opened_ns,
+            })
+            .collect())
+    }
+
+    fn read_flow_keys(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, BpfError> {
+        let l = self.layout::<FlowKey, FlowValue>(false);
+        let fd = self
+            .flows
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| BpfError::MapSyscall {
+                map: names::FLOWS,
+                op: "dup",
+                source,
+            })?;
+        let d = self.dump(names::FLOWS, fd.as_fd(), &l)?;
+        Ok(d.entries(&l)
+            .filter_map(|(k, v)| {
+                Some((
+                    FlowKey::read_from_bytes(k).ok()?,
+                    FlowValue::read_from_bytes(v).ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Expires flows opened more than `older_than` ago; returns how many this call closed.
+    ///
+    /// The program does not watch established traffic (that would cost every packet a
+    /// hash lookup), so "idle" here means "opened before": a session longer than the
+    /// timeout is expired too and its eventual FIN counts as `fin_rst_no_flow`.
+    ///
+    /// Each expiry runs a synthetic client RST, marked by [`duraplane_common::ExpireMeta`]
+    /// XDP metadata, through `BPF_PROG_TEST_RUN`: the kernel's own close path deletes the
+    /// flow and, only if that delete succeeded, decrements LOCAL atomically and counts the
+    /// close per source and netblock on the current CPU. A real FIN racing with expiry
+    /// therefore still closes exactly once, and per-CPU counters are never written from
+    /// userspace.
+    pub fn expire_flows(&mut self, older_than: Duration) -> Result<u64, BpfError> {
+        let older = u64::try_from(older_than.as_nanos()).unwrap_or(u64::MAX);
+        let cutoff = monotonic_ns()?.saturating_sub(older);
+        self.expire_opened_before(cutoff)
+    }
+
+    /// Expires flows whose `opened_ns` ≤ `cutoff_ns` (CLOCK_MONOTONIC).
+    pub fn expire_opened_before(&mut self, cutoff_ns: u64) -> Result<u64, BpfError> {
+        let flows = self.read_flow_keys()?;
+        let before = self.read_stats()?.get(Stat::Expired);
+        let meta = EXPIRE_MAGIC.to_ne_bytes();
+        for (k, v) in flows {
+            if v.opened_ns > cutoff_ns || (k.family != AF_INET && k.family != AF_INET6) {
+                continue;
+            }
+            let frame = frames::Frame::tcp(
+                key_addr(k.family, &k.saddr),
+                k.sport,
+                key_addr(k.family, &k.daddr),
+                k.dport,
+                frames::tcp_flags::RST,
+            )
+            .build();
+            testrun::run_xdp_with_meta(self.program()?, &meta, &frame, 1)?;
+        }
+        Ok(self.read_stats()?.get(Stat::Expired) - before)
+    }
+
+    /// Takes up to `max` pending drop events from the ring buffer without blocking.
+    pub fn poll_drop_events(&mut self, max: usize) -> Vec<DropRecord> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.drop_events.next() else {
+                break;
+            };
+            if let Ok((e, _)) = DropEvent::read_from_prefix(&item) {
+                out.push(DropRecord {
+                    ts_ns: e.ts_ns,
+                    addr: key_addr(e.family, &e.saddr),
+                    netblock: e.netblock,
+                    dport: e.dport,
+                });
+            }
+        }
+        out
+    }
+
+    /// The ring buffer's fd, readable when drop events are pending (for epoll/io_uring).
+    pub fn drop_events_fd(&self) -> BorrowedFd<'_> {
+        self.drop_events.as_fd()
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let ifaces: Vec<String> = self
+            .attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .collect();
+        for i in ifaces {
+            if let Err(e) = self.detach(&i) {
+                tracing::warn!(interface = %i, error = %e, "detaching XDP on shutdown failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking() {
+        let a: IpAddr = "192.0.2.77".parse().unwrap();
+        assert_eq!(masked(a, 24), Some("192.0.2.0".parse().unwrap()));
+        assert_eq!(masked(a, 0), Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(masked(a, 32), Some(a));
+        assert_eq!(masked(a, 33), None);
+        let b: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        assert_eq!(masked(b, 48), Some("2001:db8:1::".parse().unwrap()));
+        assert_eq!(masked(b, 129), None);
+    }
+
+    #[test]
+    fn percpu_sum_uses_8_byte_stride() {
+        // Two CPUs of a 4-byte value: 8 bytes each.
+        let bytes = [
+            1u8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+        ];
+        let s = sum_percpu::<u32>(&bytes, |a, b| *a += b, 0);
+        assert_eq!(s, 3);
+    }
+}
