@@ -150,8 +150,7 @@ fn check_config(file: &Path) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            // Until config::render_effective lands: the typed model.
-            print!("{:#?}", loaded.config);
+            print!("{}", config::render_effective(&loaded));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -184,8 +183,9 @@ fn run(config_path: &Path, foreground: bool, format: LogFormatArg) -> ExitCode {
             }
         }
     };
+    // Absolute, so logs are unambiguous and reloads do not depend on the working directory.
     let opts = RunOptions {
-        config_path: config_path.to_owned(),
+        config_path: std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned()),
     };
     match daemon::run(&opts, loaded, ready) {
         Ok(()) => ExitCode::SUCCESS,

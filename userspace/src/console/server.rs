@@ -72,7 +72,8 @@ pub enum ControlSocketError {
 #[derive(Debug)]
 pub struct ControlServer {
     path: PathBuf,
-    listener: UnixListener,
+    /// `None` once handed to the serving thread.
+    listener: Option<UnixListener>,
     /// The parent directory, if this process created it (so its owner may be handed over).
     created_dir: Option<PathBuf>,
 }
@@ -130,7 +131,7 @@ impl ControlServer {
         })?;
         Ok(Self {
             path: path.to_owned(),
-            listener,
+            listener: Some(listener),
             created_dir,
         })
     }
@@ -152,20 +153,34 @@ impl ControlServer {
     }
 
     /// Starts serving `registry`. The returned handle stops the server and removes the socket.
-    pub fn spawn(self, registry: Registry) -> Result<ControlServerHandle, ControlSocketError> {
+    pub fn spawn(mut self, registry: Registry) -> Result<ControlServerHandle, ControlSocketError> {
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
-        let listener = self.listener;
+        let Some(listener) = self.listener.take() else {
+            return Err(ControlSocketError::Spawn {
+                source: io::Error::other("control socket already served"),
+            });
+        };
         let thread_stop = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name("console-accept".into())
             .spawn(move || accept_loop(listener, registry, thread_stop, active))
             .map_err(|source| ControlSocketError::Spawn { source })?;
         Ok(ControlServerHandle {
-            path: self.path,
+            path: self.path.clone(),
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// A socket bound but never served (startup failed later) is removed, so it does not linger
+/// as a stale file.
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if self.listener.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -151,7 +151,7 @@ fn run_inner(
     commands::register(&services)?;
     services.metrics.register(
         "duraplane_config_reloads",
-        "Configuration reloads (SIGHUP, config reload) by result (ok, error).",
+        "Configuration reloads (SIGHUP, config reload) by result (ok, error)",
         services.reloader.results(),
     );
 

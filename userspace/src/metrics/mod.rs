@@ -1,7 +1,7 @@
 //! Prometheus metrics: one shared registry every capability adds to, served as OpenMetrics
 //! text on `duraplane { metrics_listen }` (see [`http`]).
 //!
-//! Names are used verbatim: capabilities use the `duraplane_` prefix (e.g.
+//! Help texts carry no final period (the encoder adds one). Names are used verbatim: capabilities use the `duraplane_` prefix (e.g.
 //! `duraplane_xdp_syn_drops`); the standard `process_*` metrics are unprefixed by convention.
 
 pub mod http;
@@ -44,7 +44,7 @@ impl Metrics {
         }
         registry.register(
             "duraplane_build",
-            "Duraplane build information (always 1).",
+            "Duraplane build information (always 1)",
             Info::new(labels),
         );
         registry.register_collector(Box::new(process::ProcessCollector::new()));

@@ -196,10 +196,15 @@ fn sys_err(step: &'static str) -> impl FnOnce(nix::Error) -> SecurityError {
     move |source| SecurityError::Syscall { step, source }
 }
 
-/// Drops privileges as planned. Order matters: keep-caps on, shrink the bounding set while
-/// CAP_SETPCAP is still there, change groups/gid/uid, then set permitted/effective to exactly
-/// the kept set and clear inheritable/ambient (Duraplane executes no helper programs).
-pub fn apply(plan: &PrivilegePlan) -> Result<(), SecurityError> {
+/// Drops privileges as planned and returns the capabilities actually kept. Order matters:
+/// keep-caps on, shrink the bounding set while CAP_SETPCAP is still there, change
+/// groups/gid/uid, then set permitted/effective to exactly the kept set and clear
+/// inheritable/ambient (Duraplane executes no helper programs).
+///
+/// A planned capability this process was started without (a container runtime or a systemd
+/// `CapabilityBoundingSet` may withhold some) cannot be kept: it is left out with a warning
+/// rather than failing the start.
+pub fn apply(plan: &PrivilegePlan) -> Result<Vec<Capability>, SecurityError> {
     let euid = nix::unistd::geteuid();
     let switching = plan.user.as_ref().is_some_and(|(_, u)| *u != euid)
         || plan
@@ -216,7 +221,20 @@ pub fn apply(plan: &PrivilegePlan) -> Result<(), SecurityError> {
             uid: euid.as_raw(),
         });
     }
-    let keep: CapsHashSet = plan.caps.keep.iter().copied().collect();
+    let permitted = caps::read(None, CapSet::Permitted).map_err(caps_err("reading permitted"))?;
+    let (kept, missing): (Vec<Capability>, Vec<Capability>) = plan
+        .caps
+        .keep
+        .iter()
+        .copied()
+        .partition(|c| permitted.contains(c));
+    if !missing.is_empty() {
+        tracing::warn!(
+            "Security: this process was started without {}, so it cannot keep it (check the container runtime or systemd CapabilityBoundingSet); continuing without it",
+            names(&missing)
+        );
+    }
+    let keep: CapsHashSet = kept.iter().copied().collect();
 
     caps::securebits::set_keepcaps(true).map_err(caps_err("PR_SET_KEEPCAPS"))?;
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
@@ -245,18 +263,16 @@ pub fn apply(plan: &PrivilegePlan) -> Result<(), SecurityError> {
     }
     caps::securebits::set_keepcaps(false).map_err(caps_err("PR_SET_KEEPCAPS off"))?;
 
-    let mut got: Vec<Capability> = caps::read(None, CapSet::Effective)
-        .map_err(caps_err("reading effective"))?
-        .into_iter()
-        .collect();
-    got.sort_by_key(|c| c.index());
-    if mask(&got) != mask(&plan.caps.keep) {
+    let got = caps::read(None, CapSet::Effective).map_err(caps_err("reading effective"))?;
+    if mask(&got) != mask(&kept) {
+        let mut got: Vec<Capability> = got.into_iter().collect();
+        got.sort_by_key(|c| c.index());
         return Err(SecurityError::Verify {
             got: names(&got),
-            expected: names(&plan.caps.keep),
+            expected: names(&kept),
         });
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Resolves, applies and logs the privilege drop for the configured `Security` stanza.
@@ -276,17 +292,16 @@ pub fn drop_privileges(plan: Option<&PrivilegePlan>) -> Result<(), SecurityError
     if !plan.caps.added.is_empty() {
         let added = &plan.caps.added;
         tracing::info!(
-            added = %names(added),
             "Security: keeping {} in addition to the configured Capabilities; Duraplane needs them after the privilege drop (Momentum's default capability string lacks CAP_BPF, which every bpf() call including map reads needs; CAP_NET_ADMIN for XDP/netlink, CAP_NET_RAW for ARP/NA, CAP_PERFMON for BPF programs)",
             names(added)
         );
     }
-    apply(plan)?;
+    let kept = apply(plan)?;
     tracing::info!(
         user = plan.user.as_ref().map(|(n, _)| n.as_str()).unwrap_or("root"),
         uid = nix::unistd::getuid().as_raw(),
         gid = nix::unistd::getgid().as_raw(),
-        capabilities = %names(&plan.caps.keep),
+        capabilities = %names(&kept),
         "privileges dropped"
     );
     Ok(())
