@@ -154,3 +154,14 @@ fn render_shows_values_and_provenance() {
     assert!(text.contains("Netblock \"198.51.100.0/24\" {"));
     assert!(text.contains("metrics = \"127.0.0.1:9480\""));
 }
+
+#[test]
+#[ignore = "prints the rendering for eyeballing"]
+fn print_render() {
+    let p = repo().join("examples/cluster-3node/node1.conf");
+    let l = load_ok(&p);
+    println!("{}", render_effective(&l));
+    for w in &l.warnings {
+        println!("WARN {w}");
+    }
+}
