@@ -50,14 +50,7 @@ fn member(a: &rcpg::Address) -> MemberId {
     }
 }
 
-fn deliver_cb(
-    h: &rcpg::Handle,
-    group: String,
-    nodeid: NodeId,
-    pid: u32,
-    msg: &[u8],
-    _len: usize,
-) {
+fn deliver_cb(h: &rcpg::Handle, group: String, nodeid: NodeId, pid: u32, msg: &[u8], _len: usize) {
     if let Ok(ctx) = rcpg::context_get(h) {
         route(
             ctx,
@@ -260,7 +253,9 @@ fn serve(
                 Ok(Outgoing::Send { group, payload }) => {
                     if pending.len() >= MAX_PENDING {
                         pending.pop_front();
-                        tracing::warn!("bus: flow-control backlog full, dropped the oldest message");
+                        tracing::warn!(
+                            "bus: flow-control backlog full, dropped the oldest message"
+                        );
                     }
                     pending.push_back((group, payload));
                 }
