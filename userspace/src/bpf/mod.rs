@@ -188,6 +188,11 @@ impl StatsSnapshot {
         self.counters[s as usize]
     }
 
+    /// The non-zero counters in index order: lets tests and logs state the whole set.
+    pub fn nonzero(&self) -> Vec<(Stat, u64)> {
+        self.iter().filter(|(_, v)| *v != 0).collect()
+    }
+
     /// `(name, value)` of every counter, in index order.
     pub fn iter(&self) -> impl Iterator<Item = (Stat, u64)> + '_ {
         Stat::ALL.iter().map(|s| (*s, self.counters[*s as usize]))
