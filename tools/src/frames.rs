@@ -1,13 +1,16 @@
-//! TCP frames for live injection: Ethernet II, IPv4 (no options) or IPv6 (no extension
-//! headers), TCP with an MSS option, all checksums filled in.
+//! TCP frames for live injection. The layout comes from `duraplane::bpf::frames` (the
+//! builder the XDP tests use, so generator and tests agree on encodings); this module
+//! fills in what live traffic needs and `BPF_PROG_TEST_RUN` does not: real MACs, a
+//! sequence number, an IPv4 id and valid IPv4/TCP checksums (the receiving kernel
+//! validates them).
 
 use std::net::IpAddr;
 
-/// TCP flag bits.
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const ACK: u8 = 0x10;
+use duraplane::bpf::frames::Frame;
+pub use duraplane::bpf::frames::tcp_flags::{ACK, FIN, RST, SYN};
+
+/// TCP option MSS 1460, as a real client's SYN carries.
+const MSS_OPTION: [u8; 4] = [2, 4, 0x05, 0xb4];
 
 /// One TCP segment to put on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,60 +47,41 @@ pub fn checksum(data: &[u8], acc: u32) -> u16 {
     !(s as u16)
 }
 
+const ETH_HLEN: usize = 14;
+
 impl TcpFrame {
     /// Serialise; `None` when source and destination families differ.
     pub fn build(&self) -> Option<Vec<u8>> {
-        let mut tcp = Vec::with_capacity(24);
-        tcp.extend_from_slice(&self.sport.to_be_bytes());
-        tcp.extend_from_slice(&self.dport.to_be_bytes());
-        tcp.extend_from_slice(&self.seq.to_be_bytes());
-        let ack: u32 = if self.flags & ACK != 0 { 1 } else { 0 };
-        tcp.extend_from_slice(&ack.to_be_bytes());
-        tcp.push(6 << 4); // data offset: 24 bytes
-        tcp.push(self.flags);
-        tcp.extend_from_slice(&64240u16.to_be_bytes());
-        tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
-        tcp.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
-        let mut f = Vec::with_capacity(14 + 40 + tcp.len());
-        f.extend_from_slice(&self.dst_mac);
-        f.extend_from_slice(&self.src_mac);
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                f.extend_from_slice(&0x0800u16.to_be_bytes());
-                let total = (20 + tcp.len()) as u16;
-                let mut ip = [0u8; 20];
-                ip[0] = 0x45;
-                ip[2..4].copy_from_slice(&total.to_be_bytes());
-                ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
-                ip[6] = 0x40; // DF
-                ip[8] = 64;
-                ip[9] = 6;
-                ip[12..16].copy_from_slice(&s.octets());
-                ip[16..20].copy_from_slice(&d.octets());
-                let c = checksum(&ip, 0);
-                ip[10..12].copy_from_slice(&c.to_be_bytes());
-                let pseudo = sum16(&s.octets(), sum16(&d.octets(), 6 + tcp.len() as u32));
-                let c = checksum(&tcp, pseudo);
-                tcp[16..18].copy_from_slice(&c.to_be_bytes());
-                f.extend_from_slice(&ip);
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                f.extend_from_slice(&0x86ddu16.to_be_bytes());
-                let mut ip = [0u8; 40];
-                ip[0] = 0x60;
-                ip[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
-                ip[6] = 6;
-                ip[7] = 64;
-                ip[8..24].copy_from_slice(&s.octets());
-                ip[24..40].copy_from_slice(&d.octets());
-                let pseudo = sum16(&s.octets(), sum16(&d.octets(), 6 + tcp.len() as u32));
-                let c = checksum(&tcp, pseudo);
-                tcp[16..18].copy_from_slice(&c.to_be_bytes());
-                f.extend_from_slice(&ip);
-            }
-            _ => return None,
+        if self.src.is_ipv4() != self.dst.is_ipv4() {
+            return None;
         }
-        f.extend_from_slice(&tcp);
+        let mut f = Frame::tcp(self.src, self.sport, self.dst, self.dport, self.flags)
+            .tcp_options(&MSS_OPTION)
+            .build();
+        f[0..6].copy_from_slice(&self.dst_mac);
+        f[6..12].copy_from_slice(&self.src_mac);
+        let (l3, l4) = if self.src.is_ipv4() {
+            (ETH_HLEN, ETH_HLEN + 20)
+        } else {
+            (ETH_HLEN, ETH_HLEN + 40)
+        };
+        let tcp_len = f.len() - l4;
+        f[l4 + 4..l4 + 8].copy_from_slice(&self.seq.to_be_bytes());
+        let ack: u32 = u32::from(self.flags & ACK != 0);
+        f[l4 + 8..l4 + 12].copy_from_slice(&ack.to_be_bytes());
+        let pseudo = if self.src.is_ipv4() {
+            f[l3 + 4..l3 + 6].copy_from_slice(&self.ip_id.to_be_bytes());
+            f[l3 + 6] |= 0x40; // DF, as a real stack sends
+            f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+            let c = checksum(&f[l3..l4], 0);
+            f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            sum16(&f[l3 + 12..l3 + 20], 6 + tcp_len as u32)
+        } else {
+            sum16(&f[l3 + 8..l3 + 40], 6 + tcp_len as u32)
+        };
+        f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let c = checksum(&f[l4..], pseudo);
+        f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
         Some(f)
     }
 }
@@ -131,6 +115,10 @@ mod tests {
         let pseudo = sum16(&f[26..34], 6 + tcp.len() as u32);
         assert_eq!(checksum(tcp, pseudo), 0);
         assert_eq!(tcp[13], SYN);
+        assert_eq!(&tcp[4..8], &[1, 2, 3, 4]);
+        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 2]);
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&f[18..20], &[0, 7]);
         assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 25);
     }
 

@@ -1,8 +1,7 @@
 //! Shared helpers of Duraplane's command-line tools.
 //!
-//! * [`frames`]: Ethernet/IPv4/IPv6/TCP frames with valid checksums for live traffic
-//!   (the receiving kernel validates them; `duraplane::bpf::frames` leaves them zero for
-//!   `BPF_PROG_TEST_RUN`).
+//! * [`frames`]: live TCP frames — `duraplane::bpf::frames` layouts with real MACs,
+//!   sequence numbers and valid checksums.
 //! * [`sources`]: spoofed source addresses drawn from a CIDR.
 //! * [`neigh`]: destination MAC from the kernel neighbour table.
 //! * [`connect`]: many real TCP connections bound to chosen source addresses.
