@@ -115,10 +115,22 @@ pub fn check_bytes(text: &[u8], path: &Path) -> Checked {
     let mut ctx = typed::Ctx::default();
     let config = typed::build(&tree.nodes, path.to_owned(), &mut ctx);
     errors.append(&mut ctx.errors);
+    let mut warnings = ctx.warnings;
+    // Report in reading order: by file (in the order files were read), line, column.
+    let order = |d: &Diagnostic| {
+        let f = tree
+            .files
+            .iter()
+            .position(|f| f.path == d.file)
+            .unwrap_or(usize::MAX);
+        (f, d.line, d.col)
+    };
+    errors.sort_by_key(order);
+    warnings.sort_by_key(order);
     Checked {
         config: errors.is_empty().then_some(config),
         errors,
-        warnings: ctx.warnings,
+        warnings,
         files: tree.files,
     }
 }

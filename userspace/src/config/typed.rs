@@ -151,10 +151,14 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
                             ),
                         );
                     } else if spec.owned {
+                        let known = CONFUSIONS
+                            .iter()
+                            .find(|(wrong, right)| *wrong == l && spec.options.contains(right))
+                            .map(|(_, right)| format!("did you mean `{right}`?"));
                         ctx.err_s(
                             &key.pos,
                             format!("unknown option `{}` in {}", key.text, spec.what),
-                            did_you_mean(&l, candidates()),
+                            known.or_else(|| did_you_mean(&l, candidates())),
                         );
                     } else {
                         let mut d = key.pos.diag(format!(
@@ -199,6 +203,13 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
     }
     out
 }
+
+/// Names people reach for that are too far from the real one for edit distance.
+const CONFUSIONS: &[(&str, &str)] = &[
+    // reference/momentum.md §1.3: there is no heartbeat_interval.
+    ("heartbeat_interval", "heartbeats_per_sec"),
+    ("unconditional_rebinding", "unconditional_rebind"),
+];
 
 // ---------------------------------------------------------------------------------------
 // Value conversions with positions.
@@ -1236,12 +1247,34 @@ fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
         aliases: &[],
     };
     let set = collect(ctx, bodies, &spec);
-    // Listener-scope values, recorded as such, feed each Listen's fallback.
-    for name in LISTENER_OPTIONS {
-        if let Some((k, _)) = set.get(name) {
-            ctx.set(format!("eccluster_listener.{name}"), Some(&k.pos));
-        }
+    // Listener-scope values (validated once, even without any Listen) are the fallback
+    // of every Listen: Listen scope over listener scope over default.
+    let mut base = Listen::with_defaults(ListenAddr::AnyV4(0));
+    macro_rules! listener_level {
+        ($field:ident, $conv:expr) => {{
+            let key = format!("eccluster_listener.{}", stringify!($field));
+            base.$field = opt(
+                ctx,
+                &set,
+                stringify!($field),
+                &key,
+                base.$field.clone(),
+                $conv,
+            );
+        }};
     }
+    listener_level!(enable, c_bool);
+    listener_level!(listen_backlog, c_u32);
+    listener_level!(accept_queue_backlog, c_u32);
+    listener_level!(concurrency, c_u32);
+    listener_level!(disable_nagle_algorithm, c_bool);
+    listener_level!(events_per_iter, c_u32);
+    listener_level!(file_mode, c_octal);
+    listener_level!(pool_name, |ctx: &mut Ctx, k: &Spanned, v: &Value| {
+        c_nonempty(ctx, k, v).map(Some)
+    });
+    listener_level!(tcp_recv_buffer_size, c_u32);
+    listener_level!(tcp_send_buffer_size, c_u32);
     for s in set.scopes_named("listen") {
         let Some(name) = &s.name else {
             ctx.err(
@@ -1281,16 +1314,24 @@ fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
             continue;
         }
         let p = format!("eccluster_listener.listen.{addr}");
-        let mut l = Listen::with_defaults(addr);
+        let mut l = Listen {
+            addr,
+            ..base.clone()
+        };
         macro_rules! resolve {
             ($field:ident, $conv:expr) => {{
-                let key = format!("{p}.{}", stringify!($field));
-                let src = if lset.get(stringify!($field)).is_some() {
-                    &lset
+                let name = stringify!($field);
+                let key = format!("{p}.{name}");
+                if lset.get(name).is_some() {
+                    l.$field = opt(ctx, &lset, name, &key, l.$field.clone(), $conv);
                 } else {
-                    &set
-                };
-                l.$field = opt(ctx, src, stringify!($field), &key, l.$field.clone(), $conv);
+                    let o = ctx
+                        .origins
+                        .get(&format!("eccluster_listener.{name}"))
+                        .cloned()
+                        .unwrap_or(Origin::Default);
+                    ctx.origins.insert(key, o);
+                }
             }};
         }
         resolve!(enable, c_bool);
