@@ -300,6 +300,12 @@ pub(super) fn run(
                 tracing::info!(nodeid, groups = ?groups, "bus: connected to corosync");
                 let _ = events.send(BusEvent::Connected { nodeid });
                 let ended = serve(&conn, &mut wake_rx, &out, &mut pending);
+                if matches!(ended, Ended::Stop) {
+                    // A clean leave tells the others at once that this was deliberate.
+                    for (g, h) in &conn.groups {
+                        let _ = rcpg::leave(h, g);
+                    }
+                }
                 drop(conn);
                 match ended {
                     Ended::Stop => break,

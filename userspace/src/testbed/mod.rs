@@ -19,6 +19,7 @@
 //!   v6 addresses are usable at once.
 
 mod addr;
+pub mod corosync;
 mod ethtool;
 mod process;
 

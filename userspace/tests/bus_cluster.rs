@@ -1,0 +1,187 @@
+//! The bus against a real three-node corosync cluster in network namespaces.
+
+use std::{
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
+};
+
+use duraplane::{
+    bus::{Bus, BusConfig, BusEvent, LeaveReason},
+    testbed::{
+        Testbed,
+        corosync::{CorosyncCluster, CorosyncTiming},
+    },
+};
+use nix::sys::signal::Signal;
+
+const GROUP: &str = "ec_cluster";
+const CONTROL: &str = "ec_console";
+
+fn config() -> BusConfig {
+    BusConfig {
+        cluster_group: GROUP.into(),
+        control_group: CONTROL.into(),
+        log_group: None,
+        retry_interval: Duration::from_millis(200),
+    }
+}
+
+/// Starts a bus whose thread lives in `host`'s network namespace (so it talks to that
+/// host's corosync).
+fn bus_in(tb: &Testbed, host: &str) -> (Bus, Receiver<BusEvent>) {
+    tb.run_in(host, || Bus::start(config()))
+        .expect("enter namespace")
+        .expect("start bus")
+}
+
+/// Waits for the first event matching `pred`, returning it.
+fn wait_for(
+    rx: &Receiver<BusEvent>,
+    what: &str,
+    mut pred: impl FnMut(&BusEvent) -> bool,
+) -> BusEvent {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if pred(&ev) => return ev,
+            Ok(_) => {}
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+}
+
+fn view_size(ev: &BusEvent, group: &str) -> Option<usize> {
+    match ev {
+        BusEvent::View {
+            group: g, members, ..
+        } if g == group => Some(members.len()),
+        _ => None,
+    }
+}
+
+#[test]
+fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
+    let mut tb = Testbed::new().expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = CorosyncCluster::start(
+        &mut tb,
+        3,
+        dir.path().to_path_buf(),
+        CorosyncTiming::default(),
+    )
+    .expect("corosync cluster");
+
+    let mut buses: Vec<(Bus, Receiver<BusEvent>)> =
+        (0..3).map(|i| bus_in(&tb, cluster.host(i))).collect();
+    let mut nodeids = Vec::new();
+    for (_, rx) in &buses {
+        match wait_for(rx, "connected", |e| matches!(e, BusEvent::Connected { .. })) {
+            BusEvent::Connected { nodeid } => nodeids.push(nodeid),
+            _ => unreachable!(),
+        }
+    }
+    nodeids.sort_unstable();
+    assert_eq!(
+        nodeids,
+        vec![1, 2, 3],
+        "each bus sees its own corosync node id"
+    );
+
+    // Everyone eventually sees a view of both groups with all three daemons.
+    for (_, rx) in &buses {
+        wait_for(rx, "3-member cluster view", |e| {
+            view_size(e, GROUP) == Some(3)
+        });
+    }
+
+    // Agreed order: messages sent concurrently from every node arrive in one order everywhere.
+    for round in 0..20u32 {
+        for (i, (bus, _)) in buses.iter().enumerate() {
+            bus.send(GROUP, format!("m{round}-{i}").into_bytes())
+                .expect("send");
+        }
+    }
+    let mut orders = Vec::new();
+    for (_, rx) in &buses {
+        let mut got = Vec::new();
+        while got.len() < 60 {
+            if let BusEvent::Message { group, payload, .. } =
+                wait_for(rx, "messages", |e| matches!(e, BusEvent::Message { .. }))
+            {
+                assert_eq!(group, GROUP);
+                got.push(String::from_utf8(payload).expect("utf8"));
+            }
+        }
+        orders.push(got);
+    }
+    assert_eq!(orders[0], orders[1], "node 1 and 2 agree on the order");
+    assert_eq!(orders[0], orders[2], "node 1 and 3 agree on the order");
+
+    // A daemon that stops (corosync alive) leaves the group at once, reason Left.
+    let (bus3, rx3) = buses.pop().expect("bus 3");
+    drop(bus3);
+    drop(rx3);
+    for (_, rx) in &buses {
+        let ev = wait_for(rx, "view without daemon 3", |e| {
+            view_size(e, GROUP) == Some(2)
+        });
+        if let BusEvent::View { left, .. } = ev {
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0].0.nodeid, 3);
+            assert_eq!(left[0].1, LeaveReason::Left);
+        }
+    }
+
+    // Node 2's corosync crashes: its bus reports the loss, node 1 sees node 2 leave.
+    cluster
+        .kill_node(1, Signal::SIGKILL)
+        .expect("kill corosync 2");
+    wait_for(&buses[1].1, "disconnected", |e| {
+        matches!(e, BusEvent::Disconnected { .. })
+    });
+    let ev = wait_for(&buses[0].1, "view without node 2", |e| {
+        view_size(e, GROUP) == Some(1)
+    });
+    if let BusEvent::View { left, .. } = ev {
+        assert_eq!(left[0].0.nodeid, 2);
+        assert_ne!(left[0].1, LeaveReason::Left, "a crash is not a clean leave");
+    }
+
+    // Corosync comes back: the bus reconnects by itself and rejoins.
+    cluster.start_node(&tb, 1).expect("restart corosync 2");
+    wait_for(&buses[1].1, "reconnected", |e| {
+        matches!(e, BusEvent::Connected { nodeid: 2 })
+    });
+    wait_for(&buses[0].1, "node 2 back in the view", |e| {
+        view_size(e, GROUP) == Some(2)
+    });
+    wait_for(&buses[1].1, "node 2 sees both", |e| {
+        view_size(e, GROUP) == Some(2)
+    });
+}
+
+#[test]
+fn bus_without_corosync_reports_disconnected_and_refuses_unknown_groups() {
+    let mut tb = Testbed::new().expect("testbed");
+    tb.add_host("lonely").expect("host");
+    let (bus, rx) = bus_in(&tb, "lonely");
+    let ev = wait_for(&rx, "disconnected", |e| {
+        matches!(e, BusEvent::Disconnected { .. })
+    });
+    if let BusEvent::Disconnected { reason } = ev {
+        assert!(
+            reason.contains("corosync"),
+            "reason names corosync: {reason}"
+        );
+    }
+    assert!(bus.send("no_such_group", b"x".to_vec()).is_err());
+    assert!(
+        bus.send(GROUP, vec![0; 70 * 1024]).is_err(),
+        "oversized refused"
+    );
+    assert!(
+        bus.send(GROUP, b"dropped while disconnected".to_vec())
+            .is_ok()
+    );
+}
