@@ -185,10 +185,10 @@ impl Loader {
             return Vec::new();
         }
         let mut path = PathBuf::from(raw);
-        if path.is_relative() {
-            if let Some(dir) = including.parent() {
-                path = dir.join(path);
-            }
+        if path.is_relative()
+            && let Some(dir) = including.parent()
+        {
+            path = dir.join(path);
         }
         let meta = match fs::metadata(&path) {
             Ok(m) => m,

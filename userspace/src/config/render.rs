@@ -128,12 +128,11 @@ pub fn render_effective(loaded: &Loaded) -> String {
             &format!("{p}.tcp_send_buffer_size"),
         );
         for d in &c.duravips {
-            if let DuravipSource::Listen { listener, spec: s } = &d.source {
-                if listener.eq_ignore_ascii_case("eccluster_listener")
-                    && crate::config::values::parse_listen(s).ok().as_ref() == Some(&l.addr)
-                {
-                    r.duravip_opts(d);
-                }
+            if let DuravipSource::Listen { listener, spec: s } = &d.source
+                && listener.eq_ignore_ascii_case("eccluster_listener")
+                && crate::config::values::parse_listen(s).ok().as_ref() == Some(&l.addr)
+            {
+                r.duravip_opts(d);
             }
         }
         r.close();

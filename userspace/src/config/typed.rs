@@ -1071,13 +1071,13 @@ fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
             }
         },
     );
-    if let Some((k, _)) = set.get("max_size") {
-        if kind != ReplicateKind::Cache {
-            ctx.warn(
-                &k.pos,
-                format!("`max_size` is only meaningful for caches, not `{kind}`"),
-            );
-        }
+    if let Some((k, _)) = set.get("max_size")
+        && kind != ReplicateKind::Cache
+    {
+        ctx.warn(
+            &k.pos,
+            format!("`max_size` is only meaningful for caches, not `{kind}`"),
+        );
     }
     let binding_group = opt(
         ctx,
@@ -1087,16 +1087,18 @@ fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
         None,
         |ctx, k, v| c_nonempty(ctx, k, v).map(Some),
     );
-    if let Some((k, _)) = set.get("binding_group") {
-        if !matches!(
+    if let Some((k, _)) = set.get("binding_group")
+        && !matches!(
             kind,
             ReplicateKind::OutboundCidr | ReplicateKind::OutboundDomains
-        ) {
-            ctx.warn(
-                &k.pos,
-                format!("`binding_group` is only valid for outbound_cidr and outbound_domains, not `{kind}`"),
-            );
-        }
+        )
+    {
+        ctx.warn(
+            &k.pos,
+            format!(
+                "`binding_group` is only valid for outbound_cidr and outbound_domains, not `{kind}`"
+            ),
+        );
     }
     Some(Replicate {
         name: name.text.clone(),
@@ -1625,8 +1627,10 @@ fn check_follows(ctx: &mut Ctx, cfg: &Config) {
 fn check_logs_published(ctx: &mut Ctx, cfg: &Config) {
     for l in &cfg.loggers {
         for (opt_name, dest) in &l.destinations {
-            if let LogDestination::Cluster { path, .. } = dest {
-                if !cfg.cluster.logs.values().any(|p| p == path) {
+            if let LogDestination::Cluster { path, .. } = dest
+                && !cfg.cluster.logs.values().any(|p| p == path)
+            {
+                {
                     let key = format!("{}.{}.{}", l.module, l.name, opt_name);
                     if let Some(Origin::File { file, line, col }) = ctx.origins.get(&key).cloned() {
                         let pos = Pos {
@@ -1889,13 +1893,13 @@ fn netblock(ctx: &mut Ctx, s: &Scope, parent: Option<&Cidr>, out: &mut Vec<Netbl
             return;
         }
     };
-    if let Some(p) = parent {
-        if !p.contains(&cidr) || p.prefix >= cidr.prefix {
-            ctx.err(
-                &name.pos,
-                format!("nested `Netblock \"{cidr}\"` is not a smaller network inside `{p}`"),
-            );
-        }
+    if let Some(p) = parent
+        && (!p.contains(&cidr) || p.prefix >= cidr.prefix)
+    {
+        ctx.err(
+            &name.pos,
+            format!("nested `Netblock \"{cidr}\"` is not a smaller network inside `{p}`"),
+        );
     }
     let key = format!("duraplane.netblock.{cidr}");
     if out.iter().any(|n: &Netblock| n.cidr == cidr) {
@@ -1937,13 +1941,14 @@ fn netblock(ctx: &mut Ctx, s: &Scope, parent: Option<&Cidr>, out: &mut Vec<Netbl
             }
         },
     );
-    if action == NetblockAction::Drop && max_connections.is_none() {
-        if let Some((k, _)) = set.get("action") {
-            ctx.err(
-                &k.pos,
-                format!("`Netblock \"{cidr}\"`: `action = drop` needs `max_connections`"),
-            );
-        }
+    if action == NetblockAction::Drop
+        && max_connections.is_none()
+        && let Some((k, _)) = set.get("action")
+    {
+        ctx.err(
+            &k.pos,
+            format!("`Netblock \"{cidr}\"`: `action = drop` needs `max_connections`"),
+        );
     }
     out.push(Netblock {
         cidr,

@@ -79,7 +79,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, Bad> {
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         d.as_secs().to_string()
-    } else if d.subsec_nanos() % 1_000_000 == 0 {
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}", d.as_secs_f64())
