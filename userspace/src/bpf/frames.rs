@@ -211,7 +211,7 @@ impl Frame {
                 flags,
             } => {
                 let mut opts = self.tcp_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(1); // NOP
                 }
                 let doff = ((20 + opts.len()) / 4) as u8;
@@ -242,7 +242,7 @@ impl Frame {
 
     fn ipv4(&self, f: &mut Vec<u8>, s: Ipv4Addr, d: Ipv4Addr, l4_len: usize) {
         let mut opts = self.ipv4_options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0); // EOL
         }
         let hlen = 20 + opts.len();
@@ -324,8 +324,8 @@ mod tests {
         assert_eq!(f[14], 0x45);
         assert_eq!(f[14 + 9], 6);
         assert_eq!(&f[26..30], &[192, 0, 2, 1]);
-        assert_eq!(&f[36..38], &40000u16.to_be_bytes());
-        assert_eq!(&f[38..40], &25u16.to_be_bytes());
+        assert_eq!(&f[34..36], &40000u16.to_be_bytes());
+        assert_eq!(&f[36..38], &25u16.to_be_bytes());
         assert_eq!(f[34 + 13], tcp_flags::SYN);
     }
 

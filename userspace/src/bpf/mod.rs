@@ -56,7 +56,7 @@ pub enum BpfError {
         flow_capacity: u32,
         source_capacity: u32,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("eBPF program `{program}` not found in the object")]
     ProgramMissing { program: &'static str },
@@ -64,7 +64,7 @@ pub enum BpfError {
     ProgramLoad {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("eBPF map `{map}` not found in the object")]
     MapMissing { map: &'static str },
@@ -73,7 +73,7 @@ pub enum BpfError {
         map: &'static str,
         op: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("eBPF map `{map}`: {op} failed")]
     MapSyscall {
@@ -89,7 +89,7 @@ pub enum BpfError {
         /// With [`XdpMode::Auto`]: why native mode failed before the generic attempt.
         native_error: Option<String>,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("XDP is already attached to `{interface}` by this datapath")]
     AlreadyAttached { interface: String },
@@ -99,7 +99,7 @@ pub enum BpfError {
     DetachFailed {
         interface: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("netblock {addr}/{prefix}: prefix longer than the address")]
     InvalidPrefix { addr: IpAddr, prefix: u8 },
@@ -115,7 +115,7 @@ pub enum BpfError {
     TestRun {
         frame_len: usize,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error(
         "BPF_PROG_TEST_RUN cannot carry a {frame_len}-byte frame with {meta_len} bytes of metadata"
@@ -291,12 +291,16 @@ where
     T::try_from(map).map_err(|source| BpfError::Map {
         map: name,
         op: "open",
-        source,
+        source: Box::new(source),
     })
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> BpfError {
-    move |source| BpfError::Map { map, op, source }
+    move |source| BpfError::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
 }
 
 /// `addr` with the host bits beyond `prefix` cleared, or `None` if `prefix` is too long.
@@ -371,7 +375,7 @@ impl Datapath {
             .map_err(|source| BpfError::Load {
                 flow_capacity: config.flow_capacity,
                 source_capacity: config.source_capacity,
-                source,
+                source: Box::new(source),
             })?;
         let prog_name = program_names::XDP_INGRESS;
         let prog: &mut Xdp = ebpf
@@ -380,11 +384,11 @@ impl Datapath {
             .try_into()
             .map_err(|source| BpfError::ProgramLoad {
                 program: prog_name,
-                source,
+                source: Box::new(source),
             })?;
         prog.load().map_err(|source| BpfError::ProgramLoad {
             program: prog_name,
-            source,
+            source: Box::new(source),
         })?;
         let mut dp = Datapath {
             flows: take(&mut ebpf, names::FLOWS)?,
@@ -418,7 +422,7 @@ impl Datapath {
             .try_into()
             .map_err(|source| BpfError::ProgramLoad {
                 program: name,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -443,13 +447,13 @@ impl Datapath {
             .try_into()
             .map_err(|source| BpfError::ProgramLoad {
                 program: name,
-                source,
+                source: Box::new(source),
             })?;
         let fail = |mode, native_error, source| BpfError::AttachFailed {
             interface: interface.to_owned(),
             mode,
             native_error,
-            source,
+            source: Box::new(source),
         };
         let (link, got) = match mode {
             XdpMode::Native => (
@@ -507,12 +511,12 @@ impl Datapath {
             .try_into()
             .map_err(|source| BpfError::ProgramLoad {
                 program: name,
-                source,
+                source: Box::new(source),
             })?;
         prog.detach(a.link)
             .map_err(|source| BpfError::DetachFailed {
                 interface: a.interface,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -668,13 +672,13 @@ impl Datapath {
         match r {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(BpfError::Map {
+                source: Box::new(source),
                 map: if c.addr.is_ipv4() {
                     names::NETBLOCKS_V4
                 } else {
                     names::NETBLOCKS_V6
                 },
                 op: "remove",
-                source,
             }),
         }
     }
@@ -987,6 +991,50 @@ mod tests {
         let b: IpAddr = "2001:db8:1:2::5".parse().unwrap();
         assert_eq!(masked(b, 48), Some("2001:db8:1::".parse().unwrap()));
         assert_eq!(masked(b, 129), None);
+    }
+
+    /// Needs root (loads the program): the batch reader and the per-key fallback must see
+    /// the same entries, for a hash, a per-CPU LRU hash and a per-CPU array.
+    #[test]
+    fn batch_and_per_key_reads_agree() {
+        let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
+        let d4: IpAddr = "203.0.113.1".parse().unwrap();
+        let d6: IpAddr = "2001:db8:ffff::1".parse().unwrap();
+        for i in 0..600u16 {
+            let (src, dst) = if i.is_multiple_of(2) {
+                (IpAddr::from([198, 51, 100, (i / 4) as u8]), d4)
+            } else {
+                (
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i)),
+                    d6,
+                )
+            };
+            let fr = frames::Frame::tcp(src, 1000 + i, dst, 25, frames::tcp_flags::SYN).build();
+            assert_eq!(dp.test_run(&fr, 1).unwrap().verdict, testrun::Verdict::Pass);
+        }
+        let cases: [(&MapData, Layout); 3] = [
+            (dp.flows.map(), dp.layout::<FlowKey, FlowValue>(false)),
+            (dp.sources.map(), dp.layout::<SourceKey, SourceCounts>(true)),
+            (dp.nb_stats.map(), dp.layout::<u32, NetblockStats>(true)),
+        ];
+        for (map, l) in cases {
+            let fd = map.fd().as_fd();
+            let b = batch::dump(fd, &l, true).unwrap();
+            assert!(b.batched);
+            let k = batch::dump(fd, &l, false).unwrap();
+            assert!(!k.batched);
+            let mut be: Vec<_> = b.entries(&l).collect();
+            let mut ke: Vec<_> = k.entries(&l).collect();
+            be.sort();
+            ke.sort();
+            assert_eq!(be.len(), ke.len());
+            assert!(be == ke);
+        }
+        assert_eq!(dp.read_flows().unwrap().len(), 600);
+        let sources = dp.read_sources().unwrap();
+        // 150 IPv4 sources with 2 flows each, 300 IPv6 sources with one.
+        assert_eq!(sources.len(), 450);
+        assert_eq!(sources.iter().map(|s| s.current).sum::<u64>(), 600);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn run_xdp_with_meta(
     frame: &[u8],
     repeat: u32,
 ) -> Result<RunOutcome, BpfError> {
-    if meta.len() % 4 != 0 || meta.len() > MAX_META || frame.len() < ETH_HLEN {
+    if !meta.len().is_multiple_of(4) || meta.len() > MAX_META || frame.len() < ETH_HLEN {
         return Err(BpfError::TestRunFrame {
             frame_len: frame.len(),
             meta_len: meta.len(),
@@ -90,7 +90,7 @@ pub fn run_xdp_with_meta(
         .test_run(opts)
         .map_err(|source: ProgramError| BpfError::TestRun {
             frame_len: frame.len(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(RunOutcome {
         verdict: r.return_value.into(),
