@@ -1,7 +1,7 @@
 //! `duraplane run`: the daemon's life cycle.
 //!
 //! Order matters and is fixed here: resolve identity → privileged setup (bind the control
-//! socket and metrics port; later: load and attach BPF) → privilege drop (before any thread
+//! socket and metrics port, load and attach XDP) → privilege drop (before any thread
 //! exists, since capabilities are per thread) → start servers → wait for signals. SIGHUP and
 //! `config reload` re-load the file; SIGTERM/SIGINT shut down and remove the socket.
 //!
@@ -48,6 +48,10 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("XDP data plane: {0}")]
+    Datapath(#[from] crate::bpf::BpfError),
+    #[error(transparent)]
+    Inbound(#[from] crate::inbound::ServiceError),
     #[error("cannot daemonize ({step}): {source}")]
     Daemonize {
         step: &'static str,
@@ -134,6 +138,12 @@ fn run_inner(
     if let Some((uid, gid)) = plan.as_ref().and_then(|p| p.uid().zip(p.gid())) {
         control.chown(uid, gid)?;
     }
+    let inbound = if cfg.duraplane.interfaces.is_empty() {
+        tracing::info!("no duraplane.interfaces configured: XDP accounting is off");
+        None
+    } else {
+        Some(crate::inbound::InboundService::setup(&cfg.duraplane)?)
+    };
 
     // No thread may exist before this point (capabilities are per thread).
     security::drop_privileges(plan.as_ref())?;
@@ -154,6 +164,8 @@ fn run_inner(
         "Configuration reloads (SIGHUP, config reload) by result (ok, error)",
         services.reloader.results(),
     );
+
+    let poller = inbound.as_ref().map(|i| i.start(&services)).transpose()?;
 
     let control = control.spawn(services.console.clone())?;
     let metrics = metrics_server
@@ -184,6 +196,14 @@ fn run_inner(
     if let Some(m) = metrics {
         m.stop();
     }
+    if let Some(i) = &inbound {
+        i.stop();
+    }
+    if let Some(p) = poller {
+        let _ = p.join();
+    }
+    // Dropping the last handle of the data plane detaches XDP from every interface.
+    drop(inbound);
     tracing::info!("stopped");
     Ok(())
 }

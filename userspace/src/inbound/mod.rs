@@ -6,9 +6,11 @@
 //! byte-for-byte against Momentum's documented output (reference/momentum.md §3.1).
 
 mod cidrtree;
+mod service;
 mod show;
 
 pub use cidrtree::{CidrTree, shared_list_line};
+pub use service::{InboundService, ServiceError};
 pub use show::{NetblockRow, SynRateCalculator, render_inbound_show};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
