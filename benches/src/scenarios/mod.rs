@@ -1,8 +1,12 @@
 //! One module per performance goal of the capability issues.
 
+mod packet_cost;
+mod rawbpf;
+mod util;
+
 use crate::harness::Scenario;
 
 /// Every scenario, in the order the table shows them.
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    vec![]
+    vec![Box::new(packet_cost::PacketCost)]
 }
