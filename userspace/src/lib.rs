@@ -3,6 +3,7 @@
 //! One folder per capability, each owning its state; data flows one way:
 //! kernel maps → poller → replication → cluster totals → kernel maps.
 
+pub mod bpf;
 pub mod bus;
 pub mod config;
 pub mod console;
