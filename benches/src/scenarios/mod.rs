@@ -2,11 +2,17 @@
 
 mod packet_cost;
 mod rawbpf;
+mod scrape;
 mod util;
+mod veth_flood;
 
 use crate::harness::Scenario;
 
 /// Every scenario, in the order the table shows them.
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    vec![Box::new(packet_cost::PacketCost)]
+    vec![
+        Box::new(packet_cost::PacketCost),
+        Box::new(veth_flood::VethFlood),
+        Box::new(scrape::Scrape),
+    ]
 }

@@ -1,0 +1,170 @@
+//! Issue 3, goal 4: scraping 64k per-source counters in ≤ 30 ms.
+//!
+//! SOURCES (LRU per-CPU hash, key = source address) is filled with 65,536 distinct IPv6
+//! sources by running one SYN per source through `xdp_ingress` (`BPF_PROG_TEST_RUN`: the
+//! program's own insert path). Then `Datapath::read_sources()` (BPF_MAP_LOOKUP_BATCH,
+//! per-CPU values summed, decoded into `SourceCount`s) is timed against the one-key-at-a-
+//! time reader (`BPF_MAP_GET_NEXT_KEY` + `BPF_MAP_LOOKUP_ELEM` per key, same decoding),
+//! interleaved, each scrape recorded in an HDR histogram.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use duraplane::bpf::{
+    Datapath, DatapathConfig,
+    frames::{Frame, tcp_flags},
+};
+use duraplane_common::{AF_INET, SourceCounts, SourceKey, map_names};
+use hdrhistogram::Histogram;
+use zerocopy::FromBytes;
+
+use crate::harness::{Better, Goal, Outcome, Scenario};
+
+pub struct Scrape;
+
+const NAME: &str = "scrape_sources";
+const ENTRIES: u32 = 65_536;
+
+/// What the per-key reader produces per entry (the same facts as `SourceCount`).
+#[derive(Debug)]
+#[allow(dead_code)] // read only through Debug: the decoding is part of the cost
+struct Row {
+    addr: IpAddr,
+    opened: u64,
+    closed: u64,
+}
+
+fn per_key(map: std::os::fd::BorrowedFd<'_>, cpus: usize) -> Result<Vec<Row>> {
+    let stride = size_of::<SourceCounts>().next_multiple_of(8);
+    let mut out = Vec::with_capacity(ENTRIES as usize);
+    crate::scenarios::rawbpf::dump_per_key(map, size_of::<SourceKey>(), stride * cpus, |k, v| {
+        let Ok(k) = SourceKey::read_from_bytes(k) else {
+            return;
+        };
+        let (mut opened, mut closed) = (0, 0);
+        for c in v.chunks_exact(stride) {
+            if let Ok((c, _)) = SourceCounts::read_from_prefix(c) {
+                opened += c.opened;
+                closed += c.closed;
+            }
+        }
+        let addr = if k.family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(k.addr))
+        };
+        out.push(Row {
+            addr,
+            opened,
+            closed,
+        });
+    })?;
+    Ok(out)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+impl Scenario for Scrape {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn describe(&self) -> &'static str {
+        "scrape of 65,536 per-source counters: read_sources() (batch) vs one lookup per key"
+    }
+
+    fn run(&self, quick: bool) -> Result<Vec<Outcome>> {
+        let scrapes = if quick { 5 } else { 100 };
+        let mut dp = Datapath::load(&DatapathConfig {
+            flow_capacity: 2 * ENTRIES,
+            // LRU headroom: the per-CPU free lists evict before a map is completely full.
+            source_capacity: 2 * ENTRIES,
+            ..DatapathConfig::default()
+        })
+        .context("loading xdp_ingress")?;
+        let dst = IpAddr::V6("2001:db8:ffff::25".parse()?);
+        for i in 0..ENTRIES {
+            let src = IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(i + 1)));
+            let f = Frame::tcp(src, 40000, dst, 25, tcp_flags::SYN).build();
+            dp.test_run(&f, 1)?;
+        }
+        let n = dp.read_sources()?.len();
+        if n != ENTRIES as usize {
+            bail!("SOURCES holds {n} entries after {ENTRIES} distinct SYNs");
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?;
+        let map_fd = {
+            let ids = dp.program()?.info()?.map_ids()?.unwrap_or_default();
+            let mut found = None;
+            for id in ids {
+                let info = aya::maps::MapInfo::from_id(id)?;
+                if info.name_as_str() == Some(map_names::SOURCES) {
+                    found = Some(info.fd()?);
+                }
+            }
+            found.context("SOURCES not among xdp_ingress's maps")?
+        };
+        let mut batch = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut single = batch.clone();
+        for _ in 0..scrapes {
+            let t = Instant::now();
+            let got = dp.read_sources()?;
+            batch.record(t.elapsed().as_micros() as u64)?;
+            if got.len() != n {
+                bail!("batch scrape read {} entries, expected {n}", got.len());
+            }
+            let t = Instant::now();
+            let got = per_key(map_fd.as_fd(), cpus)?;
+            single.record(t.elapsed().as_micros() as u64)?;
+            if got.len() != n {
+                bail!("per-key scrape read {} entries, expected {n}", got.len());
+            }
+            std::hint::black_box(&got);
+        }
+        let goal = Goal {
+            text: "≤ 30 ms".into(),
+            threshold: 30.0,
+            better: Better::Lower,
+            on_ratio: false,
+        };
+        let notes = |q: &str| {
+            format!(
+                "{n} entries (IPv6 keys, {cpus} possible CPUs), {scrapes} scrapes each, interleaved; {q}; batch p50 {:.2} / p99 {:.2} / max {:.2} ms = {:.2} µs per key at p50; per-key p50 {:.2} / p99 {:.2} / max {:.2} ms = {:.2} µs per key",
+                ms(&batch, 0.5),
+                ms(&batch, 0.99),
+                batch.max() as f64 / 1000.0,
+                ms(&batch, 0.5) * 1000.0 / n as f64,
+                ms(&single, 0.5),
+                ms(&single, 0.99),
+                single.max() as f64 / 1000.0,
+                ms(&single, 0.5) * 1000.0 / n as f64,
+            )
+        };
+        Ok(vec![
+            Outcome {
+                scenario: NAME.into(),
+                metric: "scrape of 65,536 per-source counters, p50".into(),
+                unit: "ms".into(),
+                value: ms(&batch, 0.5),
+                baseline: Some(("one lookup per key".into(), ms(&single, 0.5))),
+                goal: Some(goal.clone()),
+                notes: notes("p50"),
+            },
+            Outcome {
+                scenario: NAME.into(),
+                metric: "scrape of 65,536 per-source counters, p99".into(),
+                unit: "ms".into(),
+                value: ms(&batch, 0.99),
+                baseline: Some(("one lookup per key".into(), ms(&single, 0.99))),
+                goal: Some(goal),
+                notes: String::new(),
+            },
+        ])
+    }
+}
