@@ -1,0 +1,661 @@
+//! The backend-independent half of the reactor: connection state, handshakes, framing,
+//! deadlines, peer links, timers and service dispatch. Backends move bytes and report
+//! events; everything they must do next is left in `State::{dirty, closed, connects}`.
+
+use std::{
+    any::Any,
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    Command, EngineSettings, PeerSpec,
+    auth::{Handshake, Role, Step, kind},
+    frame::{Frame, FrameDecoder, FrameError, ServiceId},
+    service::{CloseReason, ConnId, ConnInfo, ConnOrigin, Ctx, Service, TimerId},
+    stats::{RejectReason, StatsCell},
+};
+
+enum Stage {
+    Connecting,
+    Handshaking(Handshake),
+    Open,
+}
+
+struct Conn {
+    info: ConnInfo,
+    stage: Stage,
+    dec: FrameDecoder,
+    out: Vec<u8>,
+    in_dirty: bool,
+    deadline: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Conn(ConnId),
+    User(TimerId),
+    Peer(String),
+}
+
+struct UserTimer {
+    service: ServiceId,
+    every: Option<Duration>,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    conn: Option<ConnId>,
+    backoff: Duration,
+}
+
+/// Everything but the services, so a service callback can borrow it through [`Ctx`].
+pub(crate) struct State {
+    pub(crate) settings: Arc<EngineSettings>,
+    pub(crate) now: Instant,
+    pub(crate) stats: Arc<StatsCell>,
+    conns: HashMap<ConnId, Conn>,
+    next_id: u64,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    user_timers: HashMap<TimerId, UserTimer>,
+    next_timer: u64,
+    peers: HashMap<String, Peer>,
+    registered: [bool; 256],
+    pending_open: Vec<ConnId>,
+    pending_close: Vec<(ConnId, CloseReason)>,
+    /// Connections with output to write (backend drains).
+    pub(crate) dirty: Vec<ConnId>,
+    /// Connections whose sockets the backend must drop.
+    pub(crate) closed: Vec<ConnId>,
+    /// Outbound connects the backend must start.
+    pub(crate) connects: Vec<(ConnId, SocketAddr)>,
+    pub(crate) stopping: bool,
+}
+
+pub(crate) struct Core {
+    pub(crate) st: State,
+    services: Vec<Option<Box<dyn Service>>>,
+}
+
+impl Core {
+    pub(crate) fn new(
+        settings: Arc<EngineSettings>,
+        stats: Arc<StatsCell>,
+        services: Vec<(ServiceId, Box<dyn Service>)>,
+        peers: Vec<PeerSpec>,
+    ) -> Core {
+        let mut slots: Vec<Option<Box<dyn Service>>> = (0..256).map(|_| None).collect();
+        let mut registered = [false; 256];
+        for (id, s) in services {
+            registered[id.0 as usize] = true;
+            slots[id.0 as usize] = Some(s);
+        }
+        let mut core = Core {
+            st: State {
+                settings,
+                now: Instant::now(),
+                stats,
+                conns: HashMap::new(),
+                next_id: 1,
+                timers: BinaryHeap::new(),
+                user_timers: HashMap::new(),
+                next_timer: 1,
+                peers: HashMap::new(),
+                registered,
+                pending_open: Vec::new(),
+                pending_close: Vec::new(),
+                dirty: Vec::new(),
+                closed: Vec::new(),
+                connects: Vec::new(),
+                stopping: false,
+            },
+            services: slots,
+        };
+        for p in peers {
+            core.st.add_peer(p);
+        }
+        for i in 0..256 {
+            core.with_service(ServiceId(i as u8), |s, ctx| s.on_start(ctx));
+        }
+        core
+    }
+
+    fn with_service(&mut self, id: ServiceId, f: impl FnOnce(&mut dyn Service, &mut Ctx<'_>)) {
+        let slot = id.0 as usize;
+        if let Some(mut s) = self.services[slot].take() {
+            f(
+                s.as_mut(),
+                &mut Ctx {
+                    st: &mut self.st,
+                    service: id,
+                },
+            );
+            self.services[slot] = Some(s);
+        }
+    }
+
+    fn each_service(&mut self, mut f: impl FnMut(&mut dyn Service, &mut Ctx<'_>)) {
+        for i in 0..256usize {
+            if self.st.registered[i] {
+                self.with_service(ServiceId(i as u8), &mut f);
+            }
+        }
+    }
+
+    /// Runs the consequences of the last event: link-up and link-down notifications,
+    /// which may themselves cause more.
+    pub(crate) fn settle(&mut self) {
+        loop {
+            if let Some(id) = self.st.pending_open.pop() {
+                if let Some(info) = self.st.open_info(id).cloned() {
+                    self.each_service(|s, ctx| s.on_open(ctx, &info));
+                }
+                continue;
+            }
+            if let Some((id, reason)) = self.st.pending_close.pop() {
+                if let Some((info, was_open)) = self.st.finish_close(id, &reason)
+                    && was_open
+                {
+                    self.each_service(|s, ctx| s.on_close(ctx, &info, &reason));
+                }
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// An inbound connection; `None` (and counted) when over the cap.
+    pub(crate) fn accept(&mut self, listener: SocketAddr, remote: SocketAddr) -> Option<ConnId> {
+        self.st.now = Instant::now();
+        StatsCell::add(&self.st.stats.accepted, 1);
+        if self.st.stopping || self.st.conns.len() >= self.st.settings.limits.max_connections {
+            self.st.stats.reject(RejectReason::OverCapacity);
+            return None;
+        }
+        let id = self
+            .st
+            .new_conn(ConnOrigin::Inbound { listener }, remote, Stage::Connecting);
+        self.st.begin_handshake(id, Role::Acceptor);
+        Some(id)
+    }
+
+    /// An outbound connect finished.
+    pub(crate) fn connect_done(&mut self, id: ConnId, res: std::io::Result<()>) {
+        self.st.now = Instant::now();
+        match res {
+            Ok(()) => {
+                StatsCell::add(&self.st.stats.connected, 1);
+                self.st.begin_handshake(id, Role::Initiator);
+            }
+            Err(e) => self.st.request_close(
+                id,
+                CloseReason::ConnectFailed {
+                    error: e.to_string(),
+                },
+            ),
+        }
+        self.settle();
+    }
+
+    /// Bytes arrived.
+    pub(crate) fn data(&mut self, id: ConnId, bytes: &[u8]) {
+        self.st.now = Instant::now();
+        StatsCell::add(&self.st.stats.bytes_in, bytes.len() as u64);
+        let frames = self.st.ingest(id, bytes);
+        for f in frames {
+            if !self.st.is_open(id) {
+                break;
+            }
+            let svc = f.service;
+            self.with_service(svc, |s, ctx| s.on_frame(ctx, id, f));
+        }
+        self.settle();
+    }
+
+    /// The remote closed, or the socket failed.
+    pub(crate) fn io_closed(&mut self, id: ConnId, err: Option<std::io::Error>) {
+        self.st.now = Instant::now();
+        let reason = match err {
+            None => CloseReason::RemoteClosed,
+            Some(e) => CloseReason::Io {
+                error: e.to_string(),
+            },
+        };
+        self.st.request_close(id, reason);
+        self.settle();
+    }
+
+    /// The backend wrote `n` bytes.
+    pub(crate) fn wrote(&mut self, n: usize) {
+        StatsCell::add(&self.st.stats.bytes_out, n as u64);
+    }
+
+    /// Takes the connection's queued output for writing.
+    pub(crate) fn take_out(&mut self, id: ConnId) -> Vec<u8> {
+        match self.st.conns.get_mut(&id) {
+            Some(c) => std::mem::take(&mut c.out),
+            None => Vec::new(),
+        }
+    }
+
+    pub(crate) fn is_live(&self, id: ConnId) -> bool {
+        self.st.conns.contains_key(&id)
+    }
+
+    pub(crate) fn command(&mut self, cmd: Command) {
+        self.st.now = Instant::now();
+        match cmd {
+            Command::Send(id, f) => {
+                self.st.send(id, &f);
+            }
+            Command::SendPeer(name, f) => {
+                if let Some(id) = self.st.peer_conn(&name) {
+                    self.st.send(id, &f);
+                }
+            }
+            Command::Close(id) => self.st.request_close(id, CloseReason::Local),
+            Command::AddPeer(p) => self.st.add_peer(p),
+            Command::RemovePeer(name) => {
+                if let Some(p) = self.st.peers.remove(&name)
+                    && let Some(id) = p.conn
+                {
+                    self.st.request_close(id, CloseReason::PeerRemoved);
+                }
+            }
+            Command::Post(svc, msg) => self.post(svc, msg),
+            Command::Stop => {
+                self.st.stopping = true;
+                self.st.peers.clear();
+                let ids: Vec<ConnId> = self.st.conns.keys().copied().collect();
+                for id in ids {
+                    self.st.request_close(id, CloseReason::Stopping);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    fn post(&mut self, svc: ServiceId, msg: Box<dyn Any + Send>) {
+        self.with_service(svc, |s, ctx| s.on_message(ctx, msg));
+    }
+
+    /// When the reactor must wake up next.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.st.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Fires every timer due by now.
+    pub(crate) fn run_timers(&mut self) {
+        let now = Instant::now();
+        self.st.now = now;
+        while let Some(Reverse((t, _))) = self.st.timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((due, key))) = self.st.timers.pop() else {
+                break;
+            };
+            match key {
+                TimerKey::Conn(id) => self.st.check_conn(id),
+                TimerKey::Peer(name) => self.st.retry_peer(&name),
+                TimerKey::User(tid) => {
+                    let Some(t) = self.st.user_timers.get(&tid) else {
+                        continue;
+                    };
+                    let svc = t.service;
+                    match t.every {
+                        Some(every) => {
+                            let next = (due + every).max(now);
+                            self.st.timers.push(Reverse((next, TimerKey::User(tid))));
+                        }
+                        None => {
+                            self.st.user_timers.remove(&tid);
+                        }
+                    }
+                    self.with_service(svc, |s, ctx| s.on_timer(ctx, tid));
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// True once stopping and every connection is gone.
+    pub(crate) fn finished(&self) -> bool {
+        self.st.stopping && self.st.conns.is_empty()
+    }
+}
+
+impl State {
+    fn new_conn(&mut self, origin: ConnOrigin, remote: SocketAddr, stage: Stage) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        let deadline = self.now + self.settings.limits.auth_timeout;
+        self.conns.insert(
+            id,
+            Conn {
+                info: ConnInfo {
+                    id,
+                    origin,
+                    remote,
+                    remote_name: String::new(),
+                },
+                stage,
+                dec: FrameDecoder::new(self.settings.limits.max_frame),
+                out: Vec::new(),
+                in_dirty: false,
+                deadline,
+                last_rx: self.now,
+                last_tx: self.now,
+            },
+        );
+        self.timers.push(Reverse((deadline, TimerKey::Conn(id))));
+        StatsCell::add(&self.stats.open, 1);
+        id
+    }
+
+    fn begin_handshake(&mut self, id: ConnId, role: Role) {
+        let (hs, hello) = Handshake::start(role, &self.settings.nodename);
+        let deadline = self.now + self.settings.limits.auth_timeout;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.stage = Stage::Handshaking(hs);
+            c.deadline = deadline;
+            self.timers.push(Reverse((deadline, TimerKey::Conn(id))));
+        }
+        self.write(id, &hello);
+    }
+
+    /// Appends an encoded frame to a connection's output (any stage).
+    fn write(&mut self, id: ConnId, f: &Frame) {
+        let max = self.settings.limits.max_out_buffer;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        f.encode_into(&mut c.out);
+        c.last_tx = self.now;
+        StatsCell::add(&self.stats.frames_out, 1);
+        if !c.in_dirty {
+            c.in_dirty = true;
+            self.dirty.push(id);
+        }
+        if c.out.len() > max {
+            self.reject(id, RejectReason::Slow);
+        }
+    }
+
+    pub(crate) fn send(&mut self, id: ConnId, f: &Frame) -> bool {
+        if !self.is_open(id) {
+            return false;
+        }
+        self.write(id, f);
+        true
+    }
+
+    /// Marks a dirty entry consumed (the backend took it off `dirty`).
+    pub(crate) fn undirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.in_dirty = false;
+        }
+    }
+
+    fn is_open(&self, id: ConnId) -> bool {
+        matches!(
+            self.conns.get(&id),
+            Some(Conn {
+                stage: Stage::Open,
+                ..
+            })
+        )
+    }
+
+    pub(crate) fn open_info(&self, id: ConnId) -> Option<&ConnInfo> {
+        match self.conns.get(&id) {
+            Some(
+                c @ Conn {
+                    stage: Stage::Open, ..
+                },
+            ) => Some(&c.info),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn open_infos(&self) -> Vec<ConnInfo> {
+        let mut v: Vec<ConnInfo> = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.stage, Stage::Open))
+            .map(|c| c.info.clone())
+            .collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    pub(crate) fn peer_conn(&self, name: &str) -> Option<ConnId> {
+        self.peers
+            .get(name)
+            .and_then(|p| p.conn)
+            .filter(|id| self.is_open(*id))
+    }
+
+    fn reject(&mut self, id: ConnId, r: RejectReason) {
+        if self.conns.contains_key(&id) && !self.pending_close.iter().any(|(x, _)| *x == id) {
+            self.stats.reject(r);
+        }
+        self.request_close(id, CloseReason::Rejected(r));
+    }
+
+    pub(crate) fn request_close(&mut self, id: ConnId, reason: CloseReason) {
+        if self.conns.contains_key(&id) && !self.pending_close.iter().any(|(x, _)| *x == id) {
+            self.pending_close.push((id, reason));
+        }
+    }
+
+    /// Removes a connection; returns its info and whether services knew it.
+    fn finish_close(&mut self, id: ConnId, reason: &CloseReason) -> Option<(ConnInfo, bool)> {
+        let c = self.conns.remove(&id)?;
+        self.stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.closed.push(id);
+        tracing::debug!(conn = %id, remote = %c.info.remote, ?reason, "engine: connection closed");
+        if let ConnOrigin::Peer { name } = &c.info.origin
+            && let Some(p) = self.peers.get_mut(name)
+            && p.conn == Some(id)
+        {
+            p.conn = None;
+            let wait = jitter(p.backoff);
+            p.backoff = (p.backoff * 2).min(self.settings.backoff.max);
+            self.timers
+                .push(Reverse((self.now + wait, TimerKey::Peer(name.clone()))));
+        }
+        Some((c.info, matches!(c.stage, Stage::Open)))
+    }
+
+    /// Decodes and handles received bytes; returns service frames to deliver.
+    fn ingest(&mut self, id: ConnId, bytes: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return out;
+        };
+        c.dec.extend(bytes);
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return out;
+            };
+            let f = match c.dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return out,
+                Err(e) => {
+                    let r = match e {
+                        FrameError::Oversized { .. } => RejectReason::Oversized,
+                        FrameError::BadMagic { .. } | FrameError::BadVersion { .. } => {
+                            RejectReason::Malformed
+                        }
+                    };
+                    tracing::debug!(conn = %id, remote = %c.info.remote, error = %e, "engine: rejecting");
+                    self.reject(id, r);
+                    return Vec::new();
+                }
+            };
+            StatsCell::add(&self.stats.frames_in, 1);
+            c.last_rx = now;
+            match &mut c.stage {
+                Stage::Connecting => {
+                    self.reject(id, RejectReason::Malformed);
+                    return Vec::new();
+                }
+                Stage::Handshaking(hs) => match hs.on_frame(&self.settings.key, &f) {
+                    Ok(Step::Send(reply)) => self.write(id, &reply),
+                    Ok(Step::Done { peer_name }) => {
+                        c.stage = Stage::Open;
+                        c.info.remote_name = peer_name;
+                        StatsCell::add(&self.stats.authenticated, 1);
+                        if let ConnOrigin::Peer { name } = &c.info.origin
+                            && let Some(p) = self.peers.get_mut(name)
+                        {
+                            p.backoff = self.settings.backoff.min;
+                        }
+                        self.pending_open.push(id);
+                    }
+                    Err(e) => {
+                        use super::auth::AuthError;
+                        let r = match e {
+                            AuthError::Unauthenticated { .. } => RejectReason::Unauthenticated,
+                            AuthError::Malformed { .. } => RejectReason::Malformed,
+                            AuthError::BadProof => RejectReason::BadAuth,
+                        };
+                        tracing::debug!(conn = %id, remote = %c.info.remote, error = %e, "engine: handshake failed");
+                        self.reject(id, r);
+                        return Vec::new();
+                    }
+                },
+                Stage::Open => {
+                    if f.service == ServiceId::ENGINE {
+                        if f.kind != kind::PING || !f.payload.is_empty() {
+                            self.reject(id, RejectReason::Malformed);
+                            return Vec::new();
+                        }
+                    } else if !self.registered[f.service.0 as usize] {
+                        self.reject(id, RejectReason::Malformed);
+                        return Vec::new();
+                    } else {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection's deadline check: auth deadline, idle deadline, keepalive.
+    fn check_conn(&mut self, id: ConnId) {
+        let now = self.now;
+        let idle = self.settings.limits.idle_timeout;
+        let keepalive = idle / 3;
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        match c.stage {
+            Stage::Connecting if now >= c.deadline => self.request_close(
+                id,
+                CloseReason::ConnectFailed {
+                    error: "connect timed out".into(),
+                },
+            ),
+            Stage::Handshaking(_) if now >= c.deadline => self.reject(id, RejectReason::Slow),
+            Stage::Connecting | Stage::Handshaking(_) => {
+                let d = c.deadline;
+                self.timers.push(Reverse((d, TimerKey::Conn(id))));
+            }
+            Stage::Open => {
+                if now >= c.last_rx + idle {
+                    self.reject(id, RejectReason::Slow);
+                    return;
+                }
+                if now >= c.last_tx + keepalive {
+                    self.write(id, &Frame::new(ServiceId::ENGINE, kind::PING, Vec::new()));
+                }
+                if let Some(c) = self.conns.get(&id) {
+                    let next = (c.last_rx + idle).min(c.last_tx + keepalive).max(now);
+                    self.timers.push(Reverse((next, TimerKey::Conn(id))));
+                }
+            }
+        }
+    }
+
+    fn add_peer(&mut self, p: PeerSpec) {
+        if self.stopping {
+            return;
+        }
+        if let Some(old) = self.peers.remove(&p.name)
+            && let Some(id) = old.conn
+        {
+            self.request_close(id, CloseReason::PeerRemoved);
+        }
+        let name = p.name.clone();
+        self.peers.insert(
+            p.name,
+            Peer {
+                addr: p.addr,
+                conn: None,
+                backoff: self.settings.backoff.min,
+            },
+        );
+        self.retry_peer(&name);
+    }
+
+    fn retry_peer(&mut self, name: &str) {
+        let Some(p) = self.peers.get(name) else {
+            return;
+        };
+        if p.conn.is_some() || self.stopping {
+            return;
+        }
+        let addr = p.addr;
+        let id = self.new_conn(
+            ConnOrigin::Peer {
+                name: name.to_owned(),
+            },
+            addr,
+            Stage::Connecting,
+        );
+        if let Some(p) = self.peers.get_mut(name) {
+            p.conn = Some(id);
+        }
+        self.connects.push((id, addr));
+    }
+
+    pub(crate) fn set_timer(
+        &mut self,
+        service: ServiceId,
+        after: Duration,
+        every: Option<Duration>,
+    ) -> TimerId {
+        let id = TimerId(self.next_timer);
+        self.next_timer += 1;
+        self.user_timers.insert(
+            id,
+            UserTimer {
+                service,
+                every: every.filter(|d| !d.is_zero()),
+            },
+        );
+        self.timers
+            .push(Reverse((self.now + after, TimerKey::User(id))));
+        id
+    }
+
+    pub(crate) fn cancel_timer(&mut self, id: TimerId) {
+        self.user_timers.remove(&id);
+    }
+}
+
+/// ±25 % so peers that lost the same node do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
+}
