@@ -350,8 +350,6 @@ pub fn softirq_seconds() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     fn csum(words: &[u8]) -> u16 {
         let mut s: u32 = 0;
         for c in words.chunks(2) {
