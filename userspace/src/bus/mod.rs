@@ -11,6 +11,10 @@
 //! needs a restart for it.
 
 mod cpg;
+pub mod membership;
+mod service;
+
+pub use service::{BusService, ServiceError};
 
 use std::{
     fmt,
@@ -19,7 +23,9 @@ use std::{
 };
 
 /// One process in a CPG group: Corosync's node id and the process id on that node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct MemberId {
     pub nodeid: u32,
     pub pid: u32,

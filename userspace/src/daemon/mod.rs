@@ -52,6 +52,8 @@ pub enum DaemonError {
     Datapath(#[from] crate::bpf::BpfError),
     #[error(transparent)]
     Inbound(#[from] crate::inbound::ServiceError),
+    #[error("cluster bus: {0}")]
+    Bus(#[from] crate::bus::ServiceError),
     #[error("cannot daemonize ({step}): {source}")]
     Daemonize {
         step: &'static str,
@@ -166,6 +168,7 @@ fn run_inner(
     );
 
     let poller = inbound.as_ref().map(|i| i.start(&services)).transpose()?;
+    let bus = crate::bus::BusService::start(&services, &loaded.config)?;
 
     let control = control.spawn(services.console.clone())?;
     let metrics = metrics_server
@@ -193,6 +196,7 @@ fn run_inner(
         }
     }
     control.stop();
+    bus.stop();
     if let Some(m) = metrics {
         m.stop();
     }

@@ -20,6 +20,7 @@
 
 mod addr;
 pub mod corosync;
+pub mod daemons;
 mod ethtool;
 mod process;
 

@@ -1,0 +1,480 @@
+//! Membership as the daemon sees it: Corosync's agreed views of `cluster_group`, what each
+//! member announced about itself, and which members stopped heartbeating.
+//!
+//! Pure state driven by [`BusEvent`]s and the clock, so every rule is unit-tested without
+//! corosync; `service.rs` feeds it from the real bus.
+//!
+//! Heartbeats ("byzantine" detection): a member whose corosync is alive but whose daemon is
+//! hung (SIGSTOP, a deadlock) stays in Corosync's view; it is excluded from the *effective*
+//! view used for ownership once it missed [`MISSED_HEARTBEATS`] intervals, and readmitted
+//! by its next heartbeat.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BusEvent, MemberId};
+
+/// Heartbeat intervals a member may miss before it is considered hung.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// What a daemon says about itself when a view changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    pub nodename: String,
+    /// The ECCluster_Listener address peers reach it on (`ip:port`).
+    pub addr: String,
+    pub version: String,
+    /// Digest of the replication-relevant configuration: members with different digests
+    /// are flagged, never silently mixed.
+    pub config_digest: String,
+}
+
+/// Messages the daemons exchange over the bus (JSON: small, rare, versioned by field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum BusMessage {
+    Announce(Announce),
+    Heartbeat {
+        seq: u64,
+    },
+    /// Run a console command on every member of `control_group`.
+    Broadcast {
+        id: u64,
+        command: String,
+    },
+    BroadcastReply {
+        id: u64,
+        /// The member that asked.
+        to: MemberId,
+        nodename: String,
+        ok: bool,
+        output: String,
+    },
+}
+
+impl BusMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<BusMessage> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Heartbeat settings (`heartbeats_per_sec`, `heartbeat_start_delay`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatPolicy {
+    pub per_sec: u32,
+    pub start_delay: Duration,
+}
+
+impl HeartbeatPolicy {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.per_sec.max(1)))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.interval() * MISSED_HEARTBEATS
+    }
+}
+
+/// One member as shown by `cluster membership`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: MemberId,
+    pub announce: Option<Announce>,
+    pub groups: Vec<String>,
+    pub hung: bool,
+}
+
+/// The daemon's view of the cluster.
+#[derive(Debug)]
+pub struct Membership {
+    cluster_group: String,
+    policy: HeartbeatPolicy,
+    started: Instant,
+    local: Option<MemberId>,
+    connected: bool,
+    disconnected_reason: Option<String>,
+    quorate: Option<bool>,
+    views: BTreeMap<String, Vec<MemberId>>,
+    announces: HashMap<MemberId, Announce>,
+    last_heartbeat: HashMap<MemberId, Instant>,
+    view_changed: Instant,
+    views_seen: u64,
+}
+
+impl Membership {
+    pub fn new(cluster_group: &str, policy: HeartbeatPolicy, now: Instant) -> Self {
+        Membership {
+            cluster_group: cluster_group.to_owned(),
+            policy,
+            started: now,
+            local: None,
+            connected: false,
+            disconnected_reason: None,
+            quorate: None,
+            views: BTreeMap::new(),
+            announces: HashMap::new(),
+            last_heartbeat: HashMap::new(),
+            view_changed: now,
+            views_seen: 0,
+        }
+    }
+
+    /// Applies one bus event. Returns `true` when this member should (re-)announce itself:
+    /// after connecting and after every view change of `cluster_group`, so members that
+    /// joined learn about everyone in agreed order.
+    pub fn on_event(&mut self, ev: &BusEvent, pid: u32, now: Instant) -> bool {
+        match ev {
+            BusEvent::Connected { nodeid } => {
+                self.connected = true;
+                self.disconnected_reason = None;
+                self.local = Some(MemberId {
+                    nodeid: *nodeid,
+                    pid,
+                });
+                false
+            }
+            BusEvent::Disconnected { reason } => {
+                self.connected = false;
+                self.disconnected_reason = Some(reason.clone());
+                self.views.clear();
+                self.announces.clear();
+                self.last_heartbeat.clear();
+                self.quorate = None;
+                self.view_changed = now;
+                false
+            }
+            BusEvent::Quorum { quorate, .. } => {
+                self.quorate = Some(*quorate);
+                false
+            }
+            BusEvent::View {
+                group,
+                members,
+                left,
+                ..
+            } => {
+                for (m, _) in left {
+                    if !self.views.iter().any(|(g, v)| g != group && v.contains(m)) {
+                        self.announces.remove(m);
+                        self.last_heartbeat.remove(m);
+                    }
+                }
+                for m in members {
+                    // A new member gets a full timeout of grace before it must heartbeat.
+                    self.last_heartbeat.entry(*m).or_insert(now);
+                }
+                self.views.insert(group.clone(), members.clone());
+                if *group == self.cluster_group {
+                    self.view_changed = now;
+                    self.views_seen += 1;
+                    return true;
+                }
+                false
+            }
+            BusEvent::Message { from, payload, .. } => {
+                match BusMessage::decode(payload) {
+                    Some(BusMessage::Announce(a)) => {
+                        self.announces.insert(*from, a);
+                        self.last_heartbeat.insert(*from, now);
+                    }
+                    Some(BusMessage::Heartbeat { .. }) => {
+                        self.last_heartbeat.insert(*from, now);
+                    }
+                    _ => {}
+                }
+                false
+            }
+        }
+    }
+
+    /// Whether heartbeats are being judged yet (`heartbeat_start_delay` after start).
+    pub fn heartbeats_active(&self, now: Instant) -> bool {
+        now.duration_since(self.started) >= self.policy.start_delay
+    }
+
+    /// Members of `cluster_group` whose daemon stopped heartbeating.
+    pub fn hung(&self, now: Instant) -> Vec<MemberId> {
+        if !self.heartbeats_active(now) {
+            return Vec::new();
+        }
+        let timeout = self.policy.timeout();
+        self.cluster_view()
+            .iter()
+            .filter(|m| {
+                self.last_heartbeat
+                    .get(m)
+                    .is_none_or(|t| now.duration_since(*t) > timeout)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Corosync's agreed view of `cluster_group` (sorted).
+    pub fn cluster_view(&self) -> &[MemberId] {
+        self.views
+            .get(&self.cluster_group)
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The view used for ownership: Corosync's view without hung members.
+    pub fn effective_view(&self, now: Instant) -> Vec<MemberId> {
+        let hung = self.hung(now);
+        self.cluster_view()
+            .iter()
+            .filter(|m| !hung.contains(m))
+            .copied()
+            .collect()
+    }
+
+    /// The leader: the member with the lowest (nodeid, pid) of the effective view — the
+    /// same answer at every member, since they share views and heartbeats.
+    pub fn leader(&self, now: Instant) -> Option<MemberId> {
+        self.effective_view(now).into_iter().min()
+    }
+
+    /// The nodename a member announced.
+    pub fn nodename(&self, m: &MemberId) -> Option<&str> {
+        self.announces.get(m).map(|a| a.nodename.as_str())
+    }
+
+    pub fn local(&self) -> Option<MemberId> {
+        self.local
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn disconnected_reason(&self) -> Option<&str> {
+        self.disconnected_reason.as_deref()
+    }
+
+    pub fn quorate(&self) -> Option<bool> {
+        self.quorate
+    }
+
+    /// How long the `cluster_group` view has been unchanged.
+    pub fn view_age(&self, now: Instant) -> Duration {
+        now.duration_since(self.view_changed)
+    }
+
+    pub fn views_seen(&self) -> u64 {
+        self.views_seen
+    }
+
+    /// Every member of any joined group, with what it announced.
+    pub fn members(&self, now: Instant) -> Vec<MemberInfo> {
+        let hung = self.hung(now);
+        let mut all: BTreeMap<MemberId, Vec<String>> = BTreeMap::new();
+        for (g, v) in &self.views {
+            for m in v {
+                all.entry(*m).or_default().push(g.clone());
+            }
+        }
+        all.into_iter()
+            .map(|(id, groups)| MemberInfo {
+                id,
+                announce: self.announces.get(&id).cloned(),
+                groups,
+                hung: hung.contains(&id),
+            })
+            .collect()
+    }
+
+    /// Momentum's private-name form for a member: `#<nodeid>-<pid>#<nodename>`.
+    pub fn private_name(&self, m: &MemberId) -> String {
+        format!(
+            "#{}-{}#{}",
+            m.nodeid,
+            m.pid,
+            self.nodename(m).unwrap_or("(Null)")
+        )
+    }
+
+    /// `cluster membership` in Momentum's format (reference §3.1), one block per member.
+    pub fn render(&self, now: Instant) -> String {
+        let mut out = String::new();
+        for m in self.members(now) {
+            let a = m.announce.as_ref();
+            out.push_str(&format!(
+                "Private Name: {}\nNode Name: {}\nSubcluster: default\nNode Type: Duraplane{}\nVersion: {}\nAddress: {}\nGroups: {}\n\n",
+                self.private_name(&m.id),
+                a.map_or("(Null)", |a| a.nodename.as_str()),
+                if m.hung { " (hung: no heartbeat)" } else { "" },
+                a.map_or("(Null)", |a| a.version.as_str()),
+                a.map_or("0.0.0.0:0", |a| a.addr.as_str()),
+                m.groups.join(", "),
+            ));
+        }
+        if out.is_empty() {
+            out.push_str("No membership information: not connected to corosync.\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::LeaveReason;
+
+    const G: &str = "ec_cluster";
+
+    fn m(nodeid: u32) -> MemberId {
+        MemberId {
+            nodeid,
+            pid: 100 + nodeid,
+        }
+    }
+
+    fn view(members: &[u32], left: &[u32]) -> BusEvent {
+        BusEvent::View {
+            group: G.into(),
+            members: members.iter().map(|n| m(*n)).collect(),
+            joined: Vec::new(),
+            left: left
+                .iter()
+                .map(|n| (m(*n), LeaveReason::NodeDown))
+                .collect(),
+        }
+    }
+
+    fn announce(n: u32) -> BusEvent {
+        BusEvent::Message {
+            group: G.into(),
+            from: m(n),
+            payload: BusMessage::Announce(Announce {
+                nodename: format!("node{n}"),
+                addr: format!("192.0.2.1{n}:4802"),
+                version: "0.1.0".into(),
+                config_digest: "d".into(),
+            })
+            .encode(),
+        }
+    }
+
+    fn hb(n: u32) -> BusEvent {
+        BusEvent::Message {
+            group: G.into(),
+            from: m(n),
+            payload: BusMessage::Heartbeat { seq: 1 }.encode(),
+        }
+    }
+
+    fn policy() -> HeartbeatPolicy {
+        HeartbeatPolicy {
+            per_sec: 10,
+            start_delay: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn views_announces_and_leader() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        assert!(!ms.on_event(&BusEvent::Connected { nodeid: 2 }, 102, t0));
+        assert_eq!(ms.local(), Some(m(2)));
+        assert!(
+            ms.on_event(&view(&[1, 2, 3], &[]), 102, t0),
+            "view change → announce"
+        );
+        for n in 1..=3 {
+            ms.on_event(&announce(n), 102, t0);
+        }
+        assert_eq!(ms.leader(t0), Some(m(1)));
+        assert_eq!(ms.nodename(&m(3)), Some("node3"));
+        let text = ms.render(t0);
+        assert!(text.contains("Private Name: #1-101#node1\nNode Name: node1\nSubcluster: default\nNode Type: Duraplane\nVersion: 0.1.0\nAddress: 192.0.2.11:4802\nGroups: ec_cluster\n"), "{text}");
+
+        // Node 1 leaves: its announce is forgotten, node 2 leads.
+        ms.on_event(&view(&[2, 3], &[1]), 102, t0);
+        assert_eq!(ms.leader(t0), Some(m(2)));
+        assert_eq!(ms.nodename(&m(1)), None);
+        assert_eq!(ms.views_seen(), 2);
+    }
+
+    #[test]
+    fn a_member_without_heartbeats_is_excluded_then_readmitted() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
+        ms.on_event(&view(&[1, 2, 3], &[]), 101, t0);
+        // Before heartbeat_start_delay nobody is judged.
+        let t_early = t0 + Duration::from_millis(900);
+        assert!(ms.hung(t_early).is_empty());
+        // Nodes 1 and 3 heartbeat; node 2 is silent for > 3 intervals (300 ms).
+        let t1 = t0 + Duration::from_millis(1200);
+        ms.on_event(&hb(1), 101, t1);
+        ms.on_event(&hb(3), 101, t1);
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!(ms.hung(t2), vec![m(2)]);
+        assert_eq!(ms.effective_view(t2), vec![m(1), m(3)]);
+        assert!(ms.render(t2).contains("Duraplane (hung: no heartbeat)"));
+        // It heartbeats again: readmitted at once.
+        ms.on_event(&hb(2), 101, t2);
+        assert!(ms.hung(t2).is_empty());
+        assert_eq!(ms.effective_view(t2).len(), 3);
+    }
+
+    #[test]
+    fn disconnect_forgets_the_cluster_and_quorum() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
+        ms.on_event(&view(&[1, 2], &[]), 101, t0);
+        ms.on_event(
+            &BusEvent::Quorum {
+                quorate: true,
+                nodes: vec![1, 2],
+            },
+            101,
+            t0,
+        );
+        assert_eq!(ms.quorate(), Some(true));
+        ms.on_event(
+            &BusEvent::Disconnected {
+                reason: "gone".into(),
+            },
+            101,
+            t0,
+        );
+        assert!(!ms.connected());
+        assert!(ms.cluster_view().is_empty());
+        assert_eq!(ms.quorate(), None);
+        assert_eq!(ms.leader(t0), None);
+        assert!(ms.render(t0).contains("not connected"));
+    }
+
+    #[test]
+    fn garbage_messages_are_ignored() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&view(&[1], &[]), 101, t0);
+        for junk in [
+            &b""[..],
+            b"{",
+            b"\xff\xfe",
+            br#"{"t":"announce"}"#,
+            br#"{"t":"nope"}"#,
+        ] {
+            ms.on_event(
+                &BusEvent::Message {
+                    group: G.into(),
+                    from: m(1),
+                    payload: junk.to_vec(),
+                },
+                101,
+                t0,
+            );
+        }
+        assert_eq!(ms.nodename(&m(1)), None);
+    }
+}
