@@ -36,7 +36,7 @@ enum Cmd {
         #[command(flatten)]
         setup: setup::SetupArgs,
         /// Arguments passed to the demo (see `dp-demo --help`).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, then run formatting and lint checks and the whole test suite.
@@ -47,14 +47,15 @@ enum Cmd {
         #[arg(long)]
         no_lint: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Formatting and lint checks only.
     Lint,
     /// Run the benchmark scenarios (see `duraplane-bench --help`).
     Bench {
-        #[arg(trailing_var_arg = true)]
+        /// Arguments for the harness (see `duraplane-bench --help`), e.g. `--quick`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
@@ -130,7 +131,12 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
         cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(args),
-    )
+    )?;
+    if args.is_empty() {
+        // The bench harness's smoke test: every scenario for a few seconds, no goals judged.
+        bench(&["--quick".into()])?;
+    }
+    Ok(())
 }
 
 fn demo(args: &[String]) -> Result<()> {
