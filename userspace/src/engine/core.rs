@@ -32,6 +32,8 @@ struct Conn {
     out: Vec<u8>,
     in_dirty: bool,
     deadline: Instant,
+    /// When its one pending deadline check is due (older heap entries are stale).
+    check_at: Option<Instant>,
     last_rx: Instant,
     last_tx: Instant,
 }
@@ -301,7 +303,14 @@ impl Core {
                 break;
             };
             match key {
-                TimerKey::Conn(id) => self.st.check_conn(id),
+                TimerKey::Conn(id) => {
+                    if let Some(c) = self.st.conns.get_mut(&id)
+                        && c.check_at == Some(due)
+                    {
+                        c.check_at = None;
+                        self.st.check_conn(id);
+                    }
+                }
                 TimerKey::Peer(name) => self.st.retry_peer(&name),
                 TimerKey::User(tid) => {
                     let Some(t) = self.st.user_timers.get(&tid) else {
@@ -349,11 +358,12 @@ impl State {
                 out: Vec::new(),
                 in_dirty: false,
                 deadline,
+                check_at: None,
                 last_rx: self.now,
                 last_tx: self.now,
             },
         );
-        self.timers.push(Reverse((deadline, TimerKey::Conn(id))));
+        self.schedule_check(id, deadline);
         StatsCell::add(&self.stats.open, 1);
         id
     }
@@ -364,8 +374,8 @@ impl State {
         if let Some(c) = self.conns.get_mut(&id) {
             c.stage = Stage::Handshaking(hs);
             c.deadline = deadline;
-            self.timers.push(Reverse((deadline, TimerKey::Conn(id))));
         }
+        self.schedule_check(id, deadline);
         self.write(id, &hello);
     }
 
@@ -569,7 +579,7 @@ impl State {
             Stage::Handshaking(_) if now >= c.deadline => self.reject(id, RejectReason::Slow),
             Stage::Connecting | Stage::Handshaking(_) => {
                 let d = c.deadline;
-                self.timers.push(Reverse((d, TimerKey::Conn(id))));
+                self.schedule_check(id, d);
             }
             Stage::Open => {
                 if now >= c.last_rx + idle {
@@ -581,9 +591,19 @@ impl State {
                 }
                 if let Some(c) = self.conns.get(&id) {
                     let next = (c.last_rx + idle).min(c.last_tx + keepalive).max(now);
-                    self.timers.push(Reverse((next, TimerKey::Conn(id))));
+                    self.schedule_check(id, next);
                 }
             }
+        }
+    }
+
+    /// Keeps one deadline check per connection, at the earliest time asked for.
+    fn schedule_check(&mut self, id: ConnId, at: Instant) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.check_at.is_none_or(|t| at < t)
+        {
+            c.check_at = Some(at);
+            self.timers.push(Reverse((at, TimerKey::Conn(id))));
         }
     }
 

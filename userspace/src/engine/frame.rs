@@ -239,4 +239,38 @@ mod tests {
         d.extend(&bytes);
         assert_eq!(d.next_frame(), Err(FrameError::BadVersion { found: 9 }));
     }
+
+    proptest::proptest! {
+        /// Any frame sequence, cut anywhere, decodes to itself; arbitrary bytes never
+        /// panic the decoder and never yield a frame over the limit.
+        #[test]
+        fn decode_roundtrip_and_garbage(
+            frames in proptest::collection::vec(
+                (0u8..=255, 0u8..=255, 0u8..=255, proptest::collection::vec(0u8..=255, 0..300)),
+                0..8,
+            ),
+            cut in 1usize..64,
+            garbage in proptest::collection::vec(0u8..=255, 0..512),
+        ) {
+            let frames: Vec<Frame> = frames
+                .into_iter()
+                .map(|(s, k, fl, p)| Frame { service: ServiceId(s), kind: k, flags: fl, payload: p })
+                .collect();
+            let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
+            let mut d = FrameDecoder::new(300);
+            let mut got = Vec::new();
+            for chunk in wire.chunks(cut) {
+                d.extend(chunk);
+                while let Some(f) = d.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            proptest::prop_assert_eq!(got, frames);
+            let mut d = FrameDecoder::new(100);
+            d.extend(&garbage);
+            while let Ok(Some(f)) = d.next_frame() {
+                proptest::prop_assert!(f.payload.len() <= 100);
+            }
+        }
+    }
 }
