@@ -27,7 +27,26 @@ fn toolchain_works(name: &str, need_src: bool) -> bool {
         .is_dir()
 }
 
+/// Exposes the commit for `duraplane_build_info` and `duraplane version` (absent outside git).
+fn git_commit() {
+    let git = concat!(env!("CARGO_MANIFEST_DIR"), "/../.git");
+    if !std::path::Path::new(git).exists() {
+        return;
+    }
+    println!("cargo:rerun-if-changed={git}/HEAD");
+    println!("cargo:rerun-if-changed={git}/refs/heads");
+    if let Ok(out) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        && out.status.success()
+    {
+        let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        println!("cargo:rustc-env=DURAPLANE_GIT_COMMIT={commit}");
+    }
+}
+
 fn main() {
+    git_commit();
     println!("cargo:rerun-if-env-changed=DURAPLANE_BPF_TOOLCHAIN");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("duraplane-ebpf");

@@ -145,11 +145,19 @@ fn print_config_error(e: &ConfigError) {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match config::load(file) {
+    // `check` keeps the warnings even when there are errors, so an operator sees both.
+    let checked = match config::check(file) {
+        Ok(c) => c,
+        Err(e) => {
+            print_config_error(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for w in &checked.warnings {
+        eprintln!("warning: {w}");
+    }
+    match checked.into_result() {
         Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
             print!("{}", config::render_effective(&loaded));
             ExitCode::SUCCESS
         }
