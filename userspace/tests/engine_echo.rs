@@ -21,7 +21,11 @@ fn round_trip_v4_v6(b: BackendChoice) {
             assert_eq!(c.recv().unwrap(), f);
         }
         // A frame at the size limit passes whole.
-        let big = Frame::new(ECHO, 99, vec![0xab; duraplane::engine::DEFAULT_MAX_FRAME as usize]);
+        let big = Frame::new(
+            ECHO,
+            99,
+            vec![0xab; duraplane::engine::DEFAULT_MAX_FRAME as usize],
+        );
         c.send(&big).unwrap();
         assert_eq!(c.recv().unwrap(), big);
     }
@@ -36,10 +40,16 @@ fn round_trip_v4_v6(b: BackendChoice) {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.opened.len(), 2);
     assert_eq!(seen.opened[0].remote_name, "client");
-    assert!(matches!(seen.opened[1].origin, ConnOrigin::Inbound { listener } if listener == addrs[1]));
+    assert!(
+        matches!(seen.opened[1].origin, ConnOrigin::Inbound { listener } if listener == addrs[1])
+    );
     drop(seen);
     if b == BackendChoice::IoUring {
-        assert!(s.uring.enters > 0 && s.uring.completions > 0, "{:?}", s.uring);
+        assert!(
+            s.uring.enters > 0 && s.uring.completions > 0,
+            "{:?}",
+            s.uring
+        );
         assert!(s.uring.in_flight_max >= 1);
     }
     engine.stop().unwrap();
@@ -65,12 +75,12 @@ fn handle_pushes_frames_and_closes(b: BackendChoice) {
     // Frames to an unknown connection or service are dropped, not fatal.
     engine
         .handle()
-        .send(duraplane::engine::ConnId(999_999), Frame::new(ECHO, 1, vec![]))
+        .send(
+            duraplane::engine::ConnId(999_999),
+            Frame::new(ECHO, 1, vec![]),
+        )
         .unwrap();
-    engine
-        .handle()
-        .post(ServiceId(99), Box::new(1u32))
-        .unwrap();
+    engine.handle().post(ServiceId(99), Box::new(1u32)).unwrap();
     engine.handle().close(id).unwrap();
     assert!(c.recv().is_err());
     eventually("on_close", || seen.lock().unwrap().closed.len() == 1);
@@ -113,10 +123,11 @@ fn stop_is_clean_with_open_connections(b: BackendChoice) {
     }
     let seen = seen.lock().unwrap();
     assert_eq!(seen.closed.len(), 5);
-    assert!(seen
-        .closed
-        .iter()
-        .all(|(_, r)| *r == duraplane::engine::CloseReason::Stopping));
+    assert!(
+        seen.closed
+            .iter()
+            .all(|(_, r)| *r == duraplane::engine::CloseReason::Stopping)
+    );
     // The port is free again.
     drop(std::net::TcpListener::bind(addr).unwrap());
 }

@@ -23,8 +23,12 @@ fn good_key_loads_and_trailing_newline_is_trimmed() {
     use duraplane::engine::auth::{Handshake, Role, Step};
     let (mut x, hx) = Handshake::start(Role::Initiator, "x");
     let (mut y, hy) = Handshake::start(Role::Acceptor, "y");
-    let Step::Send(px) = x.on_frame(&ka, &hy).unwrap() else { panic!() };
-    let Step::Send(py) = y.on_frame(&kb, &hx).unwrap() else { panic!() };
+    let Step::Send(px) = x.on_frame(&ka, &hy).unwrap() else {
+        panic!()
+    };
+    let Step::Send(py) = y.on_frame(&kb, &hx).unwrap() else {
+        panic!()
+    };
     assert!(x.on_frame(&ka, &py).is_ok());
     assert!(y.on_frame(&kb, &px).is_ok());
 }
@@ -58,7 +62,12 @@ fn group_or_other_readable_is_refused() {
 #[test]
 fn empty_or_short_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for (content, len) in [(&b""[..], 0), (b"\n\n", 0), (b"short-key-15byte", 16), (b"fifteen-bytes!!", 15)] {
+    for (content, len) in [
+        (&b""[..], 0),
+        (b"\n\n", 0),
+        (b"short-key-15byte", 16),
+        (b"fifteen-bytes!!", 15),
+    ] {
         let p = write(&dir, "k", content, 0o600);
         match ClusterKey::load(&p) {
             Ok(_) => assert!(len >= 16, "{content:?} accepted"),

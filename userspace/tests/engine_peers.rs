@@ -32,11 +32,19 @@ impl Service for Recorder {
         self.0.lock().unwrap().frames.push(frame);
     }
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, conn: &ConnInfo, reason: &CloseReason) {
-        self.0.lock().unwrap().down.push((conn.clone(), reason.clone()));
+        self.0
+            .lock()
+            .unwrap()
+            .down
+            .push((conn.clone(), reason.clone()));
     }
 }
 
-fn node_a(b: BackendChoice, peer: SocketAddr, key: duraplane::engine::ClusterKey) -> (Engine, Arc<Mutex<Log>>) {
+fn node_a(
+    b: BackendChoice,
+    peer: SocketAddr,
+    key: duraplane::engine::ClusterKey,
+) -> (Engine, Arc<Mutex<Log>>) {
     let mut cfg = config(b, "node-a", &[]);
     cfg.key = key;
     cfg.backoff = Backoff {
@@ -72,7 +80,13 @@ fn link_comes_up_and_carries_frames(b: BackendChoice) {
         eventually("echoes back over the link", || {
             log.lock().unwrap().frames.len() == 10
         });
-        let got: Vec<u8> = log.lock().unwrap().frames.iter().map(|f| f.payload[0]).collect();
+        let got: Vec<u8> = log
+            .lock()
+            .unwrap()
+            .frames
+            .iter()
+            .map(|f| f.payload[0])
+            .collect();
         assert_eq!(got, (0..10).collect::<Vec<u8>>());
         let s = a.stats();
         assert_eq!((s.connected, s.authenticated, s.accepted), (1, 1, 0));
@@ -88,7 +102,11 @@ fn link_reconnects_after_server_restart(b: BackendChoice) {
     eventually("link up", || log.lock().unwrap().up.len() == 1);
     server.stop().unwrap();
     eventually("link down reported", || log.lock().unwrap().down.len() == 1);
-    assert!(a.handle().send_to_peer("b", Frame::new(ECHO, 1, vec![])).is_ok());
+    assert!(
+        a.handle()
+            .send_to_peer("b", Frame::new(ECHO, 1, vec![]))
+            .is_ok()
+    );
     // Let a few connects fail against the closed port, then bring the server back.
     std::thread::sleep(Duration::from_millis(150));
     let (server, seen) = start_echo(config(b, "node-b", &[addr]));
@@ -98,7 +116,11 @@ fn link_reconnects_after_server_restart(b: BackendChoice) {
         .send_to_peer("b", Frame::new(ECHO, 1, b"again".to_vec()))
         .unwrap();
     eventually("frame over the new link", || {
-        log.lock().unwrap().frames.iter().any(|f| f.payload == b"again")
+        log.lock()
+            .unwrap()
+            .frames
+            .iter()
+            .any(|f| f.payload == b"again")
     });
     assert!(a.stats().connected >= 2);
     // Removing the peer closes the link for good.
@@ -122,11 +144,14 @@ fn peer_with_wrong_key_never_comes_up(b: BackendChoice) {
     let (server, seen) = start_echo(config(b, "node-b", &[v4()]));
     let addr = server.local_addrs()[0];
     let (a, log) = node_a(b, addr, other_key());
-    // Retried with backoff, refused every time, on both sides.
+    // Retried with backoff, refused every time.
     eventually("refused repeatedly", || {
         server.stats().rejected.get(RejectReason::BadAuth) >= 3
     });
-    assert!(a.stats().rejected.get(RejectReason::BadAuth) >= 1);
+    // Node A fails the server's proof too, unless the server hung up before its proof
+    // was written (it discards output when it rejects), so only "never authenticated".
+    assert_eq!(a.stats().authenticated, 0);
+    assert!(a.stats().connected >= 3);
     assert!(log.lock().unwrap().up.is_empty());
     assert!(seen.lock().unwrap().opened.is_empty());
     a.stop().unwrap();

@@ -84,10 +84,7 @@ impl Service for Echo {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, frame: Frame) {
         match frame.kind {
             200 => {
-                let t = ctx.set_timer(
-                    Duration::from_millis(20),
-                    Some(Duration::from_millis(20)),
-                );
+                let t = ctx.set_timer(Duration::from_millis(20), Some(Duration::from_millis(20)));
                 self.ticks.push((t, conn, 201));
             }
             202 => {
