@@ -23,8 +23,9 @@ pub const MAX_NETBLOCKS: u32 = 4096;
 /// The netblock id of sources no configured netblock covers.
 pub const NETBLOCK_UNCLASSIFIED: u32 = 0;
 
-/// Default capacity of [`map_names::FLOWS`]: concurrent tracked connections per node.
-/// Userspace may override it before load (`EbpfLoader::set_max_entries`).
+/// Default capacity of each of [`map_names::FLOWS_V4`] and [`map_names::FLOWS_V6`]: concurrent
+/// tracked connections per node and address family. Userspace may override it before load
+/// (`EbpfLoader::set_max_entries`).
 pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
 /// Default capacity of [`map_names::SOURCES`] (distinct source addresses; LRU).
 pub const SOURCES_MAX_ENTRIES: u32 = 65_536;
@@ -35,8 +36,10 @@ pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Names of the maps in the eBPF object (the `static` names in `duraplane-ebpf`).
 pub mod map_names {
-    /// `HASH` [`crate::FlowKey`] → [`crate::FlowValue`]: open connections.
-    pub const FLOWS: &str = "FLOWS";
+    /// `HASH` [`crate::FlowKeyV4`] → [`crate::FlowValue`]: open IPv4 connections.
+    pub const FLOWS_V4: &str = "FLOWS_V4";
+    /// `HASH` [`crate::FlowKeyV6`] → [`crate::FlowValue`]: open IPv6 connections.
+    pub const FLOWS_V6: &str = "FLOWS_V6";
     /// `LRU_PERCPU_HASH` [`crate::SourceKey`] → [`crate::SourceCounts`].
     pub const SOURCES: &str = "SOURCES";
     /// `LPM_TRIE` `{prefixlen u32, [u8; 4]}` → netblock id `u32`.
@@ -63,14 +66,29 @@ pub mod map_names {
 pub mod program_names {
     /// The ingress XDP program (connection accounting and enforcement).
     pub const XDP_INGRESS: &str = "xdp_ingress";
+    /// `return XDP_PASS` and nothing else: the baseline benches measure `xdp_ingress` against
+    /// (built by the same toolchain, loaded the same way).
+    pub const XDP_PASS: &str = "xdp_pass";
 }
 
-/// One open connection, as seen on the wire from the client.
-#[repr(C)]
+/// One open IPv4 connection, as seen on the wire from the client. IPv4 and IPv6 flows live in
+/// separate maps so the common IPv4 key is 12 bytes (one jhash round, one compare) instead of
+/// a family-tagged 40. Aligned to 4 so the program builds it with word stores.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct FlowKey {
-    pub family: u8,
-    pub _pad: [u8; 3],
+pub struct FlowKeyV4 {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Client port, host byte order.
+    pub sport: u16,
+    /// Counted server port, host byte order.
+    pub dport: u16,
+}
+
+/// One open IPv6 connection (see [`FlowKeyV4`]); 36 bytes.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowKeyV6 {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Client port, host byte order.
@@ -86,12 +104,15 @@ pub struct FlowValue {
     /// Netblock id the SYN was classified into (the one whose LOCAL count it holds).
     pub netblock: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the SYN was accepted.
+    /// `bpf_ktime_get_coarse_ns()` when the SYN was accepted: CLOCK_MONOTONIC_COARSE, never
+    /// ahead of CLOCK_MONOTONIC and at most one tick (1/CONFIG_HZ) behind it, at a fraction of
+    /// the cost of the precise clock. Expiry may therefore close a flow up to a tick early.
     pub opened_ns: u64,
 }
 
-/// A source address (per-source counts).
-#[repr(C)]
+/// A source address (per-source counts). Aligned to 4 so the program builds it with word
+/// stores; the layout (20 bytes, no padding) is the same as with byte alignment.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct SourceKey {
     pub family: u8,
@@ -175,7 +196,7 @@ impl PortSet {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct DropEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE, see [`FlowValue::opened_ns`]).
     pub ts_ns: u64,
     pub saddr: [u8; 16],
     pub netblock: u32,
@@ -204,13 +225,18 @@ pub const EXPIRE_MAGIC: u32 = 0x4450_4558;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stat {
-    /// Every packet the program saw.
+    /// Every frame that left the fast path, i.e. every frame *except* well-formed TCP
+    /// segments that carry neither FIN, RST nor a bare SYN (ACKs, data, SYN+ACK: the bulk of
+    /// established traffic), which are passed after parsing without any map access. Every
+    /// frame counted by another slot below is counted here too. Totals of all frames are the
+    /// interface's own counters (`ip -s link`).
     Packets = 0,
     /// Not IPv4/IPv6 (ARP, QinQ outer tag, …): passed.
     NonIp,
     /// IP but not TCP (or an IPv6 chain ending elsewhere): passed.
     NonTcp,
-    /// TCP to a port not in [`PortSet`]: passed.
+    /// TCP SYN/FIN/RST to a port not in [`PortSet`]: passed. (Other segments to such ports
+    /// take the fast path and are not counted.)
     UncountedPort,
     /// Frame shorter than the headers it announces: passed.
     Truncated,
@@ -236,7 +262,7 @@ pub enum Stat {
     Dropped,
     /// SYNs over a limit with action count (passed, tracked).
     OverLimit,
-    /// Flow insert failed because FLOWS is full: SYN passed uncounted.
+    /// Flow insert failed because FLOWS_V4/FLOWS_V6 is full: SYN passed uncounted.
     FlowMapFull,
     /// Flow insert failed for another reason (ENOMEM…): SYN passed uncounted.
     FlowInsertFailed,
@@ -311,7 +337,7 @@ impl Stat {
 
 /// All global counters of one CPU. The STATS map has one entry holding this block (rather
 /// than one entry per [`Stat`]) so the program does a single, verifier-inlined lookup per
-/// packet and then plain increments.
+/// slow-path packet and then plain increments.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct StatsBlock {
@@ -323,7 +349,8 @@ mod pod {
     // SAFETY: all are `#[repr(C)]`, contain only integers and byte arrays, have no padding
     // (checked by the zerocopy `IntoBytes` derive) and are valid for any bit pattern
     // (`FromBytes`).
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
+    unsafe impl aya::Pod for super::FlowKeyV6 {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceCounts {}
@@ -340,7 +367,8 @@ mod tests {
 
     #[test]
     fn layouts_are_fixed() {
-        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowKeyV4>(), 12);
+        assert_eq!(size_of::<FlowKeyV6>(), 36);
         assert_eq!(size_of::<FlowValue>(), 16);
         assert_eq!(size_of::<SourceKey>(), 20);
         assert_eq!(size_of::<SourceCounts>(), 16);

@@ -3,9 +3,15 @@
 //! `xdp_ingress` — inbound connection accounting per policy netblock (DESIGN.md "eBPF data
 //! plane"). The layouts of every map key/value are in `duraplane-common`.
 //!
-//! Fast path: every packet costs one per-CPU stats lookup (inlined by the verifier); TCP
-//! packets to a counted port cost one more array lookup (port bitmap). Only SYN (without
-//! ACK) and FIN/RST to a counted port touch the hash maps.
+//! Fast path: Ethernet (+ one 802.1Q tag), IPv4/IPv6 and the TCP flags are read with word
+//! loads and no copies; a TCP segment without FIN, RST or a bare SYN (ACKs, data, SYN+ACK)
+//! is passed right there, with no map access at all. Everything else takes the slow path:
+//! one per-CPU STATS lookup (verifier-inlined), the port bitmap, and — only for SYN/FIN/RST
+//! to a counted port — the addresses and the hash maps. No byte-wise zeroing or copying:
+//! keys are built field by field from word loads (check with `bpftool prog dump xlated`:
+//! no calls to `memset`/`memcpy` subprograms).
+//!
+//! `xdp_pass` — `return XDP_PASS`: the baseline the benches measure `xdp_ingress` against.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there;
@@ -15,31 +21,40 @@
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    use core::{
+        intrinsics::{AtomicOrdering, atomic_xadd},
+        mem::MaybeUninit,
+    };
 
     use aya_ebpf::{
         bindings::{BPF_NOEXIST, xdp_action},
-        helpers::bpf_ktime_get_ns,
+        helpers::bpf_ktime_get_coarse_ns,
         macros::{map, xdp},
         maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
         programs::XdpContext,
     };
     use duraplane_common::{
         ACTION_DROP, AF_INET, AF_INET6, DROP_EVENTS_BYTES, DropEvent, EXPIRE_MAGIC, ExpireMeta,
-        FLOWS_MAX_ENTRIES, FlowKey, FlowValue, MAX_NETBLOCKS, NETBLOCK_PREFIXES_MAX_ENTRIES,
-        NetblockLimit, NetblockStats, PortSet, SOURCES_MAX_ENTRIES, SourceCounts, SourceKey, Stat,
-        StatsBlock,
+        FLOWS_MAX_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, MAX_NETBLOCKS,
+        NETBLOCK_PREFIXES_MAX_ENTRIES, NetblockLimit, NetblockStats, PortSet, SOURCES_MAX_ENTRIES,
+        SourceCounts, SourceKey, Stat, StatsBlock,
     };
 
     // Map definitions. Sizes are the defaults of duraplane-common; userspace may override
-    // FLOWS/SOURCES before load. Minimum kernels: ARRAY/HASH 3.19, PERCPU_ARRAY 4.6,
-    // LPM_TRIE 4.11, LRU_PERCPU_HASH 4.10, RINGBUF 5.8; the program uses only v1 instructions (atomic
-    // add, no fetch).
+    // FLOWS_*/SOURCES before load. Minimum kernels: ARRAY/HASH 3.19, PERCPU_ARRAY 4.6,
+    // LPM_TRIE 4.11, LRU_PERCPU_HASH 4.10, RINGBUF 5.8, bpf_ktime_get_coarse_ns 5.11; the
+    // program uses only v1 instructions (atomic add, no fetch).
 
-    /// Open connections; plain HASH (not LRU) so a flow is never evicted behind our back:
-    /// when full, new SYNs pass uncounted and `flow_map_full` counts them.
+    /// Open IPv4 connections; plain HASH (not LRU) so a flow is never evicted behind our
+    /// back: when full, new SYNs pass uncounted and `flow_map_full` counts them.
     #[map]
-    static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+    static FLOWS_V4: HashMap<FlowKeyV4, FlowValue> =
+        HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+    /// Open IPv6 connections (as FLOWS_V4).
+    #[map]
+    static FLOWS_V6: HashMap<FlowKeyV6, FlowValue> =
+        HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
 
     /// Per-source opened/closed, per CPU. LRU: spoofed sources may evict real ones; a close
     /// that finds its source gone is counted as `source_evicted`.
@@ -87,9 +102,10 @@ mod programs {
     static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
 
     const ETH_HLEN: usize = 14;
-    const ETH_P_IP: u16 = 0x0800;
-    const ETH_P_IPV6: u16 = 0x86DD;
-    const ETH_P_8021Q: u16 = 0x8100;
+    /// Ethertypes as a native (little-endian) load of the wire bytes sees them.
+    const ETH_P_IP_RAW: u16 = 0x0800u16.to_be();
+    const ETH_P_IPV6_RAW: u16 = 0x86DDu16.to_be();
+    const ETH_P_8021Q_RAW: u16 = 0x8100u16.to_be();
     const IPPROTO_TCP: u8 = 6;
     const IPV6_HOPOPTS: u8 = 0;
     const IPV6_ROUTING: u8 = 43;
@@ -102,6 +118,10 @@ mod programs {
     const TCP_HLEN: usize = 20;
     const EEXIST: i32 = 17;
     const E2BIG: i32 = 7;
+    /// `bpf_ringbuf_query` flag: bytes not yet consumed.
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    /// Ring buffer space one drop event takes: 8-byte record header + the event.
+    const DROP_RECORD_BYTES: u64 = 8 + size_of::<DropEvent>() as u64;
 
     type Stats = *mut StatsBlock;
 
@@ -111,213 +131,237 @@ mod programs {
         unsafe { (*stats).counters[s as usize] += 1 };
     }
 
-    /// Pointer to `len` bytes at `off` into the packet, if they are inside it. The explicit
+    /// `data + off`, if `len` bytes from there are inside the packet. The explicit
     /// `data + off + len <= data_end` comparison is what the verifier needs to see.
     #[inline(always)]
-    fn ptr_at(ctx: &XdpContext, off: usize, len: usize) -> Option<usize> {
-        let start = ctx.data();
-        let end = ctx.data_end();
-        if start + off + len > end {
+    fn ptr_at(data: usize, end: usize, off: usize, len: usize) -> Option<usize> {
+        if data + off + len > end {
             return None;
         }
-        Some(start + off)
+        Some(data + off)
     }
 
     #[inline(always)]
     fn load_u8(p: usize) -> u8 {
-        // SAFETY: bounds were checked by `ptr_at`.
+        // SAFETY: bounds were checked by the caller (`ptr_at`).
         unsafe { *(p as *const u8) }
+    }
+
+    /// A 16-bit field in wire order, as a native load sees it (one instruction: the
+    /// object is built with misaligned accesses allowed, see build.rs).
+    #[inline(always)]
+    fn load_raw16(p: usize) -> u16 {
+        // SAFETY: bounds were checked by the caller; unaligned read of 2 bytes.
+        unsafe { core::ptr::read_unaligned(p as *const u16) }
     }
 
     #[inline(always)]
     fn load_be16(p: usize) -> u16 {
-        // SAFETY: bounds were checked by `ptr_at`; unaligned read of 2 bytes.
-        u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) })
+        u16::from_be(load_raw16(p))
     }
 
-    /// The parsed facts about one TCP packet the accounting cares about.
-    struct Tcp {
-        family: u8,
-        saddr: [u8; 16],
-        daddr: [u8; 16],
-        sport: u16,
-        dport: u16,
+    #[inline(always)]
+    fn load_raw32(p: usize) -> u32 {
+        // SAFETY: bounds were checked by the caller; unaligned read of 4 bytes.
+        unsafe { core::ptr::read_unaligned(p as *const u32) }
+    }
+
+    /// Copies 16 packet bytes at `src` to 4-aligned `dst` as four word loads and stores
+    /// (a `[u8; 16]` value would be moved byte by byte or through a `memmove` call).
+    ///
+    /// # Safety
+    /// `dst` must be valid for 16 bytes and 4-aligned; `src..src + 16` inside the packet.
+    #[inline(always)]
+    unsafe fn copy16(dst: *mut u32, src: usize) {
+        // SAFETY: per the contract above.
+        unsafe {
+            dst.write(load_raw32(src));
+            dst.add(1).write(load_raw32(src + 4));
+            dst.add(2).write(load_raw32(src + 8));
+            dst.add(3).write(load_raw32(src + 12));
+        }
+    }
+
+    /// The LPM trie key of an IPv6 source, 4-aligned (aya's `Key` is packed: built
+    /// in place it would take byte stores).
+    #[repr(C)]
+    struct Lpm6 {
+        prefix_len: u32,
+        addr: [u32; 4],
+    }
+
+    /// Where a TCP segment's headers are; addresses and ports are read only when needed.
+    #[derive(Clone, Copy)]
+    struct Seg {
+        /// IP header (IPv4 or IPv6, per `v6`); its fixed part is inside the packet.
+        ip: usize,
+        /// TCP header; its 20 fixed bytes are inside the packet.
+        th: usize,
+        v6: bool,
         flags: u8,
+    }
+
+    /// The `xdp_ingress` baseline for benches: the cheapest possible XDP program.
+    #[xdp]
+    pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
     }
 
     /// Ingress accounting. Always passes, except SYNs of a netblock over its limit with
     /// action drop.
     #[xdp]
     pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        let seg = match parse(data, end) {
+            Ok(s) => s,
+            Err(why) => {
+                if let Some(stats) = STATS.get_ptr_mut(0) {
+                    bump(stats, Stat::Packets);
+                    bump(stats, why);
+                }
+                return xdp_action::XDP_PASS;
+            }
+        };
+        // Fast path: neither FIN nor RST nor a bare SYN → nothing to account.
+        let f = seg.flags;
+        if f & (TCP_FIN | TCP_RST) == 0 && f & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return xdp_action::XDP_PASS;
+        }
         let Some(stats) = STATS.get_ptr_mut(0) else {
             return xdp_action::XDP_PASS;
         };
         bump(stats, Stat::Packets);
-        let tcp = match parse(&ctx, stats) {
-            Some(t) => t,
-            None => return xdp_action::XDP_PASS,
-        };
+        let dport = load_be16(seg.th + 2);
         let counted = match PORTS.get(0) {
-            Some(p) => p.contains(tcp.dport),
+            Some(p) => p.contains(dport),
             None => false,
         };
         if !counted {
             // Userspace expiry of a flow whose port is no longer counted still has to
-            // reach the close path; one flag test on this path.
-            if tcp.flags & TCP_RST != 0 && is_expiry(&ctx) {
-                close(&tcp, stats, true);
+            // reach the close path.
+            if f & TCP_RST != 0 && is_expiry(&ctx) {
+                close(&seg, stats, true);
             } else {
                 bump(stats, Stat::UncountedPort);
             }
             return xdp_action::XDP_PASS;
         }
-        if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+        if f & (TCP_FIN | TCP_RST) != 0 {
             // SYN+FIN / SYN+RST never open a connection in Linux: treat as close.
-            close(&tcp, stats, is_expiry(&ctx));
+            close(&seg, stats, is_expiry(&ctx));
             return xdp_action::XDP_PASS;
         }
-        if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            return syn(&tcp, stats);
-        }
-        xdp_action::XDP_PASS
+        syn(&seg, stats)
     }
 
-    /// Ethernet (+ one 802.1Q tag), IPv4/IPv6, TCP. `None` = pass (already counted).
+    /// Ethernet (+ one 802.1Q tag), IPv4/IPv6, TCP; no map access. `Err` = pass and count
+    /// that slot.
     #[inline(always)]
-    fn parse(ctx: &XdpContext, stats: Stats) -> Option<Tcp> {
-        let Some(eth) = ptr_at(ctx, 0, ETH_HLEN) else {
-            bump(stats, Stat::Truncated);
-            return None;
+    fn parse(data: usize, end: usize) -> Result<Seg, Stat> {
+        let Some(eth) = ptr_at(data, end, 0, ETH_HLEN) else {
+            return Err(Stat::Truncated);
         };
-        let mut ethertype = load_be16(eth + 12);
+        let mut ethertype = load_raw16(eth + 12);
         let mut off = ETH_HLEN;
-        if ethertype == ETH_P_8021Q {
-            let Some(tag) = ptr_at(ctx, ETH_HLEN, 4) else {
-                bump(stats, Stat::Truncated);
-                return None;
+        if ethertype == ETH_P_8021Q_RAW {
+            let Some(tag) = ptr_at(data, end, ETH_HLEN, 4) else {
+                return Err(Stat::Truncated);
             };
-            ethertype = load_be16(tag + 2);
+            ethertype = load_raw16(tag + 2);
             off = ETH_HLEN + 4;
         }
-        let mut t = Tcp {
-            family: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            sport: 0,
-            dport: 0,
-            flags: 0,
-        };
-        let l4 = if ethertype == ETH_P_IP {
-            parse_v4(ctx, stats, off, &mut t)?
-        } else if ethertype == ETH_P_IPV6 {
-            parse_v6(ctx, stats, off, &mut t)?
+        let (ip, l4, v6) = if ethertype == ETH_P_IP_RAW {
+            let (ip, l4) = parse_v4(data, end, off)?;
+            (ip, l4, false)
+        } else if ethertype == ETH_P_IPV6_RAW {
+            let (ip, l4) = parse_v6(data, end, off)?;
+            (ip, l4, true)
         } else {
-            bump(stats, Stat::NonIp);
-            return None;
+            return Err(Stat::NonIp);
         };
-        let Some(th) = ptr_at(ctx, l4, TCP_HLEN) else {
-            bump(stats, Stat::Truncated);
-            return None;
+        let Some(th) = ptr_at(data, end, l4, TCP_HLEN) else {
+            return Err(Stat::Truncated);
         };
-        t.sport = load_be16(th);
-        t.dport = load_be16(th + 2);
-        t.flags = load_u8(th + 13);
-        Some(t)
+        Ok(Seg {
+            ip,
+            th,
+            v6,
+            flags: load_u8(th + 13),
+        })
     }
 
-    /// Returns the TCP header offset.
+    /// Returns the IP header and the TCP header offset.
     #[inline(always)]
-    fn parse_v4(ctx: &XdpContext, stats: Stats, off: usize, t: &mut Tcp) -> Option<usize> {
-        let Some(ip) = ptr_at(ctx, off, 20) else {
-            bump(stats, Stat::Truncated);
-            return None;
+    fn parse_v4(data: usize, end: usize, off: usize) -> Result<(usize, usize), Stat> {
+        let Some(ip) = ptr_at(data, end, off, 20) else {
+            return Err(Stat::Truncated);
         };
         let ver_ihl = load_u8(ip);
         let ihl = ((ver_ihl & 0x0f) as usize) * 4;
         if ver_ihl >> 4 != 4 || ihl < 20 {
-            bump(stats, Stat::Malformed);
-            return None;
+            return Err(Stat::Malformed);
         }
         if load_u8(ip + 9) != IPPROTO_TCP {
-            bump(stats, Stat::NonTcp);
-            return None;
+            return Err(Stat::NonTcp);
         }
         // Non-first fragments have no TCP header; first fragments with MF are passed too
-        // (a SYN is never fragmented by a sane stack).
-        if load_be16(ip + 6) & 0x3fff != 0 {
-            bump(stats, Stat::Fragments);
-            return None;
-        }
-        t.family = AF_INET;
-        // SAFETY: the 20-byte header is inside the packet (checked above).
-        unsafe {
-            core::ptr::copy_nonoverlapping((ip + 12) as *const u8, t.saddr.as_mut_ptr(), 4);
-            core::ptr::copy_nonoverlapping((ip + 16) as *const u8, t.daddr.as_mut_ptr(), 4);
+        // (a SYN is never fragmented by a sane stack). Offset + MF = 0x3fff of the
+        // big-endian field.
+        if load_raw16(ip + 6) & 0x3fffu16.to_be() != 0 {
+            return Err(Stat::Fragments);
         }
         // IPv4 options are skipped, not parsed.
-        Some(off + ihl)
+        Ok((ip, off + ihl))
     }
 
-    /// Returns the TCP header offset. Walks at most 3 extension headers (hop-by-hop,
-    /// routing, destination options, or an atomic fragment header — any combination);
-    /// longer chains are passed and counted as `ipv6_ext_unsupported`.
+    /// Returns the IP header and the TCP header offset. Walks at most 3 extension headers
+    /// (hop-by-hop, routing, destination options, or an atomic fragment header — any
+    /// combination); longer chains are passed and counted as `ipv6_ext_unsupported`.
     #[inline(always)]
-    fn parse_v6(ctx: &XdpContext, stats: Stats, off: usize, t: &mut Tcp) -> Option<usize> {
-        let Some(ip) = ptr_at(ctx, off, 40) else {
-            bump(stats, Stat::Truncated);
-            return None;
+    fn parse_v6(data: usize, end: usize, off: usize) -> Result<(usize, usize), Stat> {
+        let Some(ip) = ptr_at(data, end, off, 40) else {
+            return Err(Stat::Truncated);
         };
         if load_u8(ip) >> 4 != 6 {
-            bump(stats, Stat::Malformed);
-            return None;
+            return Err(Stat::Malformed);
         }
         let mut nh = load_u8(ip + 6);
-        // SAFETY: the 40-byte header is inside the packet (checked above).
-        unsafe {
-            core::ptr::copy_nonoverlapping((ip + 8) as *const u8, t.saddr.as_mut_ptr(), 16);
-            core::ptr::copy_nonoverlapping((ip + 24) as *const u8, t.daddr.as_mut_ptr(), 16);
-        }
-        t.family = AF_INET6;
         let mut l4 = off + 40;
+        if nh == IPPROTO_TCP {
+            return Ok((ip, l4));
+        }
         let mut i = 0;
         while i < 3 {
             i += 1;
-            if nh == IPPROTO_TCP {
-                return Some(l4);
-            }
             if nh == IPV6_FRAGMENT {
-                let Some(fh) = ptr_at(ctx, l4, 8) else {
-                    bump(stats, Stat::Truncated);
-                    return None;
+                let Some(fh) = ptr_at(data, end, l4, 8) else {
+                    return Err(Stat::Truncated);
                 };
                 // Offset (13 bits) or M flag set: a real fragment.
                 if load_be16(fh + 2) & 0xfff9 != 0 {
-                    bump(stats, Stat::Fragments);
-                    return None;
+                    return Err(Stat::Fragments);
                 }
                 nh = load_u8(fh);
                 l4 += 8;
             } else if nh == IPV6_HOPOPTS || nh == IPV6_ROUTING || nh == IPV6_DSTOPTS {
-                let Some(eh) = ptr_at(ctx, l4, 2) else {
-                    bump(stats, Stat::Truncated);
-                    return None;
+                let Some(eh) = ptr_at(data, end, l4, 2) else {
+                    return Err(Stat::Truncated);
                 };
                 nh = load_u8(eh);
                 l4 += (load_u8(eh + 1) as usize + 1) * 8;
             } else {
-                bump(stats, Stat::NonTcp);
-                return None;
+                return Err(Stat::NonTcp);
+            }
+            if nh == IPPROTO_TCP {
+                return Ok((ip, l4));
             }
         }
-        if nh == IPPROTO_TCP {
-            return Some(l4);
-        }
         if nh == IPV6_FRAGMENT || nh == IPV6_HOPOPTS || nh == IPV6_ROUTING || nh == IPV6_DSTOPTS {
-            bump(stats, Stat::Ipv6ExtUnsupported);
+            Err(Stat::Ipv6ExtUnsupported)
         } else {
-            bump(stats, Stat::NonTcp);
+            Err(Stat::NonTcp)
         }
-        None
     }
 
     /// Whether this packet carries userspace's expiry marker in its XDP metadata.
@@ -332,34 +376,81 @@ mod programs {
     }
 
     #[inline(always)]
-    fn flow_key(t: &Tcp) -> FlowKey {
-        FlowKey {
-            family: t.family,
-            _pad: [0; 3],
-            saddr: t.saddr,
-            daddr: t.daddr,
-            sport: t.sport,
-            dport: t.dport,
+    fn key_v4(s: &Seg) -> FlowKeyV4 {
+        FlowKeyV4 {
+            saddr: load_raw32(s.ip + 12).to_ne_bytes(),
+            daddr: load_raw32(s.ip + 16).to_ne_bytes(),
+            sport: load_be16(s.th),
+            dport: load_be16(s.th + 2),
         }
     }
 
     #[inline(always)]
-    fn source_key(t: &Tcp) -> SourceKey {
-        SourceKey {
-            family: t.family,
-            _pad: [0; 3],
-            addr: t.saddr,
+    fn key_v6(s: &Seg) -> FlowKeyV6 {
+        let mut k = MaybeUninit::<FlowKeyV6>::uninit();
+        let w = k.as_mut_ptr() as *mut u32;
+        // SAFETY: FlowKeyV6 is 36 bytes, 4-aligned, no padding: saddr and daddr (adjacent
+        // in the IPv6 header, checked inside the packet by `parse`), then the two ports.
+        unsafe {
+            copy16(w, s.ip + 8);
+            copy16(w.add(4), s.ip + 24);
+            let p = w.add(8) as *mut u16;
+            p.write(load_be16(s.th));
+            p.add(1).write(load_be16(s.th + 2));
+            k.assume_init()
+        }
+    }
+
+    /// Writes the source as a 16-byte address (IPv4 in the first 4 bytes, the rest zero).
+    ///
+    /// # Safety
+    /// `dst` must be valid for 16 bytes and 4-aligned.
+    #[inline(always)]
+    unsafe fn write_saddr16(dst: *mut u32, s: &Seg) {
+        // SAFETY: per the contract above; the source is inside the packet (`parse`).
+        unsafe {
+            if s.v6 {
+                copy16(dst, s.ip + 8);
+            } else {
+                dst.write(load_raw32(s.ip + 12));
+                dst.add(1).write(0);
+                dst.add(2).write(0);
+                dst.add(3).write(0);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn source_key(s: &Seg) -> SourceKey {
+        let mut k = MaybeUninit::<SourceKey>::uninit();
+        let w = k.as_mut_ptr() as *mut u32;
+        let family = if s.v6 { AF_INET6 } else { AF_INET };
+        // SAFETY: SourceKey is 20 bytes, 4-aligned: `family` and three zero `_pad` bytes
+        // are the first little-endian word (the BPF target here is bpfel), then the address.
+        unsafe {
+            w.write(u32::from(family));
+            write_saddr16(w.add(1), s);
+            k.assume_init()
         }
     }
 
     /// Longest-prefix match of the source; 0 when no netblock covers it.
     #[inline(always)]
-    fn classify(t: &Tcp) -> u32 {
-        let id = if t.family == AF_INET {
-            let a = [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]];
-            NETBLOCKS_V4.get(Key::new(32, a)).copied()
+    fn classify(s: &Seg) -> u32 {
+        let id = if s.v6 {
+            let mut k = MaybeUninit::<Lpm6>::uninit();
+            let p = k.as_mut_ptr();
+            // SAFETY: `Lpm6` has aya's `Key<[u8; 16]>` layout (u32 prefix length, then 16
+            // address bytes; `Key` is packed, so any alignment will do) and is fully written.
+            unsafe {
+                (*p).prefix_len = 128;
+                copy16(&raw mut (*p).addr as *mut u32, s.ip + 8);
+                NETBLOCKS_V6.get(&*(p as *const Key<[u8; 16]>)).copied()
+            }
         } else {
-            NETBLOCKS_V6.get(Key::new(128, t.saddr)).copied()
+            NETBLOCKS_V4
+                .get(Key::new(32, load_raw32(s.ip + 12).to_ne_bytes()))
+                .copied()
         };
         match id {
             Some(id) if id < MAX_NETBLOCKS => id,
@@ -367,49 +458,60 @@ mod programs {
         }
     }
 
+    /// Netblock id of a tracked flow, if any.
     #[inline(always)]
-    fn syn(t: &Tcp, stats: Stats) -> u32 {
+    fn flow_netblock(s: &Seg) -> Option<u32> {
+        let v = if s.v6 {
+            FLOWS_V6.get_ptr(key_v6(s))
+        } else {
+            FLOWS_V4.get_ptr(key_v4(s))
+        }?;
+        // SAFETY: a live entry, read before any delete.
+        Some(unsafe { (*v).netblock })
+    }
+
+    #[inline(always)]
+    fn syn(s: &Seg, stats: Stats) -> u32 {
         bump(stats, Stat::Syn);
-        let key = flow_key(t);
-        if FLOWS.get_ptr(&key).is_some() {
+        if flow_netblock(s).is_some() {
             bump(stats, Stat::SynRetransmit);
             return xdp_action::XDP_PASS;
         }
-        let nb = classify(t);
+        let nb = classify(s);
         let nbs = NB_STATS.get_ptr_mut(nb);
-        if let Some(s) = nbs {
+        if let Some(n) = nbs {
             // SAFETY: this CPU's value of an existing array slot.
-            unsafe { (*s).syn += 1 };
+            unsafe { (*n).syn += 1 };
         }
         let Some(local) = LOCAL.get_ptr_mut(nb) else {
             return xdp_action::XDP_PASS;
         };
-        if let Some(lim) = LIMITS.get(nb) {
-            if lim.limit != 0 {
-                // SAFETY: array values are 8-byte aligned and live as long as the map.
-                // A plain aligned 8-byte load is atomic on every BPF JIT; BPF load-acquire
-                // needs cpu v4, which bpf-linker's `generic` cpu does not emit.
-                let l = unsafe { core::ptr::read_volatile(local) };
-                let r = REMOTE.get(nb).copied().unwrap_or(0);
-                // Check-then-add is not one atomic step: concurrent SYNs on different CPUs
-                // may overshoot the limit by at most (CPUs − 1).
-                if l.saturating_add(r) >= lim.limit {
-                    if lim.action == ACTION_DROP {
-                        bump(stats, Stat::Dropped);
-                        if let Some(s) = nbs {
-                            // SAFETY: as above.
-                            unsafe { (*s).dropped += 1 };
-                        }
-                        drop_event(t, nb, stats);
-                        return xdp_action::XDP_DROP;
-                    }
-                    // Count-only: the connection is real, so it is still tracked and
-                    // counted; the excess is reported.
-                    bump(stats, Stat::OverLimit);
-                    if let Some(s) = nbs {
+        if let Some(lim) = LIMITS.get(nb)
+            && lim.limit != 0
+        {
+            // SAFETY: array values are 8-byte aligned and live as long as the map.
+            // A plain aligned 8-byte load is atomic on every BPF JIT; BPF load-acquire
+            // needs cpu v4, which bpf-linker's `generic` cpu does not emit.
+            let l = unsafe { core::ptr::read_volatile(local) };
+            let r = REMOTE.get(nb).copied().unwrap_or(0);
+            // Check-then-add is not one atomic step: concurrent SYNs on different CPUs
+            // may overshoot the limit by at most (CPUs − 1).
+            if l.saturating_add(r) >= lim.limit {
+                if lim.action == ACTION_DROP {
+                    bump(stats, Stat::Dropped);
+                    if let Some(n) = nbs {
                         // SAFETY: as above.
-                        unsafe { (*s).over_limit += 1 };
+                        unsafe { (*n).dropped += 1 };
                     }
+                    drop_event(s, nb, stats);
+                    return xdp_action::XDP_DROP;
+                }
+                // Count-only: the connection is real, so it is still tracked and
+                // counted; the excess is reported.
+                bump(stats, Stat::OverLimit);
+                if let Some(n) = nbs {
+                    // SAFETY: as above.
+                    unsafe { (*n).over_limit += 1 };
                 }
             }
         }
@@ -417,9 +519,14 @@ mod programs {
             netblock: nb,
             _pad: 0,
             // SAFETY: helper without preconditions.
-            opened_ns: unsafe { bpf_ktime_get_ns() },
+            opened_ns: unsafe { bpf_ktime_get_coarse_ns() },
         };
-        match FLOWS.insert(&key, &value, BPF_NOEXIST as u64) {
+        let inserted = if s.v6 {
+            FLOWS_V6.insert(key_v6(s), value, BPF_NOEXIST as u64)
+        } else {
+            FLOWS_V4.insert(key_v4(s), value, BPF_NOEXIST as u64)
+        };
+        match inserted {
             Ok(()) => {}
             Err(e) if e == -EEXIST => {
                 // The same SYN raced on another CPU and won.
@@ -438,17 +545,17 @@ mod programs {
         // SAFETY: see above.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(local, 1) };
         bump(stats, Stat::Opened);
-        if let Some(s) = nbs {
+        if let Some(n) = nbs {
             // SAFETY: as above.
-            unsafe { (*s).opened += 1 };
+            unsafe { (*n).opened += 1 };
         }
-        source_opened(t, stats);
+        source_opened(s, stats);
         xdp_action::XDP_PASS
     }
 
     #[inline(always)]
-    fn source_opened(t: &Tcp, stats: Stats) {
-        let skey = source_key(t);
+    fn source_opened(s: &Seg, stats: Stats) {
+        let skey = source_key(s);
         if let Some(c) = SOURCES.get_ptr_mut(&skey) {
             // SAFETY: this CPU's value of a live entry.
             unsafe { (*c).opened += 1 };
@@ -469,19 +576,26 @@ mod programs {
         }
     }
 
+    /// Reports a dropped SYN, unless the ring is full: then only `ringbuf_full` counts it,
+    /// without the (locked, failing) reserve — under a flood nobody may be reading.
     #[inline(always)]
-    fn drop_event(t: &Tcp, nb: u32, stats: Stats) {
+    fn drop_event(s: &Seg, nb: u32, stats: Stats) {
+        if DROP_EVENTS.query(BPF_RB_AVAIL_DATA) + DROP_RECORD_BYTES > DROP_EVENTS_BYTES as u64 {
+            bump(stats, Stat::RingbufFull);
+            return;
+        }
         match DROP_EVENTS.reserve::<DropEvent>(0) {
             Some(mut e) => {
-                e.write(DropEvent {
-                    // SAFETY: helper without preconditions.
-                    ts_ns: unsafe { bpf_ktime_get_ns() },
-                    saddr: t.saddr,
-                    netblock: nb,
-                    dport: t.dport,
-                    family: t.family,
-                    _pad: 0,
-                });
+                let p = e.as_mut_ptr();
+                // SAFETY: `p` is the reserved, 8-aligned record; every field is written.
+                unsafe {
+                    (*p).ts_ns = bpf_ktime_get_coarse_ns();
+                    write_saddr16(&raw mut (*p).saddr as *mut u32, s);
+                    (*p).netblock = nb;
+                    (*p).dport = load_be16(s.th + 2);
+                    (*p).family = if s.v6 { AF_INET6 } else { AF_INET };
+                    (*p)._pad = 0;
+                }
                 e.submit(0);
             }
             None => bump(stats, Stat::RingbufFull),
@@ -491,17 +605,17 @@ mod programs {
     /// Client FIN/RST (or userspace expiry): forget the flow; only the CPU whose delete
     /// succeeded decrements, so a close counts exactly once.
     #[inline(always)]
-    fn close(t: &Tcp, stats: Stats, expiry: bool) {
-        let key = flow_key(t);
-        let nb = match FLOWS.get_ptr(&key) {
-            // SAFETY: a live entry; copied out before the delete.
-            Some(v) => unsafe { (*v).netblock },
-            None => {
-                bump(stats, Stat::FinRstNoFlow);
-                return;
-            }
+    fn close(s: &Seg, stats: Stats, expiry: bool) {
+        let Some(nb) = flow_netblock(s) else {
+            bump(stats, Stat::FinRstNoFlow);
+            return;
         };
-        if FLOWS.remove(&key).is_err() {
+        let removed = if s.v6 {
+            FLOWS_V6.remove(key_v6(s))
+        } else {
+            FLOWS_V4.remove(key_v4(s))
+        };
+        if removed.is_err() {
             bump(stats, Stat::FinRstNoFlow);
             return;
         }
@@ -526,11 +640,11 @@ mod programs {
                 unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(local, u64::MAX) };
             }
         }
-        if let Some(s) = NB_STATS.get_ptr_mut(nb) {
+        if let Some(n) = NB_STATS.get_ptr_mut(nb) {
             // SAFETY: this CPU's value of an existing array slot.
-            unsafe { (*s).closed += 1 };
+            unsafe { (*n).closed += 1 };
         }
-        match SOURCES.get_ptr_mut(source_key(t)) {
+        match SOURCES.get_ptr_mut(source_key(s)) {
             // SAFETY: this CPU's value of a live entry.
             Some(c) => unsafe { (*c).closed += 1 },
             None => bump(stats, Stat::SourceEvicted),

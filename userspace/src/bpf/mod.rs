@@ -30,9 +30,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
 use duraplane_common::{
-    ACTION_COUNT, ACTION_DROP, AF_INET, AF_INET6, DropEvent, EXPIRE_MAGIC, FLOWS_MAX_ENTRIES,
-    FlowKey, FlowValue, MAX_NETBLOCKS, NetblockLimit, NetblockStats, PortSet, SOURCES_MAX_ENTRIES,
-    STAT_COUNT, SourceCounts, SourceKey, Stat, StatsBlock, map_names as names, program_names,
+    ACTION_COUNT, ACTION_DROP, AF_INET, DropEvent, EXPIRE_MAGIC, FLOWS_MAX_ENTRIES, FlowKeyV4,
+    FlowKeyV6, FlowValue, MAX_NETBLOCKS, NetblockLimit, NetblockStats, PortSet,
+    SOURCES_MAX_ENTRIES, STAT_COUNT, SourceCounts, SourceKey, Stat, StatsBlock, map_names as names,
+    program_names,
 };
 use zerocopy::FromBytes;
 
@@ -140,7 +141,8 @@ pub struct DatapathConfig {
     /// Counted TCP destination ports.
     pub ports: Vec<u16>,
     pub netblocks: Vec<NetblockSpec>,
-    /// FLOWS capacity (concurrent tracked connections); fixed at load.
+    /// Capacity of each flow map (concurrent tracked connections per address family);
+    /// fixed at load.
     pub flow_capacity: u32,
     /// SOURCES capacity (distinct sources, LRU); fixed at load.
     pub source_capacity: u32,
@@ -263,7 +265,8 @@ struct Assigned {
 /// The loaded data plane: program, maps and attachments. Detaches on drop.
 pub struct Datapath {
     ebpf: Ebpf,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows_v4: HashMap<MapData, FlowKeyV4, FlowValue>,
+    flows_v6: HashMap<MapData, FlowKeyV6, FlowValue>,
     sources: PerCpuHashMap<MapData, SourceKey, SourceCounts>,
     nb_v4: LpmTrie<MapData, [u8; 4], u32>,
     nb_v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -293,6 +296,18 @@ where
         op: "open",
         source: Box::new(source),
     })
+}
+
+/// An owned copy of a map's fd, so a dump can borrow `self` mutably meanwhile.
+fn dup_fd(map: &MapData, name: &'static str) -> Result<std::os::fd::OwnedFd, BpfError> {
+    map.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| BpfError::MapSyscall {
+            map: name,
+            op: "dup",
+            source,
+        })
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> BpfError {
@@ -369,7 +384,8 @@ impl Datapath {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| BpfError::PossibleCpus { path, source })?;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FLOWS, config.flow_capacity)
+            .map_max_entries(names::FLOWS_V4, config.flow_capacity)
+            .map_max_entries(names::FLOWS_V6, config.flow_capacity)
             .map_max_entries(names::SOURCES, config.source_capacity)
             .load(crate::EBPF_OBJECT)
             .map_err(|source| BpfError::Load {
@@ -391,7 +407,8 @@ impl Datapath {
             source: Box::new(source),
         })?;
         let mut dp = Datapath {
-            flows: take(&mut ebpf, names::FLOWS)?,
+            flows_v4: take(&mut ebpf, names::FLOWS_V4)?,
+            flows_v6: take(&mut ebpf, names::FLOWS_V6)?,
             sources: take(&mut ebpf, names::SOURCES)?,
             nb_v4: take(&mut ebpf, names::NETBLOCKS_V4)?,
             nb_v6: take(&mut ebpf, names::NETBLOCKS_V6)?,
@@ -424,6 +441,28 @@ impl Datapath {
                 program: name,
                 source: Box::new(source),
             })
+    }
+
+    /// The object's `xdp_pass` program (`return XDP_PASS`), loaded on first use: the
+    /// baseline benches measure `xdp_ingress` against, built and loaded the same way.
+    pub fn baseline_program(&mut self) -> Result<&Xdp, BpfError> {
+        let name = program_names::XDP_PASS;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::ProgramMissing { program: name })?
+            .try_into()
+            .map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source: Box::new(source),
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(prog)
     }
 
     /// Runs `xdp_ingress` on `frame` through `BPF_PROG_TEST_RUN` (real maps, real effects).
@@ -748,17 +787,7 @@ impl Datapath {
         } else {
             &self.remote
         };
-        // SAFETY-free: the fd lives as long as `self`; cloned to end the borrow.
-        let fd = map
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| BpfError::MapSyscall {
-                map: name,
-                op: "dup",
-                source,
-            })?;
+        let fd = dup_fd(map.map(), name)?;
         let d = self.dump(name, fd.as_fd(), &l)?;
         let mut out = vec![0u64; MAX_NETBLOCKS as usize];
         for (k, v) in d.entries(&l) {
@@ -822,17 +851,7 @@ impl Datapath {
     /// Per-source counts of every source the LRU still holds (batch read).
     pub fn read_sources(&mut self) -> Result<Vec<SourceCount>, BpfError> {
         let l = self.layout::<SourceKey, SourceCounts>(true);
-        let fd = self
-            .sources
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| BpfError::MapSyscall {
-                map: names::SOURCES,
-                op: "dup",
-                source,
-            })?;
+        let fd = dup_fd(self.sources.map(), names::SOURCES)?;
         let d = self.dump(names::SOURCES, fd.as_fd(), &l)?;
         let mut out = Vec::with_capacity(d.count);
         for (k, v) in d.entries(&l) {
@@ -857,44 +876,40 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Every open flow (batch read).
+    /// Every open flow, IPv4 then IPv6 (batch reads).
     pub fn read_flows(&mut self) -> Result<Vec<FlowEntry>, BpfError> {
-        Ok(self
-            .read_flow_keys()?
-            .into_iter()
-            .map(|(k, v)| FlowEntry {
-                src: key_addr(k.family, &k.saddr),
-                sport: k.sport,
-                dst: key_addr(k.family, &k.daddr),
-                dport: k.dport,
-                netblock: v.netblock,
-                opened_ns: v.opened_ns,
-            })
-            .collect())
-    }
-
-    fn read_flow_keys(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, BpfError> {
-        let l = self.layout::<FlowKey, FlowValue>(false);
-        let fd = self
-            .flows
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| BpfError::MapSyscall {
-                map: names::FLOWS,
-                op: "dup",
-                source,
-            })?;
-        let d = self.dump(names::FLOWS, fd.as_fd(), &l)?;
-        Ok(d.entries(&l)
-            .filter_map(|(k, v)| {
-                Some((
-                    FlowKey::read_from_bytes(k).ok()?,
-                    FlowValue::read_from_bytes(v).ok()?,
-                ))
-            })
-            .collect())
+        let l4 = self.layout::<FlowKeyV4, FlowValue>(false);
+        let fd4 = dup_fd(self.flows_v4.map(), names::FLOWS_V4)?;
+        let d4 = self.dump(names::FLOWS_V4, fd4.as_fd(), &l4)?;
+        let l6 = self.layout::<FlowKeyV6, FlowValue>(false);
+        let fd6 = dup_fd(self.flows_v6.map(), names::FLOWS_V6)?;
+        let d6 = self.dump(names::FLOWS_V6, fd6.as_fd(), &l6)?;
+        let mut out = Vec::with_capacity(d4.count + d6.count);
+        for (k, v) in d4.entries(&l4) {
+            if let (Ok(k), Ok(v)) = (FlowKeyV4::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
+                out.push(FlowEntry {
+                    src: IpAddr::V4(Ipv4Addr::from(k.saddr)),
+                    sport: k.sport,
+                    dst: IpAddr::V4(Ipv4Addr::from(k.daddr)),
+                    dport: k.dport,
+                    netblock: v.netblock,
+                    opened_ns: v.opened_ns,
+                });
+            }
+        }
+        for (k, v) in d6.entries(&l6) {
+            if let (Ok(k), Ok(v)) = (FlowKeyV6::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
+                out.push(FlowEntry {
+                    src: IpAddr::V6(Ipv6Addr::from(k.saddr)),
+                    sport: k.sport,
+                    dst: IpAddr::V6(Ipv6Addr::from(k.daddr)),
+                    dport: k.dport,
+                    netblock: v.netblock,
+                    opened_ns: v.opened_ns,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Expires flows opened more than `older_than` ago; returns how many this call closed.
@@ -915,23 +930,18 @@ impl Datapath {
         self.expire_opened_before(cutoff)
     }
 
-    /// Expires flows whose `opened_ns` ≤ `cutoff_ns` (CLOCK_MONOTONIC).
+    /// Expires flows whose `opened_ns` ≤ `cutoff_ns` (CLOCK_MONOTONIC; flows are stamped
+    /// with the coarse clock, at most one tick behind it).
     pub fn expire_opened_before(&mut self, cutoff_ns: u64) -> Result<u64, BpfError> {
-        let flows = self.read_flow_keys()?;
+        let flows = self.read_flows()?;
         let before = self.read_stats()?.get(Stat::Expired);
         let meta = EXPIRE_MAGIC.to_ne_bytes();
-        for (k, v) in flows {
-            if v.opened_ns > cutoff_ns || (k.family != AF_INET && k.family != AF_INET6) {
+        for f in flows {
+            if f.opened_ns > cutoff_ns {
                 continue;
             }
-            let frame = frames::Frame::tcp(
-                key_addr(k.family, &k.saddr),
-                k.sport,
-                key_addr(k.family, &k.daddr),
-                k.dport,
-                frames::tcp_flags::RST,
-            )
-            .build();
+            let frame =
+                frames::Frame::tcp(f.src, f.sport, f.dst, f.dport, frames::tcp_flags::RST).build();
             testrun::run_xdp_with_meta(self.program()?, &meta, &frame, 1)?;
         }
         Ok(self.read_stats()?.get(Stat::Expired) - before)
@@ -1012,8 +1022,9 @@ mod tests {
             let fr = frames::Frame::tcp(src, 1000 + i, dst, 25, frames::tcp_flags::SYN).build();
             assert_eq!(dp.test_run(&fr, 1).unwrap().verdict, testrun::Verdict::Pass);
         }
-        let cases: [(&MapData, Layout); 3] = [
-            (dp.flows.map(), dp.layout::<FlowKey, FlowValue>(false)),
+        let cases: [(&MapData, Layout); 4] = [
+            (dp.flows_v4.map(), dp.layout::<FlowKeyV4, FlowValue>(false)),
+            (dp.flows_v6.map(), dp.layout::<FlowKeyV6, FlowValue>(false)),
             (dp.sources.map(), dp.layout::<SourceKey, SourceCounts>(true)),
             (dp.nb_stats.map(), dp.layout::<u32, NetblockStats>(true)),
         ];
