@@ -8,6 +8,7 @@ pub mod bus;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod duravip;
 pub mod engine;
 pub mod inbound;
 pub mod metrics;
