@@ -1,0 +1,345 @@
+//! Replication as a daemon capability: reads the `Replicate` scopes, loads the cluster
+//! key, starts the engine on the ECCluster_Listener with the replication service, links
+//! it to the bus (peers, live set) and to the inbound data plane (local counts in, remote
+//! totals into the kernel), and registers `cluster info` lines and metrics.
+//!
+//! It never stops the daemon: without a usable key or listener it says why, loudly, and
+//! the node enforces with local counts only.
+
+use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::{
+    INBOUND_CIDR, InboundLink, ObjectSpec, PeerView, ReplicationConfig, ReplicationHandle, ViewFn,
+    remote_applier, replication,
+};
+use crate::{
+    bus::BusService,
+    config::{Config, ReplicateKind},
+    daemon::Services,
+    engine::{ClusterKey, Engine, EngineConfig, EngineHandle, ServiceId, listeners_from_config},
+    inbound::InboundService,
+};
+
+/// The `Replicate` scopes this version replicates, and warnings for the others.
+pub fn objects_from_config(cfg: &Config) -> (Vec<ObjectSpec>, Vec<String>) {
+    let mut objects = Vec::new();
+    let mut warnings = Vec::new();
+    for r in &cfg.cluster.replicate {
+        match r.kind {
+            ReplicateKind::InboundCidr => objects.push(ObjectSpec {
+                name: INBOUND_CIDR.to_owned(),
+                max_delay: r.max_delay,
+                max_pending: r.max_pending,
+            }),
+            _ => warnings.push(format!(
+                "Replicate \"{}\" ({:?}) is not replicated by this version of Duraplane yet",
+                r.name, r.kind
+            )),
+        }
+    }
+    (objects, warnings)
+}
+
+/// The membership as replication reads it, from the bus.
+pub fn view_from_bus(bus: &BusService) -> ViewFn {
+    let members = bus.cluster_members();
+    Arc::new(move || {
+        members()
+            .into_iter()
+            .filter_map(|m| {
+                let a = m.announce?;
+                Some(PeerView {
+                    member: format!("#{}-{}#{}", m.id.nodeid, m.id.pid, a.nodename),
+                    addr: a.addr.parse::<SocketAddr>().ok(),
+                    nodename: a.nodename,
+                    live: !m.hung,
+                })
+            })
+            .collect()
+    })
+}
+
+/// The running capability. [`Replication::stop`] closes every link.
+pub struct Replication {
+    engine: Option<Engine>,
+    handle: ReplicationHandle,
+    applier: Option<JoinHandle<()>>,
+}
+
+impl Replication {
+    /// Starts replication if the configuration asks for it; `None` (with the reason
+    /// logged and shown in `cluster info`) when it is not configured or cannot run.
+    pub fn start(
+        services: &Services,
+        cfg: &Config,
+        bus: &BusService,
+        inbound: Option<&InboundService>,
+    ) -> Option<Replication> {
+        let (objects, warnings) = objects_from_config(cfg);
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        if objects.is_empty() {
+            return None;
+        }
+        let off = |why: String| {
+            tracing::error!(
+                "replication is OFF: {why}; this node enforces with its local counts only"
+            );
+            let w = why.clone();
+            services.info.set_section(
+                "replication",
+                Arc::new(move || format!("Replication: off ({w})")),
+            );
+            None
+        };
+        let key = match ClusterKey::load(&cfg.duraplane.cluster_key_file) {
+            Ok(k) => k,
+            Err(e) => return off(format!("cluster key: {e}")),
+        };
+        let (listeners, lw) = listeners_from_config(cfg);
+        for w in lw {
+            tracing::warn!("{w}");
+        }
+        if listeners.is_empty() {
+            tracing::warn!(
+                "no ECCluster_Listener Listen: peers cannot connect to this node, it only sends"
+            );
+        }
+        let nodename = services.identity.nodename.clone();
+        let (mut service, handle) = replication(
+            ReplicationConfig::new(nodename.clone(), objects),
+            view_from_bus(bus),
+            Vec::new(),
+        );
+        let mut applier = None;
+        if let Some(inb) = inbound
+            && handle.objects().iter().any(|o| o == INBOUND_CIDR)
+        {
+            let i = inb.clone();
+            match remote_applier(move |totals| {
+                if let Err(e) = i.apply_remote(totals) {
+                    tracing::warn!(error = %e, "replication: writing remote totals into the kernel failed");
+                }
+            }) {
+                Ok((sink, t)) => {
+                    service.add_sink(INBOUND_CIDR, sink);
+                    applier = Some(t);
+                }
+                Err(e) => return off(format!("cannot start the applier thread: {e}")),
+            }
+        }
+        let mut ec = EngineConfig::new(nodename, key);
+        ec.listeners = listeners;
+        let engine = match Engine::start(ec, vec![(ServiceId::REPLICATION, Box::new(service))]) {
+            Ok(e) => e,
+            Err(e) => return off(format!("engine: {e}")),
+        };
+        handle.attach(engine.handle());
+        if let Some(inb) = inbound {
+            inb.set_replication(InboundLink::new(handle.clone()));
+        }
+        tracing::info!(
+            listen = ?engine.local_addrs(),
+            backend = %engine.selection().kind,
+            objects = ?handle.objects(),
+            "replication running"
+        );
+        register(services, &handle, engine.handle());
+        Some(Replication {
+            engine: Some(engine),
+            handle,
+            applier,
+        })
+    }
+
+    pub fn handle(&self) -> &ReplicationHandle {
+        &self.handle
+    }
+
+    /// Stops the engine (closing every link) and the applier.
+    pub fn stop(mut self) {
+        if let Some(e) = self.engine.take()
+            && let Err(err) = e.stop()
+        {
+            tracing::warn!(error = %err, "replication engine stopped with an error");
+        }
+        if let Some(t) = self.applier.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn render_info(h: &ReplicationHandle, e: &EngineHandle) -> String {
+    let slots = h.slots();
+    let peers: Vec<String> = h
+        .peers()
+        .into_iter()
+        .map(|(n, a)| {
+            let s = slots.iter().find(|s| s.node == n);
+            format!(
+                "{n} {a} ({})",
+                match s {
+                    Some(s) => format!(
+                        "{}, {}, {} keys, last frame {} ms ago",
+                        if s.connected { "linked" } else { "no link" },
+                        if s.live { "live" } else { "excluded" },
+                        s.keys,
+                        s.age.as_millis()
+                    ),
+                    None => "no slot yet".to_owned(),
+                }
+            )
+        })
+        .collect();
+    let c = h.counters();
+    let st = e.stats();
+    format!(
+        "Replication: {} over {} ({} peers){}\nReplication frames: {} out, {} in, {} malformed, {} resyncs, {} slots dropped, {} peers refused (bad key)",
+        h.objects().join(", "),
+        st.backend,
+        peers.len(),
+        if peers.is_empty() {
+            String::new()
+        } else {
+            format!("\n  {}", peers.join("\n  "))
+        },
+        c.frames_out,
+        c.frames_in,
+        c.malformed,
+        c.resyncs,
+        c.dropped_slots,
+        st.rejected.bad_auth,
+    )
+}
+
+fn register(services: &Services, h: &ReplicationHandle, e: EngineHandle) {
+    let (h2, e2) = (h.clone(), e.clone());
+    services
+        .info
+        .set_section("replication", Arc::new(move || render_info(&h2, &e2)));
+    services
+        .metrics
+        .register_collector(Box::new(ReplCollector { h: h.clone(), e }));
+}
+
+struct ReplCollector {
+    h: ReplicationHandle,
+    e: EngineHandle,
+}
+
+impl std::fmt::Debug for ReplCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplCollector")
+    }
+}
+
+impl Collector for ReplCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = self.h.counters();
+        let st = self.e.stats();
+        let counters: [(&str, &str, u64); 11] = [
+            (
+                "duraplane_replication_frames_sent",
+                "Replication frames sent",
+                c.frames_out,
+            ),
+            (
+                "duraplane_replication_bytes_sent",
+                "Replication bytes sent (with headers)",
+                c.bytes_out,
+            ),
+            (
+                "duraplane_replication_frames_received",
+                "Replication frames received",
+                c.frames_in,
+            ),
+            (
+                "duraplane_replication_bytes_received",
+                "Replication bytes received",
+                c.bytes_in,
+            ),
+            (
+                "duraplane_replication_snapshots_sent",
+                "Full snapshots sent (a peer link came up)",
+                c.snapshots_out,
+            ),
+            (
+                "duraplane_replication_snapshots_received",
+                "Full snapshots applied or staged",
+                c.snapshots_in,
+            ),
+            (
+                "duraplane_replication_malformed_frames",
+                "Malformed replication frames (the link was closed)",
+                c.malformed,
+            ),
+            (
+                "duraplane_replication_resyncs",
+                "Links reset because a delta did not follow the slot",
+                c.resyncs,
+            ),
+            (
+                "duraplane_replication_duplicate_frames",
+                "Old or repeated frames ignored",
+                c.duplicates,
+            ),
+            (
+                "duraplane_replication_dropped_slots",
+                "Slots dropped because their node left the view or restarted",
+                c.dropped_slots,
+            ),
+            (
+                "duraplane_replication_refused_peers",
+                "Connections on the cluster port refused for a wrong cluster key",
+                st.rejected.bad_auth,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let m = ConstCounter::new(v);
+            m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        let slots = self.h.slots();
+        let g = ConstGauge::new(0.0f64);
+        let mut age = enc.encode_descriptor(
+            "duraplane_replication_slot_age_seconds",
+            "Seconds since the last frame of each remote slot (staleness; keepalives every second)",
+            None,
+            g.metric_type(),
+        )?;
+        for s in &slots {
+            let labels = [
+                ("object".to_owned(), s.object.clone()),
+                ("node".to_owned(), s.node.clone()),
+            ];
+            ConstGauge::new(s.age.as_secs_f64()).encode(age.encode_family(&labels)?)?;
+        }
+        let mut lag = enc.encode_descriptor(
+            "duraplane_replication_lag_seconds",
+            "Sender clock to applied, at each remote slot's last frame (needs synchronised clocks)",
+            None,
+            g.metric_type(),
+        )?;
+        for s in &slots {
+            let labels = [
+                ("object".to_owned(), s.object.clone()),
+                ("node".to_owned(), s.node.clone()),
+            ];
+            ConstGauge::new(s.lag.as_secs_f64()).encode(lag.encode_family(&labels)?)?;
+        }
+        let live = ConstGauge::new(slots.iter().filter(|s| s.live).count() as i64);
+        live.encode(enc.encode_descriptor(
+            "duraplane_replication_live_slots",
+            "Remote slots counted in the totals (their node is in the effective view)",
+            None,
+            live.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
