@@ -12,6 +12,7 @@ pub mod duravip;
 pub mod engine;
 pub mod inbound;
 pub mod metrics;
+pub mod replicate;
 pub mod security;
 pub mod testbed;
 

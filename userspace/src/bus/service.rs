@@ -109,6 +109,21 @@ impl BusService {
         })
     }
 
+    /// Members of `cluster_group`'s view with their announces and hung flags, read on the
+    /// caller's schedule (replication: peer links, live slots).
+    pub fn cluster_members(
+        &self,
+    ) -> impl Fn() -> Vec<super::membership::MemberInfo> + Send + Sync + 'static {
+        let s = Arc::clone(&self.shared);
+        move || {
+            let ms = s.membership.read().unwrap_or_else(|p| p.into_inner());
+            ms.members(Instant::now())
+                .into_iter()
+                .filter(|m| m.groups.contains(&s.cluster_group))
+                .collect()
+        }
+    }
+
     /// Stops the thread and leaves the groups (the others see a clean leave at once).
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);

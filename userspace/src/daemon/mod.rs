@@ -169,6 +169,8 @@ fn run_inner(
 
     let poller = inbound.as_ref().map(|i| i.start(&services)).transpose()?;
     let bus = crate::bus::BusService::start(&services, &loaded.config)?;
+    let replication =
+        crate::replicate::Replication::start(&services, &loaded.config, &bus, inbound.as_ref());
 
     let control = control.spawn(services.console.clone())?;
     let metrics = metrics_server
@@ -196,6 +198,9 @@ fn run_inner(
         }
     }
     control.stop();
+    if let Some(r) = replication {
+        r.stop();
+    }
     bus.stop();
     if let Some(m) = metrics {
         m.stop();

@@ -61,6 +61,8 @@ struct Inner {
     flow_idle_timeout_ns: AtomicU64,
     stop: AtomicBool,
     last_expiry: Mutex<Option<Instant>>,
+    /// Set once replication runs: gets each poll's local counts, answers the shared tree.
+    replication: std::sync::OnceLock<crate::replicate::InboundLink>,
 }
 
 /// Inbound connection accounting at the NIC (issue 3), as a daemon capability.
@@ -111,8 +113,28 @@ impl InboundService {
                 flow_idle_timeout_ns: AtomicU64::new(nanos(settings.flow_idle_timeout)),
                 stop: AtomicBool::new(false),
                 last_expiry: Mutex::new(None),
+                replication: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Hands local counts to replication from now on, and shows its cluster-wide tree.
+    pub fn set_replication(&self, link: crate::replicate::InboundLink) {
+        let _ = self.inner.replication.set(link);
+    }
+
+    /// Writes the other nodes' totals per netblock into the kernel (absent = 0).
+    pub fn apply_remote(&self, totals: &[(crate::config::Cidr, u64)]) -> Result<(), BpfError> {
+        let mut dp = self
+            .inner
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (cidr, id) in dp.netblock_ids() {
+            let v = totals.iter().find(|(c, _)| *c == cidr).map_or(0, |(_, v)| *v);
+            dp.set_remote(id, v)?;
+        }
+        Ok(())
     }
 
     /// Interfaces and the XDP mode each got.
@@ -156,6 +178,9 @@ impl InboundService {
                 expired,
             )
         };
+        if let Some(r) = self.inner.replication.get() {
+            r.publish_local(&netblocks, &sources);
+        }
         for d in drops.iter().take(DROP_LOG_PER_POLL) {
             tracing::warn!(
                 target: "rejectlog",
@@ -321,6 +346,9 @@ impl InboundService {
     }
 
     fn render_shared_list(&self) -> String {
+        if let Some(r) = self.inner.replication.get() {
+            return r.render_list();
+        }
         format!(
             "Currently managed objects:\n{}\n",
             shared_list_line("inbound_cidr", CidrTree::LIST_KIND)
@@ -344,6 +372,9 @@ impl InboundService {
                     "no shared object '{object}' on this node (try 'cluster shared list')"
                 ),
             });
+        }
+        if let Some(r) = self.inner.replication.get() {
+            return r.render_show(from);
         }
         let view = match from {
             None => "global".to_owned(),
