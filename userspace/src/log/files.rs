@@ -1,0 +1,314 @@
+//! Small fixed-size files of a stream (segment header, metadata, checkpoint slots) and the
+//! fsync discipline around them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::error::{LogError, Result};
+
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"DPLS");
+pub const METADATA_MAGIC: u32 = u32::from_le_bytes(*b"DPLM");
+pub const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"DPLC");
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes before the first frame of a segment.
+pub const SEGMENT_HEADER_LEN: u64 = 32;
+/// Distance between the two checkpoint slots: different 512-byte sectors, so a torn
+/// sector write can damage at most one of them.
+pub const CHECKPOINT_SLOT_STRIDE: u64 = 512;
+pub const METADATA_FILE: &str = "metadata";
+pub const LOCK_FILE: &str = "lock";
+
+/// First 32 bytes of every segment file.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SegmentHeader {
+    pub magic: U32,
+    pub version: U32,
+    /// Ordinal of the segment since the stream was created (the jlog "log" number).
+    pub index: U32,
+    pub reserved: U32,
+    /// Logical offset of the first frame (also the file name).
+    pub first_offset: U64,
+    pub reserved2: U32,
+    pub crc32c: U32,
+}
+
+/// The `metadata` file.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct MetadataFile {
+    pub magic: U32,
+    pub version: U32,
+    /// Size at which segments roll (and to which they are preallocated).
+    pub segment_size: U64,
+    pub created_ns: U64,
+    pub reserved: U32,
+    pub crc32c: U32,
+}
+
+/// One of the two slots of a `cp.<hex name>` file.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct CheckpointSlot {
+    pub magic: U32,
+    pub version: U32,
+    /// Higher sequence wins; slot = seq % 2.
+    pub seq: U64,
+    /// Logical offset of the first record not yet consumed.
+    pub next: U64,
+    pub updated_ns: U64,
+    pub reserved: U32,
+    pub crc32c: U32,
+}
+
+/// Fixed-size structs sealed with a trailing CRC32C over the preceding bytes.
+pub trait Sealed: IntoBytes + FromBytes + Immutable + KnownLayout + Sized {
+    fn crc_field(&mut self) -> &mut U32;
+    fn seal(mut self) -> Self {
+        let n = size_of::<Self>() - 4;
+        let crc = crc32c::crc32c(&self.as_bytes()[..n]);
+        *self.crc_field() = U32::new(crc);
+        self
+    }
+    fn check(bytes: &[u8]) -> Option<Self> {
+        let mut v = Self::read_from_prefix(bytes).ok()?.0;
+        let n = size_of::<Self>() - 4;
+        let crc = crc32c::crc32c(&v.as_bytes()[..n]);
+        (v.crc_field().get() == crc).then_some(v)
+    }
+}
+impl Sealed for SegmentHeader {
+    fn crc_field(&mut self) -> &mut U32 {
+        &mut self.crc32c
+    }
+}
+impl Sealed for MetadataFile {
+    fn crc_field(&mut self) -> &mut U32 {
+        &mut self.crc32c
+    }
+}
+impl Sealed for CheckpointSlot {
+    fn crc_field(&mut self) -> &mut U32 {
+        &mut self.crc32c
+    }
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub fn segment_name(first: u64) -> String {
+    format!("{first:016x}.seg")
+}
+
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// `cp.` + two hex digits per byte of the name, like jlog.
+pub fn checkpoint_name(sub: &str) -> String {
+    let mut s = String::from("cp.");
+    for b in sub.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub fn parse_checkpoint_name(name: &str) -> Option<String> {
+    let hex = name.strip_prefix("cp.")?;
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, "fsync directory", e))
+}
+
+/// Write-new + fsync + rename + directory fsync: the file is either the old or the new one.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(LogError::io(&tmp, "write", e));
+    }
+    fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, "rename", e))?;
+    fsync_dir(dir)
+}
+
+/// Reserves `len` bytes (zero filled, file size extended) so appends do not allocate.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Filesystems without fallocate: fall back to a sparse size.
+        Some(libc::EOPNOTSUPP) => file.set_len(len.max(file.metadata()?.len())),
+        _ => Err(e),
+    }
+}
+
+pub fn is_enospc(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Creates a segment through a temporary name; returns the open file.
+pub fn create_segment(
+    dir: &Path,
+    index: u32,
+    first: u64,
+    prealloc: u64,
+) -> Result<(File, PathBuf), (PathBuf, io::Error)> {
+    let path = dir.join(segment_name(first));
+    let tmp = dir.join(format!(".{}.tmp", segment_name(first)));
+    let res = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        preallocate(&f, prealloc)?;
+        let h = SegmentHeader {
+            magic: U32::new(SEGMENT_MAGIC),
+            version: U32::new(FORMAT_VERSION),
+            index: U32::new(index),
+            reserved: U32::new(0),
+            first_offset: U64::new(first),
+            reserved2: U32::new(0),
+            crc32c: U32::new(0),
+        }
+        .seal();
+        f.write_all_at(h.as_bytes(), 0)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(f)
+    })();
+    match res {
+        Ok(f) => Ok((f, path)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err((path, e))
+        }
+    }
+}
+
+pub fn read_segment_header(path: &Path, file: &File) -> Result<SegmentHeader> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| LogError::io(path, "read segment header", e))?;
+    let h = SegmentHeader::check(&buf).ok_or_else(|| LogError::BadFile {
+        path: path.to_owned(),
+        what: "segment header",
+        reason: "crc32c mismatch".into(),
+    })?;
+    if h.magic.get() != SEGMENT_MAGIC || h.version.get() != FORMAT_VERSION {
+        return Err(LogError::BadFile {
+            path: path.to_owned(),
+            what: "segment header",
+            reason: "bad magic or version".into(),
+        });
+    }
+    Ok(h)
+}
+
+pub fn read_metadata(dir: &Path) -> Result<MetadataFile> {
+    let path = dir.join(METADATA_FILE);
+    let bytes = fs::read(&path).map_err(|e| LogError::io(&path, "read", e))?;
+    let m = MetadataFile::check(&bytes).ok_or_else(|| LogError::BadFile {
+        path: path.clone(),
+        what: "metadata",
+        reason: "short or crc32c mismatch".into(),
+    })?;
+    if m.magic.get() != METADATA_MAGIC || m.version.get() != FORMAT_VERSION {
+        return Err(LogError::BadFile {
+            path,
+            what: "metadata",
+            reason: "bad magic or version".into(),
+        });
+    }
+    Ok(m)
+}
+
+pub fn write_metadata(dir: &Path, segment_size: u64) -> Result<()> {
+    let m = MetadataFile {
+        magic: U32::new(METADATA_MAGIC),
+        version: U32::new(FORMAT_VERSION),
+        segment_size: U64::new(segment_size),
+        created_ns: U64::new(now_ns()),
+        reserved: U32::new(0),
+        crc32c: U32::new(0),
+    }
+    .seal();
+    write_atomic(dir, METADATA_FILE, m.as_bytes())
+}
+
+pub fn checkpoint_slot(seq: u64, next: u64) -> CheckpointSlot {
+    CheckpointSlot {
+        magic: U32::new(CHECKPOINT_MAGIC),
+        version: U32::new(FORMAT_VERSION),
+        seq: U64::new(seq),
+        next: U64::new(next),
+        updated_ns: U64::new(now_ns()),
+        reserved: U32::new(0),
+        crc32c: U32::new(0),
+    }
+    .seal()
+}
+
+/// Creates a checkpoint file with slot 0 = `next` (seq 0) atomically.
+pub fn create_checkpoint(dir: &Path, sub: &str, next: u64) -> Result<()> {
+    let mut bytes = vec![0u8; 2 * CHECKPOINT_SLOT_STRIDE as usize];
+    bytes[..size_of::<CheckpointSlot>()].copy_from_slice(checkpoint_slot(0, next).as_bytes());
+    write_atomic(dir, &checkpoint_name(sub), &bytes)
+}
+
+/// The valid slot with the highest sequence.
+pub fn read_checkpoint(path: &Path) -> Result<CheckpointSlot> {
+    let bytes = fs::read(path).map_err(|e| LogError::io(path, "read", e))?;
+    let slot = |i: u64| {
+        let at = (i * CHECKPOINT_SLOT_STRIDE) as usize;
+        bytes
+            .get(at..)
+            .and_then(CheckpointSlot::check)
+            .filter(|s| s.magic.get() == CHECKPOINT_MAGIC && s.seq.get() % 2 == i)
+    };
+    match (slot(0), slot(1)) {
+        (Some(a), Some(b)) => Ok(if a.seq.get() > b.seq.get() { a } else { b }),
+        (Some(a), None) | (None, Some(a)) => Ok(a),
+        (None, None) => Err(LogError::BadFile {
+            path: path.to_owned(),
+            what: "checkpoint",
+            reason: "no valid slot".into(),
+        }),
+    }
+}

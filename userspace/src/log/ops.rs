@@ -1,0 +1,242 @@
+//! Offline checks (`verify`), explicit repair, and the `cluster show logs` renderer.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{LogError, Result};
+use super::files;
+use super::frame::{self, ScanEnd};
+use super::stream::{self, Offset, StreamSummary};
+
+/// A problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub offset: Offset,
+    pub reason: String,
+}
+
+/// Result of [`verify`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub segments: usize,
+    pub frames: u64,
+    /// Oldest retained offset and the end of valid data.
+    pub start: Offset,
+    pub end: Offset,
+    /// Corruption: repair would lose data here.
+    pub problems: Vec<Problem>,
+    /// A torn tail of the active segment (never acknowledged; cut on the next open).
+    pub torn_tail: Option<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks every frame of every segment (sealed ones included) without modifying anything.
+/// Run it on a stream no process is writing, or expect the active tail to be in flux.
+pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+    let dir = dir.as_ref();
+    files::read_metadata(dir)?;
+    let segs = stream::list_segments(dir, false)?;
+    let mut rep = VerifyReport {
+        segments: segs.len(),
+        start: segs.first().map(|s| s.first).unwrap_or(0),
+        ..Default::default()
+    };
+    for (i, seg) in segs.iter().enumerate() {
+        if let Some(next) = segs.get(i + 1) {
+            match stream::check_sealed_segment(&seg.path, seg.first, next.first) {
+                Ok(n) => rep.frames += n,
+                Err(LogError::BadFrame {
+                    path,
+                    offset,
+                    reason,
+                }) => rep.problems.push(Problem {
+                    path,
+                    offset,
+                    reason: reason.into(),
+                }),
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let data = stream::read_data(&seg.path)?;
+        let s = frame::scan(&data, seg.first);
+        rep.frames += s.frames;
+        rep.end = seg.first + s.valid_len as u64;
+        match s.end {
+            ScanEnd::Clean => {}
+            ScanEnd::Torn { pos, reason } => {
+                rep.torn_tail = Some(Problem {
+                    path: seg.path.clone(),
+                    offset: seg.first + pos as u64,
+                    reason: reason.into(),
+                })
+            }
+            ScanEnd::Corrupt {
+                pos,
+                next_valid,
+                reason,
+            } => rep.problems.push(Problem {
+                path: seg.path.clone(),
+                offset: seg.first + pos as u64,
+                reason: format!(
+                    "{reason}; valid frames follow at offset {}",
+                    seg.first + next_valid as u64
+                ),
+            }),
+        }
+    }
+    for ent in std::fs::read_dir(dir)
+        .map_err(|e| LogError::io(dir, "read directory", e))?
+        .flatten()
+    {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if files::parse_checkpoint_name(&name).is_some() {
+            match files::read_checkpoint(&ent.path()) {
+                Ok(cp) if cp.next.get() > rep.end => rep.problems.push(Problem {
+                    path: ent.path(),
+                    offset: cp.next.get(),
+                    reason: "checkpoint beyond the end of valid data".into(),
+                }),
+                Ok(_) => {}
+                Err(e) => rep.problems.push(Problem {
+                    path: ent.path(),
+                    offset: 0,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    Ok(rep)
+}
+
+/// What [`repair`] cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Offset of the first bad frame, where the log now ends; `None` if nothing was wrong.
+    pub cut_at: Option<Offset>,
+    pub reason: Option<String>,
+    /// Frame bytes after the cut that are gone (valid or not).
+    pub lost_bytes: u64,
+    /// Valid frames found after the bad one (lost with it).
+    pub lost_frames: u64,
+    pub removed_segments: Vec<PathBuf>,
+    /// Subscribers whose checkpoint pointed past the new end, moved back to it.
+    pub clamped_subscribers: Vec<String>,
+}
+
+/// Truncates the log at its first bad frame (any segment), deleting later segments, and
+/// reports what is lost. Explicit and offline: takes the stream's lock.
+pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
+    let dir = dir.as_ref();
+    let (_lock, segment_size) = stream::lock_existing(dir)?;
+    let segs = stream::list_segments(dir, true)?;
+    let mut rep = RepairReport::default();
+    let mut cut: Option<(usize, u64)> = None; // (segment index, valid data length)
+    for (i, seg) in segs.iter().enumerate() {
+        let data = stream::read_data(&seg.path)?;
+        let limit = segs.get(i + 1).map(|n| (n.first - seg.first) as usize);
+        let area = &data[..limit.unwrap_or(data.len()).min(data.len())];
+        let s = frame::scan(area, seg.first);
+        let short = limit.is_some_and(|l| s.valid_len < l);
+        let bad = match s.end {
+            ScanEnd::Clean if !short => None,
+            ScanEnd::Clean => Some("zeros where sealed data should be"),
+            ScanEnd::Torn { reason, .. } if limit.is_some() => Some(reason),
+            ScanEnd::Torn { .. } => None,
+            ScanEnd::Corrupt { reason, .. } => Some(reason),
+        };
+        if let Some(reason) = bad {
+            let (n, _) = loose_frames(&data, seg.first, s.valid_len + 1);
+            rep.lost_frames += n;
+            rep.cut_at = Some(seg.first + s.valid_len as u64);
+            rep.reason = Some(reason.into());
+            cut = Some((i, s.valid_len as u64));
+            break;
+        }
+    }
+    let Some((i, valid)) = cut else {
+        return Ok(rep);
+    };
+    let new_end = segs[i].first + valid;
+    let mut old_end = new_end;
+    for (j, seg) in segs.iter().enumerate().skip(i) {
+        let data = stream::read_data(&seg.path)?;
+        let (n, end) = loose_frames(
+            &data,
+            seg.first,
+            if j == i { valid as usize + 1 } else { 0 },
+        );
+        if j > i {
+            rep.lost_frames += n;
+        }
+        old_end = old_end.max(seg.first + end as u64);
+    }
+    rep.lost_bytes = old_end - new_end;
+    for seg in segs[i + 1..].iter().rev() {
+        std::fs::remove_file(&seg.path).map_err(|e| LogError::io(&seg.path, "remove", e))?;
+        rep.removed_segments.push(seg.path.clone());
+    }
+    stream::cut_segment(&segs[i].path, valid, segment_size)?;
+    for ent in std::fs::read_dir(dir)
+        .map_err(|e| LogError::io(dir, "read directory", e))?
+        .flatten()
+    {
+        let fname = ent.file_name().to_string_lossy().into_owned();
+        let Some(name) = files::parse_checkpoint_name(&fname) else {
+            continue;
+        };
+        if let Ok(cp) = files::read_checkpoint(&ent.path()) {
+            if cp.next.get() > new_end {
+                files::create_checkpoint(dir, &name, new_end)?;
+                rep.clamped_subscribers.push(name);
+            }
+        }
+    }
+    files::fsync_dir(dir)?;
+    Ok(rep)
+}
+
+/// Valid frames in `data` from `from`, skipping over damage, and the end of the last one
+/// (for loss reports only).
+fn loose_frames(data: &[u8], base: Offset, from: usize) -> (u64, usize) {
+    let (mut n, mut pos, mut end) = (0, from, 0);
+    while let Some(q) = frame::find_valid_after(data, base, pos) {
+        n += 1;
+        let len = u32::from_le_bytes([data[q + 4], data[q + 5], data[q + 6], data[q + 7]]) as usize;
+        pos = q + frame::FRAME_HEADER_LEN + len;
+        end = pos;
+    }
+    (n, end)
+}
+
+/// Renders `cluster show logs` as Momentum prints it: one block per published log (the
+/// `logs` dictionary name), `[on disk: N bytes]` (retained frame bytes) and one line per
+/// subscriber with its jlog-style position. A log not open or not on disk shows 0 bytes.
+pub fn render_show_logs<'a, I>(logs: I) -> String
+where
+    I: IntoIterator<Item = (&'a str, Option<&'a StreamSummary>)>,
+{
+    let mut out = String::new();
+    for (name, summary) in logs {
+        out.push_str(name);
+        out.push('\n');
+        match summary {
+            None => out.push_str("\t[on disk: 0 bytes]\n"),
+            Some(s) => {
+                out.push_str(&format!("\t[on disk: {} bytes]\n", s.data_bytes));
+                for sub in &s.subscribers {
+                    out.push_str(&format!(
+                        "\t[subscriber: '{}' @ {}]\n",
+                        sub.name, sub.position
+                    ));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,1203 @@
+//! A durable node-local stream: segments, group commit, recovery, subscribers, disk policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::error::{LogError, Result};
+use super::files::{self, SEGMENT_HEADER_LEN};
+use super::frame::{self, Decoded, FRAME_HEADER_LEN, FrameHeader, MAX_PAYLOAD, ScanEnd};
+
+/// Logical position of a record: bytes of frames written before it (segment headers excluded).
+pub type Offset = u64;
+
+/// Default roll size, as jlog.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 4 << 20;
+
+/// What an append does when the filesystem has no room for the next segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskPolicy {
+    /// Refuse appends with [`LogError::DiskFull`]; nothing acknowledged is ever lost.
+    #[default]
+    Stop,
+    /// Delete the oldest sealed segments even if unconsumed; readers see an [`Entry::Gap`].
+    DropOldest,
+}
+
+impl std::str::FromStr for DiskPolicy {
+    type Err = LogError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "stop" => Ok(DiskPolicy::Stop),
+            "drop_oldest" => Ok(DiskPolicy::DropOldest),
+            other => Err(LogError::InvalidOption {
+                what: "disk_policy",
+                reason: format!("{other:?} is not stop or drop_oldest"),
+            }),
+        }
+    }
+}
+
+/// Where a new subscriber starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest retained record.
+    #[default]
+    Oldest,
+    /// After the last durable record.
+    End,
+}
+
+/// Options for [`Stream::open`].
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Create the directory and metadata if missing (the writer's `cluster://` open).
+    pub create: bool,
+    /// Roll size for new segments; `None` keeps the stream's recorded size (default 4 MiB).
+    pub segment_size: Option<u64>,
+    pub disk_policy: DiskPolicy,
+    /// Subscribers created (at the oldest record) if missing: `=>name`, `?subscribers=`.
+    pub subscribers: Vec<String>,
+    /// Also check every frame of sealed segments on open (normally trusted).
+    pub verify_sealed: bool,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            create: true,
+            segment_size: None,
+            disk_policy: DiskPolicy::Stop,
+            subscribers: Vec::new(),
+            verify_sealed: false,
+        }
+    }
+}
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: Offset,
+    pub timestamp_ns: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What a reader yields: records, or a range lost to the `drop_oldest` policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Record(Record),
+    Gap { from: Offset, to: Offset },
+}
+
+/// jlog's `jlog_id {log, marker}`, printed `%08x:%08x`: here segment index : byte position
+/// of the next unread frame inside that segment's data area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JlogPosition {
+    pub log: u32,
+    pub marker: u32,
+}
+
+impl std::fmt::Display for JlogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}:{:08x}", self.log, self.marker)
+    }
+}
+
+/// How far behind a subscriber is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lag {
+    /// First offset not yet consumed (durable checkpoint).
+    pub next: Offset,
+    /// Frame bytes between the checkpoint (or the oldest retained record) and the end.
+    pub bytes: u64,
+    /// Bytes lost to `drop_oldest` below the oldest retained record.
+    pub lost_bytes: u64,
+    /// Timestamp of the oldest unconsumed record; `None` when caught up.
+    pub oldest_unconsumed_ns: Option<u64>,
+    /// Now minus that timestamp.
+    pub age: Option<Duration>,
+}
+
+/// A subscriber in a [`StreamSummary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberInfo {
+    pub name: String,
+    pub next: Offset,
+    pub position: JlogPosition,
+    pub lag_bytes: u64,
+}
+
+/// What `cluster show logs` and `dp-logctl list` print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub path: PathBuf,
+    /// Retained frame bytes (end − oldest retained offset).
+    pub data_bytes: u64,
+    /// Bytes allocated on disk by all files (preallocation included).
+    pub allocated_bytes: u64,
+    pub start: Offset,
+    pub end: Offset,
+    pub segments: usize,
+    pub segment_size: u64,
+    pub subscribers: Vec<SubscriberInfo>,
+    pub disk_full: bool,
+    pub poisoned: Option<String>,
+}
+
+/// Counters of the append path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendStats {
+    /// fdatasync calls that acknowledged records.
+    pub syncs: u64,
+    /// Records acknowledged.
+    pub records: u64,
+    /// Bytes dropped by the `drop_oldest` policy since open.
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Seg {
+    index: u32,
+    path: PathBuf,
+}
+
+struct Meta {
+    segments: BTreeMap<Offset, Seg>,
+    /// Durable end: everything below was fdatasync'ed; readers never pass it.
+    end: Offset,
+    disk_full: bool,
+}
+
+impl Meta {
+    fn start(&self) -> Offset {
+        self.segments.keys().next().copied().unwrap_or(self.end)
+    }
+
+    /// Segment holding `off` and that segment's end.
+    fn locate(&self, off: Offset) -> Option<(Offset, &Seg, Offset)> {
+        let (first, seg) = self.segments.range(..=off).next_back()?;
+        let seg_end = self
+            .segments
+            .range(first + 1..)
+            .next()
+            .map(|(f, _)| *f)
+            .unwrap_or(self.end);
+        Some((*first, seg, seg_end))
+    }
+
+    fn position(&self, next: Offset) -> JlogPosition {
+        match self.locate(next.max(self.start())) {
+            Some((first, seg, _)) => JlogPosition {
+                log: seg.index,
+                marker: (next.max(first) - first) as u32,
+            },
+            None => JlogPosition { log: 0, marker: 0 },
+        }
+    }
+}
+
+struct Writer {
+    file: File,
+    path: PathBuf,
+    index: u32,
+    /// Write position in the file (segment header included).
+    pos: u64,
+    /// Logical offset of the next frame.
+    end: Offset,
+    /// Records encoded in the commit buffer, not yet written.
+    buffered_records: u64,
+}
+
+struct Sub {
+    file: File,
+    path: PathBuf,
+    next: Offset,
+    seq: u64,
+}
+
+struct Ticket {
+    id: u64,
+    payloads: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct AppendState {
+    pending: Vec<Ticket>,
+    next_ticket: u64,
+    done: HashMap<u64, Result<Vec<Offset>>>,
+    committing: bool,
+    poisoned: Option<LogError>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segment_size: u64,
+    policy: DiskPolicy,
+    _lock: File,
+    append: Mutex<AppendState>,
+    appended: Condvar,
+    writer: Mutex<Writer>,
+    meta: RwLock<Meta>,
+    subs: Mutex<BTreeMap<String, Sub>>,
+    syncs: AtomicU64,
+    records: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A handle on an open stream; cheap to clone, `Send + Sync`. The directory is locked
+/// (flock) for the lifetime of the last handle: one owning process at a time.
+#[derive(Clone)]
+pub struct Stream {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Subscriber names become file names (hex): keep them short and NUL-free.
+pub fn valid_subscriber_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 || name.contains('\0') {
+        return Err(LogError::InvalidSubscriberName { name: name.into() });
+    }
+    Ok(())
+}
+
+/// A segment file as found in the directory.
+pub(crate) struct FoundSegment {
+    pub first: Offset,
+    pub index: u32,
+    pub path: PathBuf,
+}
+
+/// Segments of `dir` in offset order, headers checked; removes leftover temporary files.
+pub(crate) fn list_segments(dir: &Path, clean_tmp: bool) -> Result<Vec<FoundSegment>> {
+    let mut out = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| LogError::io(dir, "read directory", e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| LogError::io(dir, "read directory", e))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if clean_tmp && name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = fs::remove_file(ent.path());
+            continue;
+        }
+        let Some(first) = files::parse_segment_name(&name) else {
+            continue;
+        };
+        let path = ent.path();
+        let f = File::open(&path).map_err(|e| LogError::io(&path, "open", e))?;
+        let h = files::read_segment_header(&path, &f)?;
+        if h.first_offset.get() != first {
+            return Err(LogError::BadFile {
+                path,
+                what: "segment header",
+                reason: format!(
+                    "first offset {} does not match the name",
+                    h.first_offset.get()
+                ),
+            });
+        }
+        out.push(FoundSegment {
+            first,
+            index: h.index.get(),
+            path,
+        });
+    }
+    out.sort_by_key(|s| s.first);
+    Ok(out)
+}
+
+pub(crate) fn read_data(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = fs::read(path).map_err(|e| LogError::io(path, "read", e))?;
+    bytes.drain(..(SEGMENT_HEADER_LEN as usize).min(bytes.len()));
+    Ok(bytes)
+}
+
+/// Cuts a segment's data at `valid_len`: everything after becomes zero fill again.
+pub(crate) fn cut_segment(path: &Path, valid_len: u64, prealloc: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, "open", e))?;
+    f.set_len(SEGMENT_HEADER_LEN + valid_len)
+        .map_err(|e| LogError::io(path, "truncate", e))?;
+    files::preallocate(&f, prealloc.max(SEGMENT_HEADER_LEN + valid_len))
+        .map_err(|e| LogError::io(path, "fallocate", e))?;
+    f.sync_all().map_err(|e| LogError::io(path, "fsync", e))
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(files::LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, "open", e))?;
+    // SAFETY: flock on an owned descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LogError::Locked { path: dir.into() });
+        }
+        return Err(LogError::io(&path, "flock", e));
+    }
+    Ok(f)
+}
+
+/// Opens `dir` locked for maintenance (repair), requiring it to be a stream.
+pub(crate) fn lock_existing(dir: &Path) -> Result<(File, u64)> {
+    if !dir.join(files::METADATA_FILE).exists() {
+        return Err(LogError::NotAStream { path: dir.into() });
+    }
+    let l = lock_dir(dir)?;
+    let m = files::read_metadata(dir)?;
+    Ok((l, m.segment_size.get()))
+}
+
+impl Stream {
+    /// Opens (or creates) the stream in `dir` and recovers it: sealed segments trusted,
+    /// the active one scanned, a torn tail cut, mid-log corruption refused.
+    pub fn open(dir: impl AsRef<Path>, opts: &StreamOptions) -> Result<Stream> {
+        let dir = dir.as_ref().to_path_buf();
+        for s in &opts.subscribers {
+            valid_subscriber_name(s)?;
+        }
+        if let Some(sz) = opts.segment_size {
+            if !(4096..=u32::MAX as u64).contains(&sz) {
+                return Err(LogError::InvalidOption {
+                    what: "segment_size",
+                    reason: format!("{sz} is not within 4096..=4294967295"),
+                });
+            }
+        }
+        if !dir.join(files::METADATA_FILE).exists() {
+            if !opts.create {
+                return Err(LogError::NotAStream { path: dir });
+            }
+            fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, "create directory", e))?;
+            if let Some(parent) = dir.parent() {
+                let _ = files::fsync_dir(parent);
+            }
+            let _l = lock_dir(&dir)?;
+            files::write_metadata(&dir, opts.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE))?;
+        }
+        let lock_file = lock_dir(&dir)?;
+        let mut segment_size = files::read_metadata(&dir)?.segment_size.get();
+        if let Some(sz) = opts.segment_size {
+            if sz != segment_size {
+                files::write_metadata(&dir, sz)?;
+                segment_size = sz;
+            }
+        }
+
+        let mut found = list_segments(&dir, true)?;
+        if found.is_empty() {
+            let (_f, path) = files::create_segment(&dir, 0, 0, segment_size)
+                .map_err(|(p, e)| LogError::io(p, "create segment", e))?;
+            found.push(FoundSegment {
+                first: 0,
+                index: 0,
+                path,
+            });
+        }
+        if opts.verify_sealed {
+            for w in found.windows(2) {
+                check_sealed(&w[0], w[1].first)?;
+            }
+        }
+        let active = found
+            .last()
+            .ok_or_else(|| LogError::NotAStream { path: dir.clone() })?;
+        let data = read_data(&active.path)?;
+        let scan = frame::scan(&data, active.first);
+        match scan.end {
+            ScanEnd::Clean => {}
+            ScanEnd::Torn { pos, reason } => {
+                tracing::warn!(
+                    path = %active.path.display(),
+                    offset = active.first + pos as u64,
+                    reason,
+                    "log stream: cutting torn tail (never acknowledged)"
+                );
+                cut_segment(&active.path, pos as u64, segment_size)?;
+            }
+            ScanEnd::Corrupt {
+                pos,
+                next_valid,
+                reason,
+            } => {
+                return Err(LogError::MidLogCorruption {
+                    path: active.path.clone(),
+                    offset: active.first + pos as u64,
+                    file_pos: SEGMENT_HEADER_LEN + pos as u64,
+                    next_valid: active.first + next_valid as u64,
+                    reason,
+                });
+            }
+        }
+        let end = active.first + scan.valid_len as u64;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active.path)
+            .map_err(|e| LogError::io(&active.path, "open", e))?;
+        let writer = Writer {
+            file,
+            path: active.path.clone(),
+            index: active.index,
+            pos: SEGMENT_HEADER_LEN + scan.valid_len as u64,
+            end,
+            buffered_records: 0,
+        };
+        let segments: BTreeMap<Offset, Seg> = found
+            .into_iter()
+            .map(|s| {
+                (
+                    s.first,
+                    Seg {
+                        index: s.index,
+                        path: s.path,
+                    },
+                )
+            })
+            .collect();
+        let meta = Meta {
+            segments,
+            end,
+            disk_full: false,
+        };
+        let start = meta.start();
+
+        let mut subs = BTreeMap::new();
+        let rd = fs::read_dir(&dir).map_err(|e| LogError::io(&dir, "read directory", e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| LogError::io(&dir, "read directory", e))?;
+            let fname = ent.file_name().to_string_lossy().into_owned();
+            let Some(name) = files::parse_checkpoint_name(&fname) else {
+                continue;
+            };
+            let path = ent.path();
+            let slot = files::read_checkpoint(&path)?;
+            let next = slot.next.get();
+            if next > end {
+                return Err(LogError::BadFile {
+                    path,
+                    what: "checkpoint",
+                    reason: format!("position {next} is beyond the end of the log ({end})"),
+                });
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| LogError::io(&path, "open", e))?;
+            subs.insert(
+                name,
+                Sub {
+                    file,
+                    path,
+                    next,
+                    seq: slot.seq.get(),
+                },
+            );
+        }
+        let inner = Arc::new(Inner {
+            dir,
+            segment_size,
+            policy: opts.disk_policy,
+            _lock: lock_file,
+            append: Mutex::new(AppendState::default()),
+            appended: Condvar::new(),
+            writer: Mutex::new(writer),
+            meta: RwLock::new(meta),
+            subs: Mutex::new(subs),
+            syncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let stream = Stream { inner };
+        for s in &opts.subscribers {
+            if !lock(&stream.inner.subs).contains_key(s) {
+                stream.add_subscriber_at(s, start)?;
+            }
+        }
+        stream.collect()?;
+        Ok(stream)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.inner.segment_size
+    }
+
+    /// Appends one record; returns its offset once it is on disk (fdatasync).
+    pub fn append(&self, payload: &[u8]) -> Result<Offset> {
+        let offs = self.append_batch(&[payload])?;
+        offs.first()
+            .copied()
+            .ok_or_else(|| LogError::InvalidOption {
+                what: "append",
+                reason: "no offset returned".into(),
+            })
+    }
+
+    /// Appends records in order, all in one segment and one commit; returns their offsets
+    /// once durable. Concurrent callers share write + fdatasync calls (group commit).
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Vec<Offset>> {
+        let max = MAX_PAYLOAD
+            .min((self.inner.segment_size - SEGMENT_HEADER_LEN) as usize - FRAME_HEADER_LEN);
+        for p in payloads {
+            if p.as_ref().len() > max {
+                return Err(LogError::RecordTooLarge {
+                    path: self.inner.dir.clone(),
+                    len: p.as_ref().len(),
+                    max,
+                });
+            }
+        }
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &*self.inner;
+        let mut st = lock(&inner.append);
+        if let Some(p) = &st.poisoned {
+            return Err(p.clone());
+        }
+        let id = st.next_ticket;
+        st.next_ticket += 1;
+        st.pending.push(Ticket {
+            id,
+            payloads: payloads.iter().map(|p| p.as_ref().to_vec()).collect(),
+        });
+        loop {
+            if let Some(r) = st.done.remove(&id) {
+                return r;
+            }
+            if !st.committing {
+                st.committing = true;
+                let batch = std::mem::take(&mut st.pending);
+                drop(st);
+                let results = self.commit(batch);
+                st = lock(&inner.append);
+                st.committing = false;
+                for (tid, r) in results {
+                    if let Err(e @ LogError::Poisoned { .. }) = &r {
+                        st.poisoned.get_or_insert_with(|| e.clone());
+                    }
+                    st.done.insert(tid, r);
+                }
+                if let Some(p) = st.poisoned.clone() {
+                    for t in std::mem::take(&mut st.pending) {
+                        st.done.insert(t.id, Err(p.clone()));
+                    }
+                }
+                inner.appended.notify_all();
+                continue;
+            }
+            st = inner.appended.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Writes a batch of tickets: one write + one fdatasync per segment touched.
+    fn commit(&self, batch: Vec<Ticket>) -> Vec<(u64, Result<Vec<Offset>>)> {
+        let inner = &*self.inner;
+        let mut w = lock(&inner.writer);
+        let mut out: Vec<(u64, Result<Vec<Offset>>)> = Vec::with_capacity(batch.len());
+        let mut buf = Vec::new();
+        let mut unflushed = 0usize; // tickets in `out` whose frames are in `buf`
+        let ts = files::now_ns();
+        let mut failed: Option<LogError> = None;
+        for t in batch {
+            if let Some(e) = &failed {
+                out.push((t.id, Err(e.clone())));
+                continue;
+            }
+            let total: u64 = t.payloads.iter().map(|p| frame::frame_len(p.len())).sum();
+            let buffered = buf.len() as u64;
+            if w.pos + buffered + total > inner.segment_size
+                && w.pos + buffered > SEGMENT_HEADER_LEN
+            {
+                if let Err(e) = self.flush(&mut w, &mut buf) {
+                    fail_last(&mut out, unflushed, &e);
+                    failed = Some(e.clone());
+                    out.push((t.id, Err(e)));
+                    continue;
+                }
+                unflushed = 0;
+                if let Err(e) = self.roll(&mut w) {
+                    failed = Some(e.clone());
+                    out.push((t.id, Err(e)));
+                    continue;
+                }
+            }
+            let mut offs = Vec::with_capacity(t.payloads.len());
+            for p in &t.payloads {
+                let off = w.end + buf.len() as u64;
+                frame::encode_into(&mut buf, off, ts, p);
+                offs.push(off);
+                w.buffered_records += 1;
+            }
+            out.push((t.id, Ok(offs)));
+            unflushed += 1;
+        }
+        if let Err(e) = self.flush(&mut w, &mut buf) {
+            fail_last(&mut out, unflushed, &e);
+        }
+        out
+    }
+
+    /// Writes `buf` at the write position and fdatasyncs; a failure poisons the stream.
+    fn flush(&self, w: &mut Writer, buf: &mut Vec<u8>) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let inner = &*self.inner;
+        let res = w
+            .file
+            .write_all_at(buf, w.pos)
+            .map_err(|e| ("write", e))
+            .and_then(|_| w.file.sync_data().map_err(|e| ("fdatasync", e)));
+        if let Err((op, e)) = res {
+            tracing::error!(path = %w.path.display(), op, error = %e, "log stream poisoned");
+            return Err(LogError::Poisoned {
+                path: w.path.clone(),
+                op,
+                cause: Arc::new(e),
+            });
+        }
+        let n = buf.len() as u64;
+        let records = std::mem::take(&mut w.buffered_records);
+        w.pos += n;
+        w.end += n;
+        buf.clear();
+        inner.syncs.fetch_add(1, Ordering::Relaxed);
+        inner.records.fetch_add(records, Ordering::Relaxed);
+        write(&inner.meta).end = w.end;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the next at the current end, applying the disk
+    /// policy when there is no room for it.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let inner = &*self.inner;
+        let index = w.index.wrapping_add(1);
+        loop {
+            match files::create_segment(&inner.dir, index, w.end, inner.segment_size) {
+                Ok((file, path)) => {
+                    {
+                        let mut m = write(&inner.meta);
+                        m.segments.insert(
+                            w.end,
+                            Seg {
+                                index,
+                                path: path.clone(),
+                            },
+                        );
+                        m.disk_full = false;
+                    }
+                    *w = Writer {
+                        file,
+                        path,
+                        index,
+                        pos: SEGMENT_HEADER_LEN,
+                        end: w.end,
+                        buffered_records: 0,
+                    };
+                    self.collect()?;
+                    return Ok(());
+                }
+                Err((_, e)) if files::is_enospc(&e) => {
+                    if inner.policy == DiskPolicy::DropOldest && self.drop_oldest()? {
+                        continue;
+                    }
+                    write(&inner.meta).disk_full = true;
+                    tracing::warn!(path = %inner.dir.display(), "log stream: disk full, appends refused");
+                    return Err(LogError::DiskFull {
+                        path: inner.dir.clone(),
+                    });
+                }
+                Err((p, e)) => return Err(LogError::io(p, "create segment", e)),
+            }
+        }
+    }
+
+    /// `drop_oldest`: deletes the oldest sealed segment; false when only the active is left.
+    fn drop_oldest(&self) -> Result<bool> {
+        let inner = &*self.inner;
+        let mut m = write(&inner.meta);
+        if m.segments.len() < 2 {
+            return Ok(false);
+        }
+        let Some((first, seg)) = m.segments.pop_first() else {
+            return Ok(false);
+        };
+        let to = m.start();
+        drop(m);
+        fs::remove_file(&seg.path).map_err(|e| LogError::io(&seg.path, "remove", e))?;
+        files::fsync_dir(&inner.dir)?;
+        inner.dropped.fetch_add(to - first, Ordering::Relaxed);
+        tracing::warn!(
+            path = %inner.dir.display(), from = first, to,
+            "log stream: disk full, dropped the oldest segment (gap for readers behind it)"
+        );
+        Ok(true)
+    }
+
+    /// Deletes sealed segments every subscriber has checkpointed past (all sealed ones when
+    /// there is no subscriber, like jlog).
+    fn collect(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let subs = lock(&inner.subs);
+        let min_next = subs.values().map(|s| s.next).min();
+        let mut removed = Vec::new();
+        {
+            let mut m = write(&inner.meta);
+            loop {
+                let mut it = m.segments.keys();
+                let (Some(&first), Some(&second)) = (it.next(), it.next()) else {
+                    break;
+                };
+                if min_next.is_some_and(|n| n < second) {
+                    break;
+                }
+                if let Some(seg) = m.segments.remove(&first) {
+                    removed.push(seg.path);
+                }
+            }
+        }
+        drop(subs);
+        for p in &removed {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(p, "remove", e)),
+            }
+        }
+        if !removed.is_empty() {
+            files::fsync_dir(&inner.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a subscriber with a durable checkpoint file.
+    pub fn add_subscriber(&self, name: &str, start: StartAt) -> Result<()> {
+        let at = {
+            let m = read(&self.inner.meta);
+            match start {
+                StartAt::Oldest => m.start(),
+                StartAt::End => m.end,
+            }
+        };
+        self.add_subscriber_at(name, at)
+    }
+
+    fn add_subscriber_at(&self, name: &str, next: Offset) -> Result<()> {
+        valid_subscriber_name(name)?;
+        let inner = &*self.inner;
+        let mut subs = lock(&inner.subs);
+        if subs.contains_key(name) {
+            return Err(LogError::SubscriberExists {
+                path: inner.dir.clone(),
+                name: name.into(),
+            });
+        }
+        files::create_checkpoint(&inner.dir, name, next)?;
+        let path = inner.dir.join(files::checkpoint_name(name));
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, "open", e))?;
+        subs.insert(
+            name.into(),
+            Sub {
+                file,
+                path,
+                next,
+                seq: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a subscriber (its checkpoint file); segments only it held back are freed.
+    pub fn remove_subscriber(&self, name: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let sub = lock(&inner.subs)
+            .remove(name)
+            .ok_or_else(|| self.no_sub(name))?;
+        fs::remove_file(&sub.path).map_err(|e| LogError::io(&sub.path, "remove", e))?;
+        files::fsync_dir(&inner.dir)?;
+        self.collect()
+    }
+
+    pub fn subscribers(&self) -> Vec<String> {
+        lock(&self.inner.subs).keys().cloned().collect()
+    }
+
+    fn no_sub(&self, name: &str) -> LogError {
+        LogError::NoSubscriber {
+            path: self.inner.dir.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// First offset `name` has not consumed (its durable checkpoint).
+    pub fn position(&self, name: &str) -> Result<Offset> {
+        lock(&self.inner.subs)
+            .get(name)
+            .map(|s| s.next)
+            .ok_or_else(|| self.no_sub(name))
+    }
+
+    /// jlog-style position of `name`'s checkpoint.
+    pub fn jlog_position(&self, name: &str) -> Result<JlogPosition> {
+        let next = self.position(name)?;
+        Ok(read(&self.inner.meta).position(next))
+    }
+
+    /// Records after `name`'s durable checkpoint, up to the durable end (re-checked on
+    /// every `next`, so a drained reader yields more once more is appended).
+    pub fn read_from(&self, name: &str) -> Result<Reader> {
+        let next = self.position(name)?;
+        Ok(self.read_at(next))
+    }
+
+    /// Reads from a raw offset (a record boundary), without any subscriber.
+    pub fn read_at(&self, offset: Offset) -> Reader {
+        Reader {
+            inner: self.inner.clone(),
+            pos: offset,
+            file: None,
+        }
+    }
+
+    /// Marks everything up to and including the record at `offset` consumed by `name`,
+    /// durably (slot write + fdatasync) before returning. Offsets below the checkpoint are
+    /// accepted and ignored: a checkpoint never moves back.
+    pub fn checkpoint(&self, name: &str, offset: Offset) -> Result<()> {
+        let inner = &*self.inner;
+        {
+            let mut subs = lock(&inner.subs);
+            let sub = subs.get_mut(name).ok_or_else(|| self.no_sub(name))?;
+            if offset < sub.next {
+                return Ok(());
+            }
+            let bad = |reason: String| LogError::BadCheckpointOffset {
+                path: inner.dir.clone(),
+                name: name.into(),
+                offset,
+                reason,
+            };
+            let header = read_header_at(inner, offset).map_err(|e| bad(e.to_string()))?;
+            let next = offset + frame::frame_len(header.len.get() as usize);
+            let seq = sub.seq + 1;
+            let slot = files::checkpoint_slot(seq, next);
+            let at = (seq % 2) * files::CHECKPOINT_SLOT_STRIDE;
+            sub.file
+                .write_all_at(slot.as_bytes(), at)
+                .and_then(|_| sub.file.sync_data())
+                .map_err(|e| LogError::io(&sub.path, "write checkpoint", e))?;
+            sub.seq = seq;
+            sub.next = next;
+        }
+        self.collect()
+    }
+
+    /// Lag of `name` in bytes and age of its oldest unconsumed record.
+    pub fn lag(&self, name: &str) -> Result<Lag> {
+        let next = self.position(name)?;
+        let (start, end) = {
+            let m = read(&self.inner.meta);
+            (m.start(), m.end)
+        };
+        let from = next.max(start);
+        let oldest = if from < end {
+            Some(read_header_at(&self.inner, from)?.timestamp_ns.get())
+        } else {
+            None
+        };
+        Ok(Lag {
+            next,
+            bytes: end - from,
+            lost_bytes: start.saturating_sub(next),
+            oldest_unconsumed_ns: oldest,
+            age: oldest.map(|t| Duration::from_nanos(files::now_ns().saturating_sub(t))),
+        })
+    }
+
+    pub fn stats(&self) -> AppendStats {
+        AppendStats {
+            syncs: self.inner.syncs.load(Ordering::Relaxed),
+            records: self.inner.records.load(Ordering::Relaxed),
+            dropped_bytes: self.inner.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Oldest retained offset and durable end.
+    pub fn bounds(&self) -> (Offset, Offset) {
+        let m = read(&self.inner.meta);
+        (m.start(), m.end)
+    }
+
+    /// True while the `stop` policy refuses appends for lack of space.
+    pub fn is_disk_full(&self) -> bool {
+        read(&self.inner.meta).disk_full
+    }
+
+    pub fn poisoned(&self) -> Option<LogError> {
+        lock(&self.inner.append).poisoned.clone()
+    }
+
+    /// Sizes, segments and subscriber positions.
+    pub fn summary(&self) -> Result<StreamSummary> {
+        let inner = &*self.inner;
+        let subs: Vec<(String, Offset)> = lock(&inner.subs)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.next))
+            .collect();
+        let m = read(&inner.meta);
+        let (start, end) = (m.start(), m.end);
+        let subscribers = subs
+            .into_iter()
+            .map(|(name, next)| SubscriberInfo {
+                position: m.position(next),
+                lag_bytes: end - next.max(start),
+                name,
+                next,
+            })
+            .collect();
+        let segments = m.segments.len();
+        drop(m);
+        Ok(StreamSummary {
+            path: inner.dir.clone(),
+            data_bytes: end - start,
+            allocated_bytes: allocated_bytes(&inner.dir)?,
+            start,
+            end,
+            segments,
+            segment_size: inner.segment_size,
+            subscribers,
+            disk_full: self.is_disk_full(),
+            poisoned: self.poisoned().map(|e| e.to_string()),
+        })
+    }
+}
+
+fn fail_last(out: &mut [(u64, Result<Vec<Offset>>)], n: usize, e: &LogError) {
+    let len = out.len();
+    for r in &mut out[len - n.min(len)..] {
+        r.1 = Err(e.clone());
+    }
+}
+
+fn allocated_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let rd = fs::read_dir(dir).map_err(|e| LogError::io(dir, "read directory", e))?;
+    for ent in rd.flatten() {
+        if let Ok(md) = ent.metadata() {
+            total += md.blocks() * 512;
+        }
+    }
+    Ok(total)
+}
+
+fn read_header_at(inner: &Inner, offset: Offset) -> Result<FrameHeader> {
+    let (first, path, seg_end) = {
+        let m = read(&inner.meta);
+        if offset >= m.end || offset < m.start() {
+            return Err(LogError::BadFrame {
+                path: inner.dir.clone(),
+                offset,
+                reason: "outside the retained, durable range",
+            });
+        }
+        let (first, seg, seg_end) = m.locate(offset).ok_or_else(|| LogError::BadFrame {
+            path: inner.dir.clone(),
+            offset,
+            reason: "no segment",
+        })?;
+        (first, seg.path.clone(), seg_end)
+    };
+    let f = File::open(&path).map_err(|e| LogError::io(&path, "open", e))?;
+    let mut buf = [0u8; FRAME_HEADER_LEN];
+    f.read_exact_at(&mut buf, SEGMENT_HEADER_LEN + offset - first)
+        .map_err(|e| LogError::io(&path, "read", e))?;
+    let h = FrameHeader::read_from_bytes(&buf[..]).map_err(|_| LogError::BadFrame {
+        path: path.clone(),
+        offset,
+        reason: "short header",
+    })?;
+    if h.magic.get() != frame::FRAME_MAGIC
+        || h.offset.get() != offset
+        || offset + frame::frame_len(h.len.get() as usize) > seg_end
+    {
+        return Err(LogError::BadFrame {
+            path,
+            offset,
+            reason: "not a record boundary",
+        });
+    }
+    Ok(h)
+}
+
+fn check_sealed(seg: &FoundSegment, next_first: Offset) -> Result<u64> {
+    let data = read_data(&seg.path)?;
+    let want = (next_first - seg.first) as usize;
+    let Some(area) = data.get(..want) else {
+        return Err(LogError::BadFrame {
+            path: seg.path.clone(),
+            offset: seg.first + data.len() as u64,
+            reason: "sealed segment shorter than its successor's first offset",
+        });
+    };
+    let s = frame::scan(area, seg.first);
+    match s.end {
+        ScanEnd::Clean if s.valid_len == want => Ok(s.frames),
+        ScanEnd::Clean => Err(LogError::BadFrame {
+            path: seg.path.clone(),
+            offset: seg.first + s.valid_len as u64,
+            reason: "zeros where sealed data should be",
+        }),
+        ScanEnd::Torn { pos, reason } | ScanEnd::Corrupt { pos, reason, .. } => {
+            Err(LogError::BadFrame {
+                path: seg.path.clone(),
+                offset: seg.first + pos as u64,
+                reason,
+            })
+        }
+    }
+}
+
+pub(crate) fn check_sealed_segment(path: &Path, first: Offset, next_first: Offset) -> Result<u64> {
+    check_sealed(
+        &FoundSegment {
+            first,
+            index: 0,
+            path: path.into(),
+        },
+        next_first,
+    )
+}
+
+/// Iterator over a stream's records from a position; see [`Stream::read_from`].
+pub struct Reader {
+    inner: Arc<Inner>,
+    pos: Offset,
+    file: Option<(Offset, File)>,
+}
+
+impl Reader {
+    /// Offset of the next record this reader returns.
+    pub fn position(&self) -> Offset {
+        self.pos
+    }
+
+    fn next_entry(&mut self) -> Result<Option<Entry>> {
+        loop {
+            let (first, path, seg_end) = {
+                let m = read(&self.inner.meta);
+                let start = m.start();
+                if self.pos < start {
+                    let gap = Entry::Gap {
+                        from: self.pos,
+                        to: start,
+                    };
+                    self.pos = start;
+                    self.file = None;
+                    return Ok(Some(gap));
+                }
+                if self.pos >= m.end {
+                    return Ok(None);
+                }
+                let Some((first, seg, seg_end)) = m.locate(self.pos) else {
+                    return Ok(None);
+                };
+                (first, seg.path.clone(), seg_end)
+            };
+            if self.file.as_ref().map(|(f, _)| *f) != Some(first) {
+                match File::open(&path) {
+                    Ok(f) => self.file = Some((first, f)),
+                    // Dropped under us by drop_oldest: the next round reports the gap.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(LogError::io(&path, "open", e)),
+                }
+            }
+            let Some((_, f)) = &self.file else { continue };
+            let at = SEGMENT_HEADER_LEN + self.pos - first;
+            let avail = (seg_end - self.pos) as usize;
+            let mut hbuf = [0u8; FRAME_HEADER_LEN];
+            f.read_exact_at(&mut hbuf, at)
+                .map_err(|e| LogError::io(&path, "read", e))?;
+            let len = FrameHeader::read_from_bytes(&hbuf[..])
+                .map(|h| h.len.get() as usize)
+                .unwrap_or(0);
+            let flen = (FRAME_HEADER_LEN + len).min(avail.max(FRAME_HEADER_LEN));
+            let mut buf = vec![0u8; flen];
+            f.read_exact_at(&mut buf, at)
+                .map_err(|e| LogError::io(&path, "read", e))?;
+            return match frame::decode(&buf, self.pos) {
+                Decoded::Frame { header, payload } => {
+                    let rec = Record {
+                        offset: self.pos,
+                        timestamp_ns: header.timestamp_ns.get(),
+                        payload: payload.to_vec(),
+                    };
+                    self.pos += flen as u64;
+                    Ok(Some(Entry::Record(rec)))
+                }
+                Decoded::Invalid(reason) => Err(LogError::BadFrame {
+                    path,
+                    offset: self.pos,
+                    reason,
+                }),
+                Decoded::Zero | Decoded::Incomplete => Err(LogError::BadFrame {
+                    path,
+                    offset: self.pos,
+                    reason: "missing data below the durable end",
+                }),
+            };
+        }
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<Entry>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_entry().transpose()
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("path", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("path", &self.inner.dir)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}

@@ -1,0 +1,288 @@
+//! Durable log streams on real files: round trips, group commit, subscribers,
+//! checkpoints, segment deletion, lag, `cluster show logs`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use duraplane::log::{
+    DiskPolicy, Entry, LogError, Record, StartAt, Stream, StreamOptions, render_show_logs,
+};
+
+fn opts(subs: &[&str]) -> StreamOptions {
+    StreamOptions {
+        subscribers: subs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn small(subs: &[&str], segment_size: u64) -> StreamOptions {
+    StreamOptions {
+        segment_size: Some(segment_size),
+        ..opts(subs)
+    }
+}
+
+fn records(s: &Stream, sub: &str) -> Vec<Record> {
+    s.read_from(sub)
+        .unwrap()
+        .map(|e| match e.unwrap() {
+            Entry::Record(r) => r,
+            Entry::Gap { from, to } => panic!("unexpected gap {from}..{to}"),
+        })
+        .collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mainlog.cluster");
+    let s = Stream::open(&dir, &opts(&["master"])).unwrap();
+    let mut offs = Vec::new();
+    for i in 0..100u32 {
+        offs.push(s.append(format!("record {i}").as_bytes()).unwrap());
+    }
+    let bulk: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; i as usize]).collect();
+    offs.extend(s.append_batch(&bulk).unwrap());
+    assert!(offs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(offs[0], 0);
+    let got = records(&s, "master");
+    assert_eq!(got.len(), 110);
+    assert_eq!(got[7].payload, b"record 7");
+    assert_eq!(got[105].payload, vec![5u8; 5]);
+    assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), offs);
+    drop(s);
+    let s = Stream::open(&dir, &opts(&["master"])).unwrap();
+    assert_eq!(records(&s, "master"), got);
+    // The next append continues after the recovered end.
+    let next = s.append(b"after reopen").unwrap();
+    assert_eq!(next, s.bounds().1 - 32 - 12);
+    assert!(next > *offs.last().unwrap());
+}
+
+#[test]
+fn second_open_is_refused_while_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stream::open(tmp.path().join("l"), &opts(&[])).unwrap();
+    let err = Stream::open(tmp.path().join("l"), &opts(&[])).unwrap_err();
+    assert!(matches!(err, LogError::Locked { .. }), "{err}");
+    drop(s);
+    Stream::open(tmp.path().join("l"), &opts(&[])).unwrap();
+    let err = Stream::open(
+        tmp.path().join("missing"),
+        &StreamOptions {
+            create: false,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, LogError::NotAStream { .. }), "{err}");
+}
+
+#[test]
+fn group_commit_64_producers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Arc::new(Stream::open(tmp.path().join("g"), &small(&["master"], 256 << 10)).unwrap());
+    const PER: usize = 150;
+    let handles: Vec<_> = (0..64)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                (0..PER)
+                    .map(|i| {
+                        let p = format!("t{t:02}-{i:04}-{}", "x".repeat(i % 50));
+                        (s.append(p.as_bytes()).unwrap(), p)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut acked = BTreeMap::new();
+    for h in handles {
+        let v = h.join().unwrap();
+        assert!(
+            v.windows(2).all(|w| w[0].0 < w[1].0),
+            "one producer's offsets increase"
+        );
+        for (off, p) in v {
+            assert!(
+                acked.insert(off, p).is_none(),
+                "offset {off} handed out twice"
+            );
+        }
+    }
+    assert_eq!(acked.len(), 64 * PER);
+    let got = records(&s, "master");
+    assert_eq!(got.len(), acked.len());
+    for r in &got {
+        assert_eq!(acked[&r.offset].as_bytes(), &r.payload[..]);
+    }
+    let st = s.stats();
+    assert_eq!(st.records, (64 * PER) as u64);
+    eprintln!(
+        "group commit: {} records in {} fdatasyncs ({:.1} per sync)",
+        st.records,
+        st.syncs,
+        st.records as f64 / st.syncs as f64
+    );
+    assert!(st.syncs < st.records, "producers shared fdatasyncs: {st:?}");
+}
+
+#[test]
+fn checkpoints_are_durable_and_never_redeliver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let s = Stream::open(&dir, &opts(&["master", "mgr2"])).unwrap();
+    let offs: Vec<_> = (0..20)
+        .map(|i| s.append(format!("r{i}").as_bytes()).unwrap())
+        .collect();
+    let got = records(&s, "master");
+    assert_eq!(got.len(), 20);
+    s.checkpoint("master", offs[9]).unwrap();
+    // Lower or equal checkpoints are ignored, never moving back.
+    s.checkpoint("master", offs[3]).unwrap();
+    s.checkpoint("master", offs[9]).unwrap();
+    let err = s.checkpoint("master", offs[12] + 1).unwrap_err();
+    assert!(matches!(err, LogError::BadCheckpointOffset { .. }), "{err}");
+    let err = s.checkpoint("nobody", offs[1]).unwrap_err();
+    assert!(matches!(err, LogError::NoSubscriber { .. }), "{err}");
+    drop(s);
+    // Reopen without naming the subscribers: they persist.
+    let s = Stream::open(&dir, &opts(&[])).unwrap();
+    assert_eq!(
+        s.subscribers(),
+        vec!["master".to_string(), "mgr2".to_string()]
+    );
+    let again = records(&s, "master");
+    assert_eq!(again.first().unwrap().payload, b"r10");
+    assert_eq!(again.len(), 10);
+    assert!(again.iter().all(|r| r.offset > offs[9]));
+    assert_eq!(records(&s, "mgr2").len(), 20);
+    s.checkpoint("master", offs[19]).unwrap();
+    drop(s);
+    let s = Stream::open(&dir, &opts(&[])).unwrap();
+    assert!(records(&s, "master").is_empty());
+    let lag = s.lag("master").unwrap();
+    assert_eq!((lag.bytes, lag.oldest_unconsumed_ns), (0, None));
+}
+
+#[test]
+fn subscribers_add_remove_and_start_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stream::open(tmp.path().join("s"), &opts(&["master"])).unwrap();
+    s.append(b"one").unwrap();
+    s.add_subscriber("late", StartAt::End).unwrap();
+    s.add_subscriber("all", StartAt::Oldest).unwrap();
+    let err = s.add_subscriber("all", StartAt::Oldest).unwrap_err();
+    assert!(matches!(err, LogError::SubscriberExists { .. }), "{err}");
+    assert!(matches!(
+        s.add_subscriber("", StartAt::End).unwrap_err(),
+        LogError::InvalidSubscriberName { .. }
+    ));
+    s.append(b"two").unwrap();
+    assert_eq!(records(&s, "late").len(), 1);
+    assert_eq!(records(&s, "all").len(), 2);
+    assert!(tmp.path().join("s").join("cp.6c617465").exists());
+    s.remove_subscriber("late").unwrap();
+    assert!(!tmp.path().join("s").join("cp.6c617465").exists());
+    assert!(matches!(
+        s.read_from("late").unwrap_err(),
+        LogError::NoSubscriber { .. }
+    ));
+}
+
+#[test]
+fn segments_deleted_only_after_every_subscriber_passed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = Stream::open(&dir, &small(&["a", "b"], 4096)).unwrap();
+    let payload = vec![7u8; 400];
+    let offs: Vec<_> = (0..60).map(|_| s.append(&payload).unwrap()).collect();
+    let segs = segment_files(&dir);
+    assert!(segs.len() >= 6, "{segs:?}");
+    s.checkpoint("a", *offs.last().unwrap()).unwrap();
+    assert_eq!(segment_files(&dir), segs, "b still needs everything");
+    // b passes the first two segments: exactly those go.
+    let second_end = u64::from_str_radix(&segs[2][..16], 16).unwrap();
+    let last_in_second = *offs.iter().filter(|o| **o < second_end).last().unwrap();
+    s.checkpoint("b", last_in_second).unwrap();
+    assert_eq!(segment_files(&dir), segs[2..].to_vec());
+    assert_eq!(s.bounds().0, second_end);
+    assert_eq!(records(&s, "b").first().unwrap().offset, second_end);
+    // Removing b frees all sealed segments (a is at the end).
+    s.remove_subscriber("b").unwrap();
+    assert_eq!(segment_files(&dir), vec![segs.last().unwrap().clone()]);
+}
+
+#[test]
+fn idle_subscriber_lags_and_disk_grows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idle");
+    let s = Stream::open(&dir, &small(&["busy", "dead"], 8192)).unwrap();
+    let first = s.append(b"first").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut last = first;
+    for i in 0..200 {
+        last = s.append(format!("{i:0100}").as_bytes()).unwrap();
+        s.checkpoint("busy", last).unwrap();
+    }
+    let (start, end) = s.bounds();
+    assert_eq!(start, 0, "the dead subscriber holds every segment");
+    let lag = s.lag("dead").unwrap();
+    assert_eq!(lag.bytes, end);
+    assert!(lag.oldest_unconsumed_ns.is_some());
+    assert!(lag.age.unwrap() >= std::time::Duration::from_millis(20));
+    assert_eq!(s.lag("busy").unwrap().bytes, 0);
+    let sum = s.summary().unwrap();
+    assert!(sum.segments >= 3);
+    assert!(sum.allocated_bytes >= sum.segments as u64 * 8192);
+    let dead = sum.subscribers.iter().find(|x| x.name == "dead").unwrap();
+    assert_eq!((dead.position.log, dead.position.marker), (0, 0));
+    let busy = sum.subscribers.iter().find(|x| x.name == "busy").unwrap();
+    assert_eq!(busy.next, end);
+    assert!(busy.position.log as usize == sum.segments - 1);
+    let _ = last;
+}
+
+#[test]
+fn show_logs_renders_real_streams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stream::open(tmp.path().join("mainlog.cluster"), &opts(&["master"])).unwrap();
+    let a = s.append(b"hello").unwrap();
+    s.append(b"world!").unwrap();
+    s.checkpoint("master", a).unwrap();
+    let sum = s.summary().unwrap();
+    assert_eq!(sum.data_bytes, 32 + 5 + 32 + 6);
+    let out = render_show_logs([("mainlog", Some(&sum)), ("bouncealllog", None)]);
+    assert_eq!(
+        out,
+        "mainlog\n\t[on disk: 75 bytes]\n\t[subscriber: 'master' @ 00000000:00000025]\nbouncealllog\n\t[on disk: 0 bytes]\n"
+    );
+}
+
+#[test]
+fn oversized_records_and_empty_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stream::open(tmp.path().join("o"), &small(&["m"], 4096)).unwrap();
+    let err = s.append(&vec![0u8; 5000]).unwrap_err();
+    assert!(matches!(err, LogError::RecordTooLarge { .. }), "{err}");
+    assert!(s.append_batch::<&[u8]>(&[]).unwrap().is_empty());
+    // A batch bigger than a segment lands whole in one (grown) segment.
+    let big: Vec<Vec<u8>> = (0..10).map(|_| vec![1u8; 1000]).collect();
+    s.append(b"x").unwrap();
+    let offs = s.append_batch(&big).unwrap();
+    assert_eq!(offs.len(), 10);
+    assert_eq!(records(&s, "m").len(), 11);
+    let _ = DiskPolicy::Stop;
+    let _: HashSet<u64> = offs.into_iter().collect();
+}
