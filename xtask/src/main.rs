@@ -3,6 +3,7 @@
 //! xtask deliberately does not depend on the `duraplane` crate: building that crate needs the
 //! eBPF toolchain, which `cargo xtask setup` is what installs.
 
+mod profile;
 mod setup;
 
 use std::{
@@ -58,6 +59,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Profile a running node or the demo: eBPF cost and map fill, perf flame graphs, tuning
+    /// advice (docs/profiling.md).
+    Profile(profile::ProfileArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         } => setup::run(&s).and_then(|()| test(no_lint, &args)),
         Cmd::Lint => lint(),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Profile(args) => profile::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
