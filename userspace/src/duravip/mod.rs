@@ -8,8 +8,10 @@
 //!
 //! How the daemon wires these together is described in docs/duravip.md.
 
+pub mod announce;
 pub mod assign;
 pub mod decl;
+pub mod plumb;
 pub mod show;
 
 pub use assign::{
