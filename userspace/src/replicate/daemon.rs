@@ -142,8 +142,14 @@ impl Replication {
             Err(e) => return off(format!("engine: {e}")),
         };
         handle.attach(engine.handle());
-        if let Some(inb) = inbound {
-            inb.set_replication(InboundLink::new(handle.clone()));
+        match inbound {
+            Some(inb) => inb.set_replication(InboundLink::new(handle.clone())),
+            // No data plane here: the shared objects are still shown (the others' slots).
+            None => {
+                if let Err(e) = register_shared(services, InboundLink::new(handle.clone())) {
+                    tracing::warn!(error = %e, "replication: cannot register cluster shared commands");
+                }
+            }
         }
         tracing::info!(
             listen = ?engine.local_addrs(),
@@ -216,6 +222,32 @@ fn render_info(h: &ReplicationHandle, e: &EngineHandle) -> String {
         c.resyncs,
         c.dropped_slots,
         st.rejected.bad_auth,
+    )
+}
+
+/// `cluster shared list|show` when the inbound service (which owns them) is not running.
+fn register_shared(
+    services: &Services,
+    link: InboundLink,
+) -> Result<(), crate::console::RegisterError> {
+    let l = link.clone();
+    services.console.register(
+        &["cluster", "shared", "list"],
+        "List the replicated (shared) objects this node manages",
+        Arc::new(move |_| Ok(l.render_list())),
+    )?;
+    services.console.register(
+        &["cluster", "shared", "show"],
+        "cluster shared show OBJECT [from NODE]: show a shared object (inbound_cidr)",
+        Arc::new(move |args| match args {
+            [o] if *o == INBOUND_CIDR => link.render_show(None),
+            [o, f, n] if *o == INBOUND_CIDR && f.eq_ignore_ascii_case("from") => {
+                link.render_show(Some(n))
+            }
+            _ => Err(crate::console::ConsoleError::Usage {
+                usage: "cluster shared show inbound_cidr [from NODE]".into(),
+            }),
+        }),
     )
 }
 
