@@ -689,7 +689,9 @@ impl Stream {
         buf.clear();
         inner.syncs.fetch_add(1, Ordering::Relaxed);
         inner.records.fetch_add(records, Ordering::Relaxed);
-        write(&inner.meta).end = w.end;
+        let mut m = write(&inner.meta);
+        m.end = w.end;
+        m.disk_full = false;
         Ok(())
     }
 

@@ -1,0 +1,175 @@
+//! Disk full on a real, small tmpfs mounted for the test: both policies.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use duraplane::log::{DiskPolicy, Entry, LogError, Offset, Stream, StreamOptions};
+
+/// A tmpfs of `size` mounted on a temporary directory; unmounted on drop, even on failure.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "duraplane-log-test",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs (needs root)");
+        Tmpfs { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn opts(policy: DiskPolicy) -> StreamOptions {
+    StreamOptions {
+        segment_size: Some(64 << 10),
+        disk_policy: policy,
+        subscribers: vec!["m".into()],
+        ..Default::default()
+    }
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let mut p = format!("rec {i:08} ").into_bytes();
+    p.resize(1000, b'a' + (i % 26) as u8);
+    p
+}
+
+#[test]
+fn stop_policy_refuses_appends_and_loses_nothing() {
+    let fs = Tmpfs::new("512k");
+    let dir = fs.path().join("mainlog.cluster");
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let mut acked: BTreeMap<Offset, Vec<u8>> = BTreeMap::new();
+    let mut err = None;
+    for i in 0..2000 {
+        match s.append(&payload(i)) {
+            Ok(o) => {
+                acked.insert(o, payload(i));
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let err = err.expect("a 512k tmpfs fills up");
+    assert!(matches!(err, LogError::DiskFull { .. }), "{err}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(s.is_disk_full());
+    assert!(s.summary().unwrap().disk_full);
+    assert!(s.poisoned().is_none(), "disk full is not a write failure");
+    assert!(s.append(&payload(0)).unwrap_err().is_disk_full());
+    assert!(acked.len() > 100);
+
+    let got: Vec<_> = s.read_from("m").unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(got.len(), acked.len());
+    for (e, (o, p)) in got.iter().zip(&acked) {
+        match e {
+            Entry::Record(r) => assert_eq!((&r.offset, &r.payload), (o, p)),
+            Entry::Gap { .. } => panic!("gap under the stop policy"),
+        }
+    }
+    // Consuming frees segments; appends resume.
+    let last = *acked.keys().last().unwrap();
+    s.checkpoint("m", last).unwrap();
+    let o = s.append(b"after space came back").unwrap();
+    assert!(o > last);
+    assert!(!s.is_disk_full());
+    drop(s);
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let got: Vec<_> = s.read_from("m").unwrap().map(|e| e.unwrap()).collect();
+    assert!(matches!(got.last(), Some(Entry::Record(r)) if r.payload == b"after space came back"));
+}
+
+#[test]
+fn drop_oldest_policy_keeps_appending_and_readers_see_the_gap() {
+    let fs = Tmpfs::new("512k");
+    let dir = fs.path().join("rejectlog.cluster");
+    let s = Stream::open(&dir, &opts(DiskPolicy::DropOldest)).unwrap();
+    let mut acked: BTreeMap<Offset, Vec<u8>> = BTreeMap::new();
+    for i in 0..3000 {
+        acked.insert(s.append(&payload(i)).unwrap(), payload(i));
+    }
+    let (start, end) = s.bounds();
+    assert!(start > 0, "oldest segments were dropped");
+    assert_eq!(s.stats().dropped_bytes, start);
+    assert!(!s.is_disk_full());
+    let lag = s.lag("m").unwrap();
+    assert_eq!((lag.lost_bytes, lag.bytes), (start, end - start));
+
+    let mut r = s.read_from("m").unwrap();
+    assert_eq!(
+        r.next().unwrap().unwrap(),
+        Entry::Gap { from: 0, to: start }
+    );
+    let rest: Vec<_> = r.map(|e| e.unwrap()).collect();
+    let want: Vec<_> = acked.range(start..).collect();
+    assert_eq!(rest.len(), want.len());
+    for (e, (o, p)) in rest.iter().zip(want) {
+        match e {
+            Entry::Record(rec) => assert_eq!((&rec.offset, &rec.payload), (o, p)),
+            Entry::Gap { .. } => panic!("second gap"),
+        }
+    }
+}
+
+#[test]
+fn failed_write_poisons_the_stream_for_good() {
+    let fs = Tmpfs::new("256k");
+    let dir = fs.path().join("paniclog.cluster");
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let first = s.append(b"acknowledged").unwrap();
+    // One batch larger than the free space: the write itself hits ENOSPC.
+    let big: Vec<Vec<u8>> = (0..30).map(|i| vec![i as u8; 10_000]).collect();
+    let err = s.append_batch(&big).unwrap_err();
+    match &err {
+        LogError::Poisoned { path, op, cause } => {
+            assert!(path.starts_with(&dir), "{err}");
+            assert_eq!(*op, "write");
+            assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
+        }
+        other => panic!("{other}"),
+    }
+    // Never retried into success: every later append fails the same way, even tiny ones.
+    for _ in 0..3 {
+        let e = s.append(b"x").unwrap_err();
+        assert!(matches!(e, LogError::Poisoned { .. }), "{e}");
+        assert!(e.to_string().contains("paniclog.cluster"), "{e}");
+    }
+    assert!(s.poisoned().is_some());
+    assert!(s.summary().unwrap().poisoned.is_some());
+    drop(s);
+    // A restart recovers from what is on disk: the acknowledged record is there.
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let mut r = s.read_from("m").unwrap();
+    match r.next().unwrap().unwrap() {
+        Entry::Record(rec) => assert_eq!(
+            (rec.offset, &rec.payload[..]),
+            (first, &b"acknowledged"[..])
+        ),
+        Entry::Gap { .. } => panic!("gap"),
+    }
+}
