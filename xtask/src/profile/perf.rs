@@ -51,6 +51,18 @@ pub struct PerfArgs {
     /// Sampling frequency (Hz).
     #[arg(long, default_value_t = 999)]
     pub freq: u32,
+    /// Stack unwinding (`perf record --call-graph`): `dwarf` sees through Rust code built
+    /// without frame pointers (the release build); `fp` is cheaper but stops at libc.
+    #[arg(long, default_value = "dwarf", value_parser = ["dwarf", "fp", "lbr"])]
+    pub call_graph: String,
+}
+
+/// Samples in `perf script` output (one header line, flush left, per sample).
+pub fn count_samples(script: &str) -> usize {
+    script
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
+        .count()
 }
 
 /// Whether perf may sample another process, given `perf_event_paranoid` and whether we hold
@@ -321,7 +333,9 @@ pub fn run(a: &PerfArgs, stop: &AtomicBool) -> Result<()> {
         a.freq
     );
     let mut rec = Command::new("perf")
-        .args(["record", "-q", "-F", &a.freq.to_string(), "-g", "-p"])
+        .args(["record", "-q", "-F", &a.freq.to_string(), "--call-graph"])
+        .arg(&a.call_graph)
+        .arg("-p")
         .arg(pid.to_string())
         .arg("-o")
         .arg(&data)
@@ -369,12 +383,16 @@ pub fn run(a: &PerfArgs, stop: &AtomicBool) -> Result<()> {
             .unwrap_or_default()
     );
     let folded = flamegraph(&script.stdout, &title, &out)?;
-    let samples: u64 = top_functions(&folded, usize::MAX).iter().map(|f| f.1).sum();
-
-    println!("Flame graph: {} ({samples} samples)", out.display());
-    println!("\nHottest functions (self samples):");
+    // Folded counts are weighted by the event period (ns for cpu-clock): print shares.
+    let weight: u64 = top_functions(&folded, usize::MAX).iter().map(|f| f.1).sum();
+    println!(
+        "Flame graph: {} ({} samples)",
+        out.display(),
+        count_samples(&String::from_utf8_lossy(&script.stdout))
+    );
+    println!("\nHottest functions (share of samples, self time):");
     for (f, c) in top_functions(&folded, 12) {
-        println!("  {:>6.1}%  {f}", c as f64 * 100.0 / samples.max(1) as f64);
+        println!("  {:>6.1}%  {f}", c as f64 * 100.0 / weight.max(1) as f64);
     }
     println!("\nCPU time per thread over {seconds:.1} s:");
     print!(
@@ -491,6 +509,12 @@ mod tests {
         );
         assert!(s.contains("duraplane_engine_uring_in_flight 7"), "{s}");
         assert!(s.contains("(+100, 50.0/s)"), "{s}");
+    }
+
+    #[test]
+    fn samples_counted() {
+        let s = "a 1 [000] 1.0: 1 cpu-clock:\n\tffff f+0 (x)\n\nb 2 [000] 1.1: 1 cpu-clock:\n\tffff g+0 (x)\n";
+        assert_eq!(count_samples(s), 2);
     }
 
     #[test]

@@ -296,18 +296,37 @@ pub fn suggest(f: &Figures) -> Vec<Advice> {
             "the daemon does not export duraplane_replication_pending_max yet".into(),
         )),
     }
-    if let (Some(lag), Some(delay)) = (m("duraplane_replication_delay_seconds_max"), f.max_delay_ms)
-        && lag * 1000.0 > 2.0 * delay as f64
-    {
-        out.push(advice(
-            Verdict::Check,
-            "replication",
-            "the sender cannot keep max_delay: look at the engine and the peer links".into(),
-            format!(
-                "the oldest pending update waited {:.0} ms, max_delay={delay} ms",
-                lag * 1000.0
-            ),
-        ));
+    // Sender clock → applied, per remote slot (duraplane_replication_lag_seconds{object,node}).
+    let lag = f
+        .metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("duraplane_replication_lag_seconds"))
+        .map(|(_, v)| *v)
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    if let Some(lag) = lag {
+        let delay = f.max_delay_ms.unwrap_or(10);
+        let lag_ms = lag * 1000.0;
+        if lag_ms > 2.0 * delay as f64 + 50.0 {
+            out.push(advice(
+                Verdict::Check,
+                "replication lag",
+                format!(
+                    "updates arrive much later than max_delay={delay} ms: look at the engine \
+                     (profile perf) and the peer links; raising max_delay would not help"
+                ),
+                format!(
+                    "the largest duraplane_replication_lag_seconds is {lag_ms:.0} ms (clocks \
+                     must be synchronised for this figure)"
+                ),
+            ));
+        } else {
+            out.push(advice(
+                Verdict::Ok,
+                "replication lag",
+                "no change".into(),
+                format!("largest lag {lag_ms:.0} ms with max_delay={delay} ms"),
+            ));
+        }
     }
 
     match (dm("duraplane_log_segment_rolls_total"), m("duraplane_log_segment_bytes")) {
@@ -658,6 +677,32 @@ mod tests {
         assert!(e.iter().any(
             |x| x.verdict == Verdict::Check && x.reason.contains("1.10 submissions per enter")
         ));
+    }
+
+    #[test]
+    fn replication_lag_against_max_delay() {
+        let mut f = base();
+        f.max_delay_ms = Some(10);
+        f.metrics.insert(
+            "duraplane_replication_lag_seconds{object=\"inbound_cidr\",node=\"node2\"}".into(),
+            0.004,
+        );
+        let x = suggest(&f)
+            .into_iter()
+            .find(|a| a.area == "replication lag")
+            .unwrap();
+        assert_eq!(x.verdict, Verdict::Ok);
+        assert!(x.reason.contains("largest lag 4 ms"), "{}", x.reason);
+        f.metrics.insert(
+            "duraplane_replication_lag_seconds{object=\"inbound_cidr\",node=\"node3\"}".into(),
+            0.5,
+        );
+        let x = suggest(&f)
+            .into_iter()
+            .find(|a| a.area == "replication lag")
+            .unwrap();
+        assert_eq!(x.verdict, Verdict::Check);
+        assert!(x.reason.contains("500 ms"), "{}", x.reason);
     }
 
     #[test]
