@@ -308,7 +308,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let (head, body) = resp
         .split_once("\r\n\r\n")
         .context("HTTP reply without a header end")?;
-    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split(' ').nth(1).is_none_or(|c| c != "200") {
         bail!(
             "HTTP error: {}",
             head.lines().next().unwrap_or_default().trim()
