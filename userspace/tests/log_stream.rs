@@ -214,7 +214,7 @@ fn segments_deleted_only_after_every_subscriber_passed() {
     assert_eq!(segment_files(&dir), segs, "b still needs everything");
     // b passes the first two segments: exactly those go.
     let second_end = u64::from_str_radix(&segs[2][..16], 16).unwrap();
-    let last_in_second = *offs.iter().filter(|o| **o < second_end).last().unwrap();
+    let last_in_second = *offs.iter().rfind(|o| **o < second_end).unwrap();
     s.checkpoint("b", last_in_second).unwrap();
     assert_eq!(segment_files(&dir), segs[2..].to_vec());
     assert_eq!(s.bounds().0, second_end);

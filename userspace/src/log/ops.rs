@@ -190,11 +190,11 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
         let Some(name) = files::parse_checkpoint_name(&fname) else {
             continue;
         };
-        if let Ok(cp) = files::read_checkpoint(&ent.path()) {
-            if cp.next.get() > new_end {
-                files::create_checkpoint(dir, &name, new_end)?;
-                rep.clamped_subscribers.push(name);
-            }
+        if let Ok(cp) = files::read_checkpoint(&ent.path())
+            && cp.next.get() > new_end
+        {
+            files::create_checkpoint(dir, &name, new_end)?;
+            rep.clamped_subscribers.push(name);
         }
     }
     files::fsync_dir(dir)?;

@@ -377,13 +377,13 @@ impl Stream {
         for s in &opts.subscribers {
             valid_subscriber_name(s)?;
         }
-        if let Some(sz) = opts.segment_size {
-            if !(4096..=u32::MAX as u64).contains(&sz) {
-                return Err(LogError::InvalidOption {
-                    what: "segment_size",
-                    reason: format!("{sz} is not within 4096..=4294967295"),
-                });
-            }
+        if let Some(sz) = opts.segment_size
+            && !(4096..=u32::MAX as u64).contains(&sz)
+        {
+            return Err(LogError::InvalidOption {
+                what: "segment_size",
+                reason: format!("{sz} is not within 4096..=4294967295"),
+            });
         }
         if !dir.join(files::METADATA_FILE).exists() {
             if !opts.create {
@@ -398,11 +398,11 @@ impl Stream {
         }
         let lock_file = lock_dir(&dir)?;
         let mut segment_size = files::read_metadata(&dir)?.segment_size.get();
-        if let Some(sz) = opts.segment_size {
-            if sz != segment_size {
-                files::write_metadata(&dir, sz)?;
-                segment_size = sz;
-            }
+        if let Some(sz) = opts.segment_size
+            && sz != segment_size
+        {
+            files::write_metadata(&dir, sz)?;
+            segment_size = sz;
         }
 
         let mut found = list_segments(&dir, true)?;
