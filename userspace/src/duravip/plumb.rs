@@ -2,8 +2,8 @@
 //! ever added is recognised later — after a crash, at the next start, by an operator.
 //!
 //! Tagging: every address carries `IFA_PROTO` = [`DURAVIP_PROTO`] (kernel ≥ 6.3 stores and
-//! reports a user value for IPv4 and IPv6 alike; `ip addr` shows it as `proto 213`). IPv4
-//! addresses also get the label `<ifname>:dv` when it fits in 15 bytes, so `ip addr` makes
+//! reports a user value for IPv4 and IPv6 alike; iproute2 ≥ 6.1 prints it, older ones
+//! do not). IPv4 addresses also get the label `<ifname>:dv` when it fits in 15 bytes, so `ip addr` makes
 //! them obvious. Recognition uses the protocol only: labels do not exist for IPv6.
 //!
 //! IPv6 addresses are added with `IFA_F_NODAD`: a VIP must answer at once, and a moved VIP
