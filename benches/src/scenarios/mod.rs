@@ -2,6 +2,7 @@
 
 mod packet_cost;
 mod rawbpf;
+mod replication;
 mod scrape;
 mod util;
 mod veth_flood;
@@ -14,5 +15,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(packet_cost::PacketCost),
         Box::new(veth_flood::VethFlood),
         Box::new(scrape::Scrape),
+        Box::new(replication::ReplicationStaleness),
     ]
 }
