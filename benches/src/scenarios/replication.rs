@@ -116,26 +116,26 @@ fn publish(
     a.publish(INBOUND_CIDR, snapshot);
 }
 
-fn measure(
-    a: &ReplicationHandle,
-    table: &Mutex<HashMap<Key, i64>>,
-    remote: &Array<MapData, u64>,
+/// What one staleness sample needs: A's handle and table, B's REMOTE map and the key.
+struct Probe<'a> {
+    a: &'a ReplicationHandle,
+    table: &'a Mutex<HashMap<Key, i64>>,
+    remote: &'a Array<MapData, u64>,
     id: u32,
-    nb: &Key,
-    samples: usize,
-    next: &mut i64,
-    rng: &mut Rng,
-) -> Result<Histogram<u64>> {
+    nb: &'a Key,
+}
+
+fn measure(p: &Probe<'_>, samples: usize, next: &mut i64, rng: &mut Rng) -> Result<Histogram<u64>> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..samples {
         *next += 1;
         let want = *next;
         let t0 = Instant::now();
-        publish(a, table, |t| {
-            t.insert(nb.clone(), want);
+        publish(p.a, p.table, |t| {
+            t.insert(p.nb.clone(), want);
         });
         loop {
-            if remote.get(&id, 0)? == want as u64 {
+            if p.remote.get(&p.id, 0)? == want as u64 {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(5) {
@@ -241,7 +241,14 @@ impl Scenario for ReplicationStaleness {
         let nb = netblock_key(&cidr);
         let mut rng = Rng::new(4);
         let mut next = 0i64;
-        let rest = measure(&a, &table, &remote, id, &nb, samples, &mut next, &mut rng)?;
+        let probe_a = Probe {
+            a: &a,
+            table: &table,
+            remote: &remote,
+            id,
+            nb: &nb,
+        };
+        let rest = measure(&probe_a, samples, &mut next, &mut rng)?;
 
         // Churn: 100 source keys change every millisecond (100k updates/s).
         let stop = Arc::new(AtomicBool::new(false));
@@ -279,7 +286,7 @@ impl Scenario for ReplicationStaleness {
             })
         };
         let t_churn = Instant::now();
-        let churn = measure(&a, &table, &remote, id, &nb, samples, &mut next, &mut rng);
+        let churn = measure(&probe_a, samples, &mut next, &mut rng);
         let churn_secs = t_churn.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         let _ = churner.join();
