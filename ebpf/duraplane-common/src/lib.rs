@@ -33,6 +33,13 @@ pub const SOURCES_MAX_ENTRIES: u32 = 65_536;
 pub const NETBLOCK_PREFIXES_MAX_ENTRIES: u32 = 4096;
 /// Size in bytes of the drop-event ring buffer (power of two, page multiple).
 pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+/// Capacity of [`map_names::VIPS`]: DuraVIP addresses this node can answer for.
+pub const VIPS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of each of [`map_names::OUT_FLOWS_V4`] and [`map_names::OUT_FLOWS_V6`]: concurrent
+/// outbound connections per node and address family.
+pub const OUT_FLOWS_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of [`map_names::DESTINATIONS`] (distinct destination addresses; LRU).
+pub const DESTINATIONS_MAX_ENTRIES: u32 = 65_536;
 
 /// Names of the maps in the eBPF object (the `static` names in `duraplane-ebpf`).
 pub mod map_names {
@@ -60,6 +67,17 @@ pub mod map_names {
     pub const PORTS: &str = "PORTS";
     /// `RINGBUF` of [`crate::DropEvent`].
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
+    /// `HASH` [`crate::VipKey`] → [`crate::VipValue`]: VIPs whose ARP/NS `xdp_ingress` answers.
+    pub const VIPS: &str = "VIPS";
+    /// `ARRAY`, one entry → [`crate::Lease`]: the daemon's liveness lease.
+    pub const LEASE: &str = "LEASE";
+    /// `HASH` [`crate::FlowKeyV4`] → [`crate::FlowValue`]: open outbound IPv4 connections
+    /// (`saddr`/`sport` local, `daddr`/`dport` remote).
+    pub const OUT_FLOWS_V4: &str = "OUT_FLOWS_V4";
+    /// `HASH` [`crate::FlowKeyV6`] → [`crate::FlowValue`]: open outbound IPv6 connections.
+    pub const OUT_FLOWS_V6: &str = "OUT_FLOWS_V6";
+    /// `LRU_PERCPU_HASH` [`crate::SourceKey`] (the destination) → [`crate::SourceCounts`].
+    pub const DESTINATIONS: &str = "DESTINATIONS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -69,6 +87,11 @@ pub mod program_names {
     /// `return XDP_PASS` and nothing else: the baseline benches measure `xdp_ingress` against
     /// (built by the same toolchain, loaded the same way).
     pub const XDP_PASS: &str = "xdp_pass";
+    /// `return XDP_TX`: run with `BPF_F_TEST_XDP_LIVE_FRAMES` to transmit announcements
+    /// (gratuitous ARP, unsolicited NA) at the NIC.
+    pub const XDP_ANNOUNCE: &str = "xdp_announce";
+    /// TC egress classifier counting outbound connections per destination (never drops).
+    pub const TC_EGRESS: &str = "tc_egress";
 }
 
 /// One open IPv4 connection, as seen on the wire from the client. IPv4 and IPv6 flows live in
@@ -220,6 +243,42 @@ pub struct ExpireMeta {
 /// [`ExpireMeta::magic`] ("DPEX").
 pub const EXPIRE_MAGIC: u32 = 0x4450_4558;
 
+/// A DuraVIP address ([`map_names::VIPS`] key), IPv4 in the first 4 bytes of `addr`. The
+/// address comes first and the key is 8-aligned so the program's word stores into its stack
+/// copy stay aligned even when LLVM merges them into 8-byte stores (the verifier rejects
+/// misaligned stack access).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+
+/// How to answer for one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VipValue {
+    /// Answer only requests received on this interface; 0 = on any interface.
+    pub ifindex: u32,
+    /// The hardware address the answer gives for the VIP.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// The daemon's liveness lease ([`map_names::LEASE`]): ARP/NS for VIPs are answered only while
+/// `now ≤ renewed_ns + duration_ns` (`now` = `bpf_ktime_get_coarse_ns`). `renewed_ns` = 0
+/// means never renewed: no answers.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct Lease {
+    /// CLOCK_MONOTONIC ns of the last renewal.
+    pub renewed_ns: u64,
+    pub duration_ns: u64,
+}
+
 /// Global counters, slots of [`StatsBlock::counters`]. Every map-full, insert failure and
 /// eviction has its own slot: nothing the program gives up on is silent.
 #[repr(u32)]
@@ -274,10 +333,34 @@ pub enum Stat {
     RingbufFull,
     /// LOCAL decrement found 0 (a bug or a reset map): clamped at 0.
     LocalUnderflow,
+    /// ARP requests for an owned VIP answered in XDP (XDP_TX).
+    ArpAnswered,
+    /// IPv6 neighbour solicitations for an owned VIP answered with an NA (XDP_TX).
+    NdAnswered,
+    /// ARP/NS for an owned VIP passed unanswered because the lease was stale.
+    LeaseStale,
+    /// TC egress: SYN without ACK sent by this node (retransmits included).
+    OutSyn,
+    /// TC egress: SYN for an outbound flow already tracked.
+    OutSynRetransmit,
+    /// TC egress: outbound connections counted.
+    OutOpened,
+    /// TC egress: outbound connections closed by a local FIN/RST (exactly once each).
+    OutClosed,
+    /// TC egress: local FIN/RST for no tracked outbound flow.
+    OutFinRstNoFlow,
+    /// TC egress: OUT_FLOWS_V4/V6 full: connection not counted.
+    OutFlowMapFull,
+    /// TC egress: outbound flow insert failed for another reason.
+    OutFlowInsertFailed,
+    /// TC egress: per-destination entry could not be created.
+    DestMapInsertFailed,
+    /// TC egress: close of a destination whose entry the LRU evicted.
+    DestEvicted,
 }
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: usize = Stat::LocalUnderflow as usize + 1;
+pub const STAT_COUNT: usize = Stat::DestEvicted as usize + 1;
 
 impl Stat {
     /// Every slot, in index order.
@@ -304,6 +387,18 @@ impl Stat {
         Stat::SourceEvicted,
         Stat::RingbufFull,
         Stat::LocalUnderflow,
+        Stat::ArpAnswered,
+        Stat::NdAnswered,
+        Stat::LeaseStale,
+        Stat::OutSyn,
+        Stat::OutSynRetransmit,
+        Stat::OutOpened,
+        Stat::OutClosed,
+        Stat::OutFinRstNoFlow,
+        Stat::OutFlowMapFull,
+        Stat::OutFlowInsertFailed,
+        Stat::DestMapInsertFailed,
+        Stat::DestEvicted,
     ];
 
     /// Stable snake_case name (metrics label, console output).
@@ -331,6 +426,18 @@ impl Stat {
             Stat::SourceEvicted => "source_evicted",
             Stat::RingbufFull => "ringbuf_full",
             Stat::LocalUnderflow => "local_underflow",
+            Stat::ArpAnswered => "arp_answered",
+            Stat::NdAnswered => "nd_answered",
+            Stat::LeaseStale => "lease_stale",
+            Stat::OutSyn => "out_syn",
+            Stat::OutSynRetransmit => "out_syn_retransmit",
+            Stat::OutOpened => "out_opened",
+            Stat::OutClosed => "out_closed",
+            Stat::OutFinRstNoFlow => "out_fin_rst_no_flow",
+            Stat::OutFlowMapFull => "out_flow_map_full",
+            Stat::OutFlowInsertFailed => "out_flow_insert_failed",
+            Stat::DestMapInsertFailed => "dest_map_insert_failed",
+            Stat::DestEvicted => "dest_evicted",
         }
     }
 }
@@ -359,6 +466,9 @@ mod pod {
     unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::StatsBlock {}
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::Lease {}
 }
 
 #[cfg(test)]
@@ -377,6 +487,9 @@ mod tests {
         assert_eq!(size_of::<PortSet>(), 8192);
         assert_eq!(size_of::<DropEvent>(), 32);
         assert_eq!(size_of::<StatsBlock>(), 8 * STAT_COUNT);
+        assert_eq!(size_of::<VipKey>(), 24);
+        assert_eq!(size_of::<VipValue>(), 12);
+        assert_eq!(size_of::<Lease>(), 16);
     }
 
     #[test]

@@ -11,7 +11,17 @@
 //! keys are built field by field from word loads (check with `bpftool prog dump xlated`:
 //! no calls to `memset`/`memcpy` subprograms).
 //!
+//! ARP requests and IPv6 neighbour solicitations for a VIP in `VIPS` are answered in place
+//! (XDP_TX) while the daemon's `LEASE` is fresh. They are recognised only where the parser
+//! already branches (the non-IP ethertype branch; the IPv6 non-TCP branch), so TCP pays
+//! nothing for them.
+//!
 //! `xdp_pass` — `return XDP_PASS`: the baseline the benches measure `xdp_ingress` against.
+//!
+//! `xdp_announce` — `return XDP_TX`: userspace runs it with `BPF_F_TEST_XDP_LIVE_FRAMES` to
+//! transmit gratuitous ARP / unsolicited NA frames at the NIC.
+//!
+//! `tc_egress` — counts outbound connections per destination (`outbound_cidr`); never drops.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there;
@@ -27,17 +37,18 @@ mod programs {
     };
 
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, xdp_action},
-        helpers::bpf_ktime_get_coarse_ns,
-        macros::{map, xdp},
+        bindings::{BPF_NOEXIST, TC_ACT_OK, xdp_action},
+        helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail},
+        macros::{classifier, map, xdp},
         maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-        programs::XdpContext,
+        programs::{TcContext, XdpContext},
     };
     use duraplane_common::{
-        ACTION_DROP, AF_INET, AF_INET6, DROP_EVENTS_BYTES, DropEvent, EXPIRE_MAGIC, ExpireMeta,
-        FLOWS_MAX_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, MAX_NETBLOCKS,
-        NETBLOCK_PREFIXES_MAX_ENTRIES, NetblockLimit, NetblockStats, PortSet, SOURCES_MAX_ENTRIES,
-        SourceCounts, SourceKey, Stat, StatsBlock,
+        ACTION_DROP, AF_INET, AF_INET6, DESTINATIONS_MAX_ENTRIES, DROP_EVENTS_BYTES, DropEvent,
+        EXPIRE_MAGIC, ExpireMeta, FLOWS_MAX_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, Lease,
+        MAX_NETBLOCKS, NETBLOCK_PREFIXES_MAX_ENTRIES, NetblockLimit, NetblockStats,
+        OUT_FLOWS_MAX_ENTRIES, PortSet, SOURCES_MAX_ENTRIES, SourceCounts, SourceKey, Stat,
+        StatsBlock, VIPS_MAX_ENTRIES, VipKey, VipValue,
     };
 
     // Map definitions. Sizes are the defaults of duraplane-common; userspace may override
@@ -101,12 +112,53 @@ mod programs {
     #[map]
     static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
 
+    /// VIPs whose ARP/NS this node answers (HASH, 3.19; 4096 × 32 B keys+values ≈ 200 KiB
+    /// with hash overhead). Filled by the daemon with the VIPs it owns.
+    #[map]
+    static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(VIPS_MAX_ENTRIES, 0);
+
+    /// The daemon's liveness lease (ARRAY, one 16-byte entry, 3.19): answers stop by
+    /// themselves when the daemon stops renewing it (hung or dead daemon ⇒ no stale claims).
+    #[map]
+    static LEASE: Array<Lease> = Array::with_max_entries(1, 0);
+
+    /// Open outbound IPv4 connections, keyed as sent (local saddr/sport, remote
+    /// daddr/dport); HASH (3.19), 65,536 × 28 B. Plain hash so a flow is never evicted.
+    #[map]
+    static OUT_FLOWS_V4: HashMap<FlowKeyV4, FlowValue> =
+        HashMap::with_max_entries(OUT_FLOWS_MAX_ENTRIES, 0);
+
+    /// Open outbound IPv6 connections (as OUT_FLOWS_V4), 65,536 × 52 B.
+    #[map]
+    static OUT_FLOWS_V6: HashMap<FlowKeyV6, FlowValue> =
+        HashMap::with_max_entries(OUT_FLOWS_MAX_ENTRIES, 0);
+
+    /// Per-destination opened/closed, per CPU (LRU_PERCPU_HASH, 4.10; 65,536 × 16 B per
+    /// CPU). An evicted destination's close is counted as `dest_evicted`.
+    #[map]
+    static DESTINATIONS: LruPerCpuHashMap<SourceKey, SourceCounts> =
+        LruPerCpuHashMap::with_max_entries(DESTINATIONS_MAX_ENTRIES, 0);
+
     const ETH_HLEN: usize = 14;
     /// Ethertypes as a native (little-endian) load of the wire bytes sees them.
     const ETH_P_IP_RAW: u16 = 0x0800u16.to_be();
     const ETH_P_IPV6_RAW: u16 = 0x86DDu16.to_be();
     const ETH_P_8021Q_RAW: u16 = 0x8100u16.to_be();
+    const ETH_P_ARP_RAW: u16 = 0x0806u16.to_be();
     const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_ICMPV6: u8 = 58;
+    /// ARP over Ethernet/IPv4, as native loads see the wire: htype 1, ptype 0x0800, then
+    /// hlen 6, plen 4, oper 1 (request).
+    const ARP_HDR_RAW: u32 = u32::from_ne_bytes([0, 1, 0x08, 0]);
+    const ARP_REQUEST_RAW: u32 = u32::from_ne_bytes([6, 4, 0, 1]);
+    const ARP_REPLY_OPER_RAW: u16 = 2u16.to_be();
+    const ARP_HLEN: usize = 28;
+    const ND_NS: u8 = 135;
+    const ND_NA: u8 = 136;
+    /// ICMPv6 NA length: 24-byte header + target link-layer address option (8 bytes).
+    const NA_LEN: usize = 32;
+    /// NA flags: solicited | override (not a router).
+    const NA_FLAGS_RAW: u32 = u32::from_ne_bytes([0x60, 0, 0, 0]);
     const IPV6_HOPOPTS: u8 = 0;
     const IPV6_ROUTING: u8 = 43;
     const IPV6_FRAGMENT: u8 = 44;
@@ -201,6 +253,24 @@ mod programs {
         flags: u8,
     }
 
+    /// Why [`parse`] did not return a TCP segment.
+    #[derive(Clone, Copy)]
+    enum Miss {
+        /// Pass and count this slot.
+        Stat(Stat),
+        /// ARP; its header starts at this offset.
+        Arp(usize),
+        /// ICMPv6 right after a 40-byte IPv6 header at this offset.
+        Icmp6(usize),
+    }
+
+    impl From<Stat> for Miss {
+        #[inline(always)]
+        fn from(s: Stat) -> Self {
+            Miss::Stat(s)
+        }
+    }
+
     /// The `xdp_ingress` baseline for benches: the cheapest possible XDP program.
     #[xdp]
     pub fn xdp_pass(_ctx: XdpContext) -> u32 {
@@ -215,12 +285,19 @@ mod programs {
         let end = ctx.data_end();
         let seg = match parse(data, end) {
             Ok(s) => s,
-            Err(why) => {
-                if let Some(stats) = STATS.get_ptr_mut(0) {
-                    bump(stats, Stat::Packets);
-                    bump(stats, why);
-                }
-                return xdp_action::XDP_PASS;
+            Err(miss) => {
+                let Some(stats) = STATS.get_ptr_mut(0) else {
+                    return xdp_action::XDP_PASS;
+                };
+                bump(stats, Stat::Packets);
+                return match miss {
+                    Miss::Stat(why) => {
+                        bump(stats, why);
+                        xdp_action::XDP_PASS
+                    }
+                    Miss::Arp(off) => arp(&ctx, off, stats),
+                    Miss::Icmp6(off) => ndisc(&ctx, off, stats),
+                };
             }
         };
         // Fast path: neither FIN nor RST nor a bare SYN → nothing to account.
@@ -258,15 +335,15 @@ mod programs {
     /// Ethernet (+ one 802.1Q tag), IPv4/IPv6, TCP; no map access. `Err` = pass and count
     /// that slot.
     #[inline(always)]
-    fn parse(data: usize, end: usize) -> Result<Seg, Stat> {
+    fn parse(data: usize, end: usize) -> Result<Seg, Miss> {
         let Some(eth) = ptr_at(data, end, 0, ETH_HLEN) else {
-            return Err(Stat::Truncated);
+            return Err(Stat::Truncated.into());
         };
         let mut ethertype = load_raw16(eth + 12);
         let mut off = ETH_HLEN;
         if ethertype == ETH_P_8021Q_RAW {
             let Some(tag) = ptr_at(data, end, ETH_HLEN, 4) else {
-                return Err(Stat::Truncated);
+                return Err(Stat::Truncated.into());
             };
             ethertype = load_raw16(tag + 2);
             off = ETH_HLEN + 4;
@@ -277,11 +354,13 @@ mod programs {
         } else if ethertype == ETH_P_IPV6_RAW {
             let (ip, l4) = parse_v6(data, end, off)?;
             (ip, l4, true)
+        } else if ethertype == ETH_P_ARP_RAW {
+            return Err(Miss::Arp(off));
         } else {
-            return Err(Stat::NonIp);
+            return Err(Stat::NonIp.into());
         };
         let Some(th) = ptr_at(data, end, l4, TCP_HLEN) else {
-            return Err(Stat::Truncated);
+            return Err(Stat::Truncated.into());
         };
         Ok(Seg {
             ip,
@@ -319,48 +398,51 @@ mod programs {
     /// (hop-by-hop, routing, destination options, or an atomic fragment header — any
     /// combination); longer chains are passed and counted as `ipv6_ext_unsupported`.
     #[inline(always)]
-    fn parse_v6(data: usize, end: usize, off: usize) -> Result<(usize, usize), Stat> {
+    fn parse_v6(data: usize, end: usize, off: usize) -> Result<(usize, usize), Miss> {
         let Some(ip) = ptr_at(data, end, off, 40) else {
-            return Err(Stat::Truncated);
+            return Err(Stat::Truncated.into());
         };
         if load_u8(ip) >> 4 != 6 {
-            return Err(Stat::Malformed);
+            return Err(Stat::Malformed.into());
         }
         let mut nh = load_u8(ip + 6);
         let mut l4 = off + 40;
         if nh == IPPROTO_TCP {
             return Ok((ip, l4));
         }
+        if nh == IPPROTO_ICMPV6 {
+            return Err(Miss::Icmp6(off));
+        }
         let mut i = 0;
         while i < 3 {
             i += 1;
             if nh == IPV6_FRAGMENT {
                 let Some(fh) = ptr_at(data, end, l4, 8) else {
-                    return Err(Stat::Truncated);
+                    return Err(Stat::Truncated.into());
                 };
                 // Offset (13 bits) or M flag set: a real fragment.
                 if load_be16(fh + 2) & 0xfff9 != 0 {
-                    return Err(Stat::Fragments);
+                    return Err(Stat::Fragments.into());
                 }
                 nh = load_u8(fh);
                 l4 += 8;
             } else if nh == IPV6_HOPOPTS || nh == IPV6_ROUTING || nh == IPV6_DSTOPTS {
                 let Some(eh) = ptr_at(data, end, l4, 2) else {
-                    return Err(Stat::Truncated);
+                    return Err(Stat::Truncated.into());
                 };
                 nh = load_u8(eh);
                 l4 += (load_u8(eh + 1) as usize + 1) * 8;
             } else {
-                return Err(Stat::NonTcp);
+                return Err(Stat::NonTcp.into());
             }
             if nh == IPPROTO_TCP {
                 return Ok((ip, l4));
             }
         }
         if nh == IPV6_FRAGMENT || nh == IPV6_HOPOPTS || nh == IPV6_ROUTING || nh == IPV6_DSTOPTS {
-            Err(Stat::Ipv6ExtUnsupported)
+            Err(Stat::Ipv6ExtUnsupported.into())
         } else {
-            Err(Stat::NonTcp)
+            Err(Stat::NonTcp.into())
         }
     }
 
@@ -648,6 +730,351 @@ mod programs {
             // SAFETY: this CPU's value of a live entry.
             Some(c) => unsafe { (*c).closed += 1 },
             None => bump(stats, Stat::SourceEvicted),
+        }
+    }
+
+    #[inline(always)]
+    fn store_raw32(p: usize, v: u32) {
+        // SAFETY: bounds were checked by the caller; unaligned write of 4 bytes.
+        unsafe { core::ptr::write_unaligned(p as *mut u32, v) }
+    }
+
+    #[inline(always)]
+    fn store_raw16(p: usize, v: u16) {
+        // SAFETY: bounds were checked by the caller; unaligned write of 2 bytes.
+        unsafe { core::ptr::write_unaligned(p as *mut u16, v) }
+    }
+
+    /// The VIPS entry for an IPv4 address (wire-order word), if this node answers for it on
+    /// `ifindex`.
+    #[inline(always)]
+    fn vip_v4(addr: u32, ifindex: u32) -> Option<*const VipValue> {
+        let mut k = MaybeUninit::<VipKey>::uninit();
+        let w = k.as_mut_ptr() as *mut u64;
+        // SAFETY: VipKey is 24 bytes, 8-aligned: the address (16 bytes), then `family` and
+        // seven zero bytes (the low byte of a little-endian word; the target is bpfel).
+        // Written as three aligned 8-byte stores: LLVM would merge 4-byte stores into
+        // 8-byte ones at 4-byte offsets, which the verifier rejects on the stack.
+        let key = unsafe {
+            w.write(u64::from(addr));
+            w.add(1).write(0);
+            w.add(2).write(u64::from(AF_INET));
+            k.assume_init()
+        };
+        vip_check(VIPS.get_ptr(&key)?, ifindex)
+    }
+
+    /// The VIPS entry for the IPv6 address at packet address `p` (16 bytes, in bounds).
+    #[inline(always)]
+    fn vip_v6(p: usize, ifindex: u32) -> Option<*const VipValue> {
+        let mut k = MaybeUninit::<VipKey>::uninit();
+        let w = k.as_mut_ptr() as *mut u64;
+        // SAFETY: as in `vip_v4`; `p..p + 16` is inside the packet (caller).
+        let key = unsafe {
+            w.write(core::ptr::read_unaligned(p as *const u64));
+            w.add(1)
+                .write(core::ptr::read_unaligned((p + 8) as *const u64));
+            w.add(2).write(u64::from(AF_INET6));
+            k.assume_init()
+        };
+        vip_check(VIPS.get_ptr(&key)?, ifindex)
+    }
+
+    #[inline(always)]
+    fn vip_check(v: *const VipValue, ifindex: u32) -> Option<*const VipValue> {
+        // SAFETY: a live map value.
+        let want = unsafe { (*v).ifindex };
+        if want != 0 && want != ifindex {
+            return None;
+        }
+        Some(v)
+    }
+
+    /// Whether the daemon renewed its lease recently enough (coarse clock: a lease may be
+    /// seen as fresh up to one tick after it expired).
+    #[inline(always)]
+    fn lease_fresh() -> bool {
+        let Some(l) = LEASE.get(0) else {
+            return false;
+        };
+        if l.renewed_ns == 0 {
+            return false;
+        }
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        now <= l.renewed_ns.saturating_add(l.duration_ns)
+    }
+
+    /// The MAC of a VIPS value as (first 4 bytes, last 2 bytes) in wire order.
+    #[inline(always)]
+    fn vip_mac(v: *const VipValue) -> (u32, u16) {
+        // SAFETY: a live map value; `mac` starts 4 bytes into the 4-aligned value.
+        unsafe {
+            let m = &raw const (*v).mac as usize;
+            (
+                core::ptr::read_unaligned(m as *const u32),
+                core::ptr::read_unaligned((m + 4) as *const u16),
+            )
+        }
+    }
+
+    /// An ARP request for an owned VIP becomes, in place, the reply from the VIP's MAC
+    /// (XDP_TX), while the lease is fresh. Anything else passes as `non_ip`.
+    #[inline(always)]
+    fn arp(ctx: &XdpContext, off: usize, stats: Stats) -> u32 {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        let Some(a) = ptr_at(data, end, off, ARP_HLEN) else {
+            bump(stats, Stat::NonIp);
+            return xdp_action::XDP_PASS;
+        };
+        let spa = load_raw32(a + 14);
+        let tpa = load_raw32(a + 24);
+        // Only requests; a gratuitous request (sender = target) announces, it asks nothing.
+        if load_raw32(a) != ARP_HDR_RAW || load_raw32(a + 4) != ARP_REQUEST_RAW || spa == tpa {
+            bump(stats, Stat::NonIp);
+            return xdp_action::XDP_PASS;
+        }
+        let Some(v) = vip_v4(tpa, ctx.ingress_ifindex() as u32) else {
+            bump(stats, Stat::NonIp);
+            return xdp_action::XDP_PASS;
+        };
+        if !lease_fresh() {
+            bump(stats, Stat::NonIp);
+            bump(stats, Stat::LeaseStale);
+            return xdp_action::XDP_PASS;
+        }
+        let (mac_hi, mac_lo) = vip_mac(v);
+        let sha_hi = load_raw32(a + 8);
+        let sha_lo = load_raw16(a + 12);
+        // Ethernet: to the requester's frame source, from the VIP's MAC.
+        store_raw32(data, load_raw32(data + 6));
+        store_raw16(data + 4, load_raw16(data + 10));
+        store_raw32(data + 6, mac_hi);
+        store_raw16(data + 10, mac_lo);
+        // ARP: oper 2; sender = VIP MAC / VIP; target = requester.
+        store_raw16(a + 6, ARP_REPLY_OPER_RAW);
+        store_raw32(a + 8, mac_hi);
+        store_raw16(a + 12, mac_lo);
+        store_raw32(a + 14, tpa);
+        store_raw32(a + 18, sha_hi);
+        store_raw16(a + 22, sha_lo);
+        store_raw32(a + 24, spa);
+        bump(stats, Stat::ArpAnswered);
+        xdp_action::XDP_TX
+    }
+
+    /// A neighbour solicitation for an owned VIP becomes, in place, a solicited+override NA
+    /// with the VIP's MAC as target link-layer address (XDP_TX), while the lease is fresh.
+    /// DAD probes (unspecified source) and anything else pass as `non_tcp`.
+    #[inline(always)]
+    fn ndisc(ctx: &XdpContext, off: usize, stats: Stats) -> u32 {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        // IPv6 header + the 24-byte NS (type, code, checksum, reserved, target).
+        let Some(ip) = ptr_at(data, end, off, 40 + 24) else {
+            bump(stats, Stat::NonTcp);
+            return xdp_action::XDP_PASS;
+        };
+        let icmp = ip + 40;
+        let unspecified =
+            load_raw32(ip + 8) | load_raw32(ip + 12) | load_raw32(ip + 16) | load_raw32(ip + 20)
+                == 0;
+        // RFC 4861 7.1.1: hop limit 255, code 0.
+        if load_u8(icmp) != ND_NS || load_u8(icmp + 1) != 0 || load_u8(ip + 7) != 255 || unspecified
+        {
+            bump(stats, Stat::NonTcp);
+            return xdp_action::XDP_PASS;
+        }
+        let Some(v) = vip_v6(icmp + 8, ctx.ingress_ifindex() as u32) else {
+            bump(stats, Stat::NonTcp);
+            return xdp_action::XDP_PASS;
+        };
+        if !lease_fresh() {
+            bump(stats, Stat::NonTcp);
+            bump(stats, Stat::LeaseStale);
+            return xdp_action::XDP_PASS;
+        }
+        let (mac_hi, mac_lo) = vip_mac(v);
+        // Resize to exactly Ethernet (+ tag) + IPv6 + NA (drops NS options, adds room for
+        // the target link-layer option when the NS had none).
+        let want = off + 40 + NA_LEN;
+        let delta = want as i64 - (end - data) as i64;
+        if delta != 0 {
+            // SAFETY: ctx is the program's context.
+            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
+                bump(stats, Stat::NonTcp);
+                return xdp_action::XDP_PASS;
+            }
+        }
+        // Packet pointers are invalid after adjust_tail: re-derive and re-check.
+        let data = ctx.data();
+        let end = ctx.data_end();
+        let Some(ip) = ptr_at(data, end, off, 40 + NA_LEN) else {
+            return xdp_action::XDP_DROP;
+        };
+        let icmp = ip + 40;
+        // Ethernet: to the solicitor, from the VIP's MAC.
+        store_raw32(data, load_raw32(data + 6));
+        store_raw16(data + 4, load_raw16(data + 10));
+        store_raw32(data + 6, mac_hi);
+        store_raw16(data + 10, mac_lo);
+        // IPv6: version 6, payload = NA, hop limit 255; to the solicitor, from the target.
+        store_raw32(ip, u32::from_ne_bytes([0x60, 0, 0, 0]));
+        store_raw16(ip + 4, (NA_LEN as u16).to_be());
+        // SAFETY: `ip..ip + 40` is inside the packet (checked above).
+        unsafe {
+            let dst = (ip + 24) as *mut u32;
+            let mut src = [0u32; 4];
+            copy16(src.as_mut_ptr(), ip + 8);
+            dst.write_unaligned(src[0]);
+            dst.add(1).write_unaligned(src[1]);
+            dst.add(2).write_unaligned(src[2]);
+            dst.add(3).write_unaligned(src[3]);
+        }
+        store_raw16(ip + 6, u16::from_ne_bytes([IPPROTO_ICMPV6, 255]));
+        let t = icmp + 8;
+        store_raw32(ip + 8, load_raw32(t));
+        store_raw32(ip + 12, load_raw32(t + 4));
+        store_raw32(ip + 16, load_raw32(t + 8));
+        store_raw32(ip + 20, load_raw32(t + 12));
+        // ICMPv6 NA: type, code, checksum 0 for now, flags, target (unchanged), option 2.
+        store_raw32(icmp, u32::from_ne_bytes([ND_NA, 0, 0, 0]));
+        store_raw32(icmp + 4, NA_FLAGS_RAW);
+        store_raw16(icmp + 24, u16::from_ne_bytes([2, 1]));
+        store_raw16(icmp + 26, mac_hi as u16);
+        store_raw16(icmp + 28, (mac_hi >> 16) as u16);
+        store_raw16(icmp + 30, mac_lo);
+        // Checksum: pseudo-header (addresses, length, next header) + the message, summed
+        // as native words (the one's complement sum is byte-order independent).
+        let mut sum: u64 = u64::from(u32::from_ne_bytes([0, 0, 0, NA_LEN as u8]))
+            + u64::from(u32::from_ne_bytes([0, 0, 0, IPPROTO_ICMPV6]));
+        let mut i = 0;
+        while i < 32 {
+            sum += u64::from(load_raw32(ip + 8 + i));
+            sum += u64::from(load_raw32(icmp + i));
+            i += 4;
+        }
+        sum = (sum & 0xffff_ffff) + (sum >> 32);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        store_raw16(icmp + 2, !(sum as u16));
+        bump(stats, Stat::NdAnswered);
+        xdp_action::XDP_TX
+    }
+
+    /// Transmits the frame it is run on: `BPF_PROG_TEST_RUN` with live frames on the
+    /// target interface sends announcements from the NIC's own transmit path.
+    #[xdp]
+    pub fn xdp_announce(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_TX
+    }
+
+    /// Outbound connection accounting (TC egress). Same parser and fast path as
+    /// `xdp_ingress`; every TCP destination port counts. Always `TC_ACT_OK`.
+    #[classifier]
+    pub fn tc_egress(ctx: TcContext) -> i32 {
+        if let Ok(seg) = parse(ctx.data(), ctx.data_end()) {
+            let f = seg.flags;
+            if f & (TCP_FIN | TCP_RST) != 0 || f & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                egress(&seg);
+            }
+        }
+        TC_ACT_OK
+    }
+
+    #[inline(always)]
+    fn dest_key(s: &Seg) -> SourceKey {
+        let mut k = MaybeUninit::<SourceKey>::uninit();
+        let w = k.as_mut_ptr() as *mut u32;
+        // SAFETY: as in `source_key`; the destination is inside the packet (`parse`).
+        unsafe {
+            if s.v6 {
+                w.write(u32::from(AF_INET6));
+                copy16(w.add(1), s.ip + 24);
+            } else {
+                w.write(u32::from(AF_INET));
+                w.add(1).write(load_raw32(s.ip + 16));
+                w.add(2).write(0);
+                w.add(3).write(0);
+                w.add(4).write(0);
+            }
+            k.assume_init()
+        }
+    }
+
+    /// A local SYN opens an outbound flow (once); a local FIN/RST closes it (once: only
+    /// the delete that succeeds counts).
+    #[inline(always)]
+    fn egress(s: &Seg) {
+        let Some(stats) = STATS.get_ptr_mut(0) else {
+            return;
+        };
+        if s.flags & (TCP_FIN | TCP_RST) != 0 {
+            let removed = if s.v6 {
+                OUT_FLOWS_V6.remove(key_v6(s))
+            } else {
+                OUT_FLOWS_V4.remove(key_v4(s))
+            };
+            if removed.is_err() {
+                bump(stats, Stat::OutFinRstNoFlow);
+                return;
+            }
+            bump(stats, Stat::OutClosed);
+            match DESTINATIONS.get_ptr_mut(dest_key(s)) {
+                // SAFETY: this CPU's value of a live entry.
+                Some(c) => unsafe { (*c).closed += 1 },
+                None => bump(stats, Stat::DestEvicted),
+            }
+            return;
+        }
+        bump(stats, Stat::OutSyn);
+        let value = FlowValue {
+            netblock: 0,
+            _pad: 0,
+            // SAFETY: helper without preconditions.
+            opened_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        };
+        let inserted = if s.v6 {
+            OUT_FLOWS_V6.insert(key_v6(s), value, BPF_NOEXIST as u64)
+        } else {
+            OUT_FLOWS_V4.insert(key_v4(s), value, BPF_NOEXIST as u64)
+        };
+        match inserted {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => {
+                bump(stats, Stat::OutSynRetransmit);
+                return;
+            }
+            Err(e) if e == -E2BIG => {
+                bump(stats, Stat::OutFlowMapFull);
+                return;
+            }
+            Err(_) => {
+                bump(stats, Stat::OutFlowInsertFailed);
+                return;
+            }
+        }
+        bump(stats, Stat::OutOpened);
+        let dkey = dest_key(s);
+        if let Some(c) = DESTINATIONS.get_ptr_mut(&dkey) {
+            // SAFETY: this CPU's value of a live entry.
+            unsafe { (*c).opened += 1 };
+            return;
+        }
+        let first = SourceCounts {
+            opened: 1,
+            closed: 0,
+        };
+        match DESTINATIONS.insert(&dkey, &first, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => match DESTINATIONS.get_ptr_mut(&dkey) {
+                // SAFETY: as above.
+                Some(c) => unsafe { (*c).opened += 1 },
+                None => bump(stats, Stat::DestMapInsertFailed),
+            },
+            Err(_) => bump(stats, Stat::DestMapInsertFailed),
         }
     }
 

@@ -309,6 +309,157 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     f
 }
 
+/// Ethernet broadcast.
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// An Ethernet/IPv4 ARP packet (`op` 1 = request, 2 = reply) from `eth_src` to `eth_dst`.
+#[allow(clippy::too_many_arguments)]
+pub fn arp(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// Gratuitous ARP for `ip` at `mac`, broadcast: the request form (RFC 5227 announcement:
+/// sender = target = `ip`, target hardware zero) or the reply form (target hardware =
+/// `mac`). Some hosts and switches accept only one form, so announcers send both.
+pub fn gratuitous_arp(ip: Ipv4Addr, mac: [u8; 6], reply: bool) -> Vec<u8> {
+    if reply {
+        arp(BROADCAST, mac, 2, mac, ip, mac, ip)
+    } else {
+        arp(BROADCAST, mac, 1, mac, ip, [0; 6], ip)
+    }
+}
+
+/// Inserts one 802.1Q tag (VLAN `id`) after the MAC addresses of an Ethernet frame.
+pub fn with_vlan(frame: &[u8], id: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(frame.len() + 4);
+    f.extend_from_slice(&frame[..12.min(frame.len())]);
+    f.extend_from_slice(&0x8100u16.to_be_bytes());
+    f.extend_from_slice(&(id & 0x0fff).to_be_bytes());
+    f.extend_from_slice(&frame[12.min(frame.len())..]);
+    f
+}
+
+/// The ICMPv6 checksum of `msg` (its checksum field zero or not: it is skipped) between
+/// `src` and `dst` (RFC 4443 2.3, pseudo-header of RFC 8200 8.1).
+pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+            sum += u64::from(w);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    let mut m = msg.to_vec();
+    if m.len() >= 4 {
+        m[2] = 0;
+        m[3] = 0;
+    }
+    add(&m);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The multicast MAC of an IPv6 multicast address (RFC 2464 7).
+pub fn ipv6_multicast_mac(group: Ipv6Addr) -> [u8; 6] {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// The solicited-node multicast group of `addr` (ff02::1:ffXX:XXXX).
+pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+/// An Ethernet + IPv6 (hop limit 255) + ICMPv6 frame with a correct checksum.
+pub fn icmpv6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    msg: &[u8],
+) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    if m.len() >= 4 {
+        let c = icmpv6_checksum(src, dst, &m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut f = Vec::with_capacity(54 + m.len());
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&0x86DDu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    f.push(58);
+    f.push(255);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&m);
+    f
+}
+
+/// A neighbour solicitation from `src` (`src_mac`) for `target`, to its solicited-node
+/// group; with the source link-layer address option when `slla`.
+pub fn neighbour_solicitation(
+    src: Ipv6Addr,
+    src_mac: [u8; 6],
+    target: Ipv6Addr,
+    slla: bool,
+) -> Vec<u8> {
+    let group = solicited_node(target);
+    let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    if slla {
+        m.extend_from_slice(&[1, 1]);
+        m.extend_from_slice(&src_mac);
+    }
+    icmpv6_frame(ipv6_multicast_mac(group), src_mac, src, group, &m)
+}
+
+/// NA flag: the sender is a router.
+pub const NA_ROUTER: u8 = 0x80;
+/// NA flag: answer to a solicitation.
+pub const NA_SOLICITED: u8 = 0x40;
+/// NA flag: override existing cache entries.
+pub const NA_OVERRIDE: u8 = 0x20;
+
+/// An unsolicited neighbour advertisement (override, not solicited) of `target` at `mac`
+/// to all nodes (ff02::1), with the target link-layer address option.
+pub fn unsolicited_na(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut m = vec![136, 0, 0, 0, NA_OVERRIDE, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[2, 1]);
+    m.extend_from_slice(&mac);
+    icmpv6_frame(ipv6_multicast_mac(all_nodes), mac, target, all_nodes, &m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +509,46 @@ mod tests {
         assert_eq!(f[62], 6); // fragment → TCP
         assert_eq!(&f[64..66], &[0, 1]);
         assert_eq!(fr.header_len(), 14 + 40 + 16 + 20);
+    }
+
+    #[test]
+    fn icmpv6_checksum_verifies() {
+        let t: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let f = unsolicited_na(t, [2, 0, 0, 0, 0, 9]);
+        assert_eq!(f.len(), 14 + 40 + 32);
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
+        let msg = &f[54..];
+        // The stored checksum equals a fresh computation, and a flipped bit breaks it.
+        assert_eq!(
+            icmpv6_checksum(src, dst, msg),
+            u16::from_be_bytes([msg[2], msg[3]])
+        );
+        let mut bad = msg.to_vec();
+        bad[10] ^= 1;
+        assert_ne!(
+            icmpv6_checksum(src, dst, &bad),
+            u16::from_be_bytes([msg[2], msg[3]])
+        );
+        assert_eq!(
+            solicited_node(t),
+            "ff02::1:ff00:7".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn gratuitous_arp_forms() {
+        let ip = Ipv4Addr::new(192, 0, 2, 9);
+        let mac = [2, 0, 0, 0, 0, 9];
+        let rq = gratuitous_arp(ip, mac, false);
+        let rp = gratuitous_arp(ip, mac, true);
+        assert_eq!(rq.len(), 42);
+        assert_eq!(&rq[20..22], &[0, 1]);
+        assert_eq!(&rp[20..22], &[0, 2]);
+        assert_eq!(&rq[28..32], &ip.octets());
+        assert_eq!(&rq[38..42], &ip.octets());
+        assert_eq!(&rq[32..38], &[0; 6]);
+        assert_eq!(&rp[32..38], &mac);
+        assert_eq!(&with_vlan(&rq, 5)[12..16], &[0x81, 0, 0, 5]);
     }
 }

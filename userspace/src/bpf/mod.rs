@@ -11,8 +11,13 @@
 //! ([`Datapath::expire_flows`]).
 
 mod batch;
+mod egress;
 pub mod frames;
 pub mod testrun;
+mod vip;
+
+pub use egress::{DestinationCount, OutboundFlow};
+pub use vip::{AnnounceMethod, VipEntry};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,9 +36,9 @@ use aya::{
 };
 use duraplane_common::{
     ACTION_COUNT, ACTION_DROP, AF_INET, DropEvent, EXPIRE_MAGIC, FLOWS_MAX_ENTRIES, FlowKeyV4,
-    FlowKeyV6, FlowValue, MAX_NETBLOCKS, NetblockLimit, NetblockStats, PortSet,
-    SOURCES_MAX_ENTRIES, STAT_COUNT, SourceCounts, SourceKey, Stat, StatsBlock, map_names as names,
-    program_names,
+    FlowKeyV6, FlowValue, Lease, MAX_NETBLOCKS, NetblockLimit, NetblockStats, PortSet,
+    SOURCES_MAX_ENTRIES, STAT_COUNT, SourceCounts, SourceKey, Stat, StatsBlock, VipKey, VipValue,
+    map_names as names, program_names,
 };
 use zerocopy::FromBytes;
 
@@ -132,6 +137,37 @@ pub enum BpfError {
     Clock {
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot announce a {frame_len}-byte frame (14..=1514 bytes)")]
+    AnnounceFrame { frame_len: usize },
+    #[error("announcing on ifindex {ifindex} via {} failed", method.name())]
+    Announce {
+        ifindex: u32,
+        method: AnnounceMethod,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("adding the clsact qdisc to `{interface}` failed")]
+    Clsact {
+        interface: String,
+        #[source]
+        source: Box<aya::programs::tc::TcError>,
+    },
+    #[error("attaching TC egress to `{interface}` failed")]
+    EgressAttach {
+        interface: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("TC egress is already attached to `{interface}` by this datapath")]
+    EgressAlreadyAttached { interface: String },
+    #[error("TC egress is not attached to `{interface}` by this datapath")]
+    EgressNotAttached { interface: String },
+    #[error("detaching TC egress from `{interface}` failed")]
+    EgressDetach {
+        interface: String,
+        #[source]
+        source: Box<ProgramError>,
     },
 }
 
@@ -277,11 +313,19 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, StatsBlock>,
     ports: Array<MapData, PortSet>,
     drop_events: RingBuf<MapData>,
+    vips: HashMap<MapData, VipKey, VipValue>,
+    lease: Array<MapData, Lease>,
+    out_flows_v4: HashMap<MapData, FlowKeyV4, FlowValue>,
+    out_flows_v6: HashMap<MapData, FlowKeyV6, FlowValue>,
+    destinations: PerCpuHashMap<MapData, SourceKey, SourceCounts>,
     netblocks: BTreeMap<Cidr, Assigned>,
     attachments: Vec<Attachment>,
+    egress: Vec<egress::EgressAttachment>,
     cpus: usize,
     /// Cleared after the kernel refuses BPF_MAP_LOOKUP_BATCH once.
     batch_ok: bool,
+    /// Cleared after the kernel refuses XDP live frames once (announce uses AF_PACKET).
+    live_frames_ok: bool,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
@@ -419,11 +463,18 @@ impl Datapath {
             stats: take(&mut ebpf, names::STATS)?,
             ports: take(&mut ebpf, names::PORTS)?,
             drop_events: take(&mut ebpf, names::DROP_EVENTS)?,
+            vips: take(&mut ebpf, names::VIPS)?,
+            lease: take(&mut ebpf, names::LEASE)?,
+            out_flows_v4: take(&mut ebpf, names::OUT_FLOWS_V4)?,
+            out_flows_v6: take(&mut ebpf, names::OUT_FLOWS_V6)?,
+            destinations: take(&mut ebpf, names::DESTINATIONS)?,
             ebpf,
             netblocks: BTreeMap::new(),
             attachments: Vec::new(),
+            egress: Vec::new(),
             cpus,
             batch_ok: true,
+            live_frames_ok: true,
         };
         dp.set_ports(&config.ports)?;
         dp.set_netblocks(&config.netblocks)?;
@@ -468,6 +519,12 @@ impl Datapath {
     /// Runs `xdp_ingress` on `frame` through `BPF_PROG_TEST_RUN` (real maps, real effects).
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<RunOutcome, BpfError> {
         testrun::run_xdp(self.program()?, frame, repeat)
+    }
+
+    /// Runs `xdp_ingress` once on `frame`; returns the verdict and the frame as the program
+    /// left it (e.g. the ARP reply it transmits).
+    pub fn test_run_output(&self, frame: &[u8]) -> Result<(testrun::Verdict, Vec<u8>), BpfError> {
+        testrun::run_xdp_output(self.program()?, frame)
     }
 
     /// Attaches `xdp_ingress` to `interface`. `Auto` tries native mode first and falls back
@@ -982,6 +1039,11 @@ impl Drop for Datapath {
         for i in ifaces {
             if let Err(e) = self.detach(&i) {
                 tracing::warn!(interface = %i, error = %e, "detaching XDP on shutdown failed");
+            }
+        }
+        for i in self.egress_attachments() {
+            if let Err(e) = self.detach_egress(&i) {
+                tracing::warn!(interface = %i, error = %e, "detaching TC egress on shutdown failed");
             }
         }
     }

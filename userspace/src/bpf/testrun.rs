@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use aya::{
-    TestRun, TestRunOptions,
-    programs::{ProgramError, Xdp},
+    TestRun, TestRunAttrs, TestRunOptions,
+    programs::{ProgramError, SchedClassifier, Xdp},
 };
 
 use super::BpfError;
@@ -96,4 +96,71 @@ pub fn run_xdp_with_meta(
         verdict: r.return_value.into(),
         duration: r.duration,
     })
+}
+
+/// Runs `prog` once on `frame` and returns the verdict with the frame as the program left
+/// it (rewritten, grown or trimmed), e.g. the ARP reply or NA `xdp_ingress` transmits.
+pub fn run_xdp_output(prog: &Xdp, frame: &[u8]) -> Result<(Verdict, Vec<u8>), BpfError> {
+    if frame.len() < ETH_HLEN {
+        return Err(BpfError::TestRunFrame {
+            frame_len: frame.len(),
+            meta_len: 0,
+        });
+    }
+    // Room for growth by bpf_xdp_adjust_tail.
+    let mut out = vec![0u8; frame.len() + 512];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..TestRunOptions::default()
+    };
+    let r = prog
+        .test_run(opts)
+        .map_err(|source: ProgramError| BpfError::TestRun {
+            frame_len: frame.len(),
+            source: Box::new(source),
+        })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value.into(), out))
+}
+
+/// Runs `prog` on `repeat` copies of `frame` as if received on `ifindex` (in the calling
+/// thread's network namespace) with `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel ≥ 5.18): what the
+/// program returns `XDP_TX` for is really transmitted out of `ifindex`.
+pub fn run_xdp_live(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<(), ProgramError> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat: repeat.max(1),
+        attrs: TestRunAttrs::new().xdp_live_frames(0),
+        ..TestRunOptions::default()
+    };
+    prog.test_run(opts).map(|_| ())
+}
+
+/// Runs a TC classifier on `frame` (from its Ethernet header) once; returns its `TC_ACT_*`.
+pub fn run_tc(prog: &SchedClassifier, frame: &[u8]) -> Result<i32, BpfError> {
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat: 1,
+        ..TestRunOptions::default()
+    };
+    let r = prog
+        .test_run(opts)
+        .map_err(|source: ProgramError| BpfError::TestRun {
+            frame_len: frame.len(),
+            source: Box::new(source),
+        })?;
+    Ok(r.return_value as i32)
 }

@@ -1,0 +1,202 @@
+//! `outbound_cidr` counting: the `tc_egress` classifier on the configured interfaces
+//! counts this node's outbound TCP connections per destination address.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
+};
+
+use aya::{
+    maps::IterableMap,
+    programs::{SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
+    util::KernelVersion,
+};
+use duraplane_common::{
+    FlowKeyV4, FlowKeyV6, FlowValue, SourceCounts, SourceKey, map_names as names, program_names,
+};
+use zerocopy::FromBytes;
+
+use super::{BpfError, Datapath, dup_fd, key_addr, sum_percpu, testrun};
+
+/// Connection counts of one destination address (summed over CPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestinationCount {
+    pub addr: IpAddr,
+    pub opened: u64,
+    pub closed: u64,
+    /// `opened − closed`, saturating (see [`super::SourceCount::current`]).
+    pub current: u64,
+}
+
+/// One open outbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundFlow {
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    /// CLOCK_MONOTONIC ns (coarse) when the SYN left.
+    pub opened_ns: u64,
+}
+
+pub(super) struct EgressAttachment {
+    pub interface: String,
+    pub link: SchedClassifierLinkId,
+}
+
+impl Datapath {
+    /// `tc_egress`, loaded on first use.
+    pub fn egress_program(&mut self) -> Result<&SchedClassifier, BpfError> {
+        Ok(self.egress_program_mut()?)
+    }
+
+    fn egress_program_mut(&mut self) -> Result<&mut SchedClassifier, BpfError> {
+        let name = program_names::TC_EGRESS;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::ProgramMissing { program: name })?
+            .try_into()
+            .map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source: Box::new(source),
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| BpfError::ProgramLoad {
+                program: name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(prog)
+    }
+
+    /// Runs `tc_egress` on `frame` (as if sent by this node) through `BPF_PROG_TEST_RUN`;
+    /// returns its `TC_ACT_*` verdict.
+    pub fn egress_test_run(&mut self, frame: &[u8]) -> Result<i32, BpfError> {
+        testrun::run_tc(self.egress_program()?, frame)
+    }
+
+    /// Attaches `tc_egress` to `interface`'s egress (TCX link on kernel ≥ 6.6; a clsact
+    /// qdisc + netlink filter before). Detached by [`detach_egress`](Self::detach_egress)
+    /// or on drop.
+    pub fn attach_egress(&mut self, interface: &str) -> Result<(), BpfError> {
+        if self.egress.iter().any(|a| a.interface == interface) {
+            return Err(BpfError::EgressAlreadyAttached {
+                interface: interface.to_owned(),
+            });
+        }
+        // aya attaches with a TCX link from 6.6 on (no qdisc needed); before, through a
+        // clsact qdisc. An unreadable version is treated as old: the qdisc is harmless.
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            match tc::qdisc_add_clsact(interface) {
+                Ok(()) => {}
+                // Already there (ours from an earlier run, or someone else's): reuse it.
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => {
+                    return Err(BpfError::Clsact {
+                        interface: interface.to_owned(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        let link = self
+            .egress_program_mut()?
+            .attach(interface, TcAttachType::Egress)
+            .map_err(|source| BpfError::EgressAttach {
+                interface: interface.to_owned(),
+                source: Box::new(source),
+            })?;
+        self.egress.push(EgressAttachment {
+            interface: interface.to_owned(),
+            link,
+        });
+        Ok(())
+    }
+
+    /// Interfaces `tc_egress` is attached to.
+    pub fn egress_attachments(&self) -> Vec<String> {
+        self.egress.iter().map(|a| a.interface.clone()).collect()
+    }
+
+    /// Detaches `tc_egress` from `interface`. Counts and open flows are kept.
+    pub fn detach_egress(&mut self, interface: &str) -> Result<(), BpfError> {
+        let pos = self
+            .egress
+            .iter()
+            .position(|a| a.interface == interface)
+            .ok_or_else(|| BpfError::EgressNotAttached {
+                interface: interface.to_owned(),
+            })?;
+        let a = self.egress.remove(pos);
+        self.egress_program_mut()?
+            .detach(a.link)
+            .map_err(|source| BpfError::EgressDetach {
+                interface: a.interface,
+                source: Box::new(source),
+            })
+    }
+
+    /// Per-destination counts of every destination the LRU still holds (batch read).
+    pub fn read_destinations(&mut self) -> Result<Vec<DestinationCount>, BpfError> {
+        let l = self.layout::<SourceKey, SourceCounts>(true);
+        let fd = dup_fd(self.destinations.map(), names::DESTINATIONS)?;
+        let d = self.dump(names::DESTINATIONS, fd.as_fd(), &l)?;
+        let mut out = Vec::with_capacity(d.count);
+        for (k, v) in d.entries(&l) {
+            let Ok(k) = SourceKey::read_from_bytes(k) else {
+                continue;
+            };
+            let c = sum_percpu::<SourceCounts>(
+                v,
+                |a, b| {
+                    a.opened += b.opened;
+                    a.closed += b.closed;
+                },
+                SourceCounts::default(),
+            );
+            out.push(DestinationCount {
+                addr: key_addr(k.family, &k.addr),
+                opened: c.opened,
+                closed: c.closed,
+                current: c.opened.saturating_sub(c.closed),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every open outbound connection, IPv4 then IPv6 (batch reads).
+    pub fn read_outbound_flows(&mut self) -> Result<Vec<OutboundFlow>, BpfError> {
+        let l4 = self.layout::<FlowKeyV4, FlowValue>(false);
+        let fd4 = dup_fd(self.out_flows_v4.map(), names::OUT_FLOWS_V4)?;
+        let d4 = self.dump(names::OUT_FLOWS_V4, fd4.as_fd(), &l4)?;
+        let l6 = self.layout::<FlowKeyV6, FlowValue>(false);
+        let fd6 = dup_fd(self.out_flows_v6.map(), names::OUT_FLOWS_V6)?;
+        let d6 = self.dump(names::OUT_FLOWS_V6, fd6.as_fd(), &l6)?;
+        let mut out = Vec::with_capacity(d4.count + d6.count);
+        for (k, v) in d4.entries(&l4) {
+            if let (Ok(k), Ok(v)) = (FlowKeyV4::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
+                out.push(OutboundFlow {
+                    local: IpAddr::V4(Ipv4Addr::from(k.saddr)),
+                    local_port: k.sport,
+                    remote: IpAddr::V4(Ipv4Addr::from(k.daddr)),
+                    remote_port: k.dport,
+                    opened_ns: v.opened_ns,
+                });
+            }
+        }
+        for (k, v) in d6.entries(&l6) {
+            if let (Ok(k), Ok(v)) = (FlowKeyV6::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
+                out.push(OutboundFlow {
+                    local: IpAddr::V6(Ipv6Addr::from(k.saddr)),
+                    local_port: k.sport,
+                    remote: IpAddr::V6(Ipv6Addr::from(k.daddr)),
+                    remote_port: k.dport,
+                    opened_ns: v.opened_ns,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
