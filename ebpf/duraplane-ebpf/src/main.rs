@@ -984,6 +984,51 @@ mod programs {
         TC_ACT_OK
     }
 
+    // The egress keys are written with volatile 4-byte stores: LLVM otherwise merges
+    // adjacent word stores into 8-byte ones, and in this program's frame they land at
+    // 4-byte offsets, which the verifier rejects on the stack.
+
+    /// Writes `n` words from packet address `src` to `dst`, one volatile store each.
+    ///
+    /// # Safety
+    /// `dst` valid for `n` words, 4-aligned; `src..src + 4n` inside the packet.
+    #[inline(always)]
+    unsafe fn copy_words_volatile(dst: *mut u32, src: usize, n: usize) {
+        let mut i = 0;
+        while i < n {
+            // SAFETY: per the contract above.
+            unsafe { dst.add(i).write_volatile(load_raw32(src + 4 * i)) };
+            i += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn out_key_v4(s: &Seg) -> FlowKeyV4 {
+        let mut k = MaybeUninit::<FlowKeyV4>::uninit();
+        let w = k.as_mut_ptr() as *mut u32;
+        // SAFETY: FlowKeyV4 is 12 bytes, 4-aligned, no padding: saddr, daddr (adjacent in
+        // the IPv4 header, inside the packet per `parse`), then the two host-order ports.
+        unsafe {
+            copy_words_volatile(w, s.ip + 12, 2);
+            let ports = u32::from(load_be16(s.th)) | (u32::from(load_be16(s.th + 2)) << 16);
+            w.add(2).write_volatile(ports);
+            k.assume_init()
+        }
+    }
+
+    #[inline(always)]
+    fn out_key_v6(s: &Seg) -> FlowKeyV6 {
+        let mut k = MaybeUninit::<FlowKeyV6>::uninit();
+        let w = k.as_mut_ptr() as *mut u32;
+        // SAFETY: as `out_key_v4`; FlowKeyV6 is 36 bytes (addresses at ip + 8..40).
+        unsafe {
+            copy_words_volatile(w, s.ip + 8, 8);
+            let ports = u32::from(load_be16(s.th)) | (u32::from(load_be16(s.th + 2)) << 16);
+            w.add(8).write_volatile(ports);
+            k.assume_init()
+        }
+    }
+
     #[inline(always)]
     fn dest_key(s: &Seg) -> SourceKey {
         let mut k = MaybeUninit::<SourceKey>::uninit();
@@ -991,14 +1036,14 @@ mod programs {
         // SAFETY: as in `source_key`; the destination is inside the packet (`parse`).
         unsafe {
             if s.v6 {
-                w.write(u32::from(AF_INET6));
-                copy16(w.add(1), s.ip + 24);
+                w.write_volatile(u32::from(AF_INET6));
+                copy_words_volatile(w.add(1), s.ip + 24, 4);
             } else {
-                w.write(u32::from(AF_INET));
-                w.add(1).write(load_raw32(s.ip + 16));
-                w.add(2).write(0);
-                w.add(3).write(0);
-                w.add(4).write(0);
+                w.write_volatile(u32::from(AF_INET));
+                w.add(1).write_volatile(load_raw32(s.ip + 16));
+                w.add(2).write_volatile(0);
+                w.add(3).write_volatile(0);
+                w.add(4).write_volatile(0);
             }
             k.assume_init()
         }
@@ -1013,9 +1058,9 @@ mod programs {
         };
         if s.flags & (TCP_FIN | TCP_RST) != 0 {
             let removed = if s.v6 {
-                OUT_FLOWS_V6.remove(key_v6(s))
+                OUT_FLOWS_V6.remove(&out_key_v6(s))
             } else {
-                OUT_FLOWS_V4.remove(key_v4(s))
+                OUT_FLOWS_V4.remove(&out_key_v4(s))
             };
             if removed.is_err() {
                 bump(stats, Stat::OutFinRstNoFlow);
@@ -1037,9 +1082,9 @@ mod programs {
             opened_ns: unsafe { bpf_ktime_get_coarse_ns() },
         };
         let inserted = if s.v6 {
-            OUT_FLOWS_V6.insert(key_v6(s), value, BPF_NOEXIST as u64)
+            OUT_FLOWS_V6.insert(&out_key_v6(s), &value, BPF_NOEXIST as u64)
         } else {
-            OUT_FLOWS_V4.insert(key_v4(s), value, BPF_NOEXIST as u64)
+            OUT_FLOWS_V4.insert(&out_key_v4(s), &value, BPF_NOEXIST as u64)
         };
         match inserted {
             Ok(()) => {}
