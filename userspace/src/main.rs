@@ -176,7 +176,8 @@ fn run(config_path: &Path, foreground: bool, format: LogFormatArg) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    logging::init(match format {
+    // The daemon's subscriber also feeds its own cluster:// logs (paniclog, rejectlog, mainlog).
+    duraplane::log::daemon::init_logging(match format {
         LogFormatArg::Text => logging::LogFormat::Text,
         LogFormatArg::Json => logging::LogFormat::Json,
     });

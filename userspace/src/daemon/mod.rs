@@ -169,8 +169,16 @@ fn run_inner(
 
     let poller = inbound.as_ref().map(|i| i.start(&services)).transpose()?;
     let bus = crate::bus::BusService::start(&services, &loaded.config)?;
-    let replication =
-        crate::replicate::Replication::start(&services, &loaded.config, &bus, inbound.as_ref());
+    let mut logs = crate::log::daemon::LogDaemon::start(&services, &loaded.config);
+    // One port-4802 engine for replication (service 1) and the log service (service 2).
+    let cluster_engine = crate::replicate::ClusterEngine::start(
+        &services,
+        &loaded.config,
+        &bus,
+        inbound.as_ref(),
+        logs.services(),
+    );
+    logs.attach(cluster_engine.handle());
 
     let control = control.spawn(services.console.clone())?;
     let metrics = metrics_server
@@ -198,9 +206,8 @@ fn run_inner(
         }
     }
     control.stop();
-    if let Some(r) = replication {
-        r.stop();
-    }
+    cluster_engine.stop();
+    logs.stop();
     bus.stop();
     if let Some(m) = metrics {
         m.stop();

@@ -9,6 +9,8 @@ mod error;
 mod files;
 pub mod frame;
 mod ops;
+pub mod daemon;
+pub mod service;
 mod stream;
 
 pub use error::{LogError, Result};

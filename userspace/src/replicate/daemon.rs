@@ -1,5 +1,6 @@
 //! Replication as a daemon capability: reads the `Replicate` scopes, loads the cluster
-//! key, starts the engine on the ECCluster_Listener with the replication service, links
+//! key, starts the shared port-4802 engine ([`ClusterEngine`]: replication and the log
+//! service) on the ECCluster_Listener, links
 //! it to the bus (peers, live set) and to the inbound data plane (local counts in, remote
 //! totals into the kernel), and registers `cluster info` lines and metrics.
 //!
@@ -22,7 +23,9 @@ use crate::{
     bus::BusService,
     config::{Config, ReplicateKind},
     daemon::Services,
-    engine::{ClusterKey, Engine, EngineConfig, EngineHandle, ServiceId, listeners_from_config},
+    engine::{
+        ClusterKey, Engine, EngineConfig, EngineHandle, Service, ServiceId, listeners_from_config,
+    },
     inbound::InboundService,
 };
 
@@ -65,22 +68,37 @@ pub fn view_from_bus(bus: &BusService) -> ViewFn {
     })
 }
 
-/// The running capability. [`Replication::stop`] closes every link.
+/// The running capability (its engine is the shared [`ClusterEngine`]).
 pub struct Replication {
-    engine: Option<Engine>,
     handle: ReplicationHandle,
     applier: Option<JoinHandle<()>>,
 }
 
+/// Replication's engine service before the shared engine starts.
+struct Prepared {
+    service: Box<dyn Service>,
+    handle: ReplicationHandle,
+    applier: Option<JoinHandle<()>>,
+}
+
+/// Says loudly that replication is off and why (in the log and in `cluster info`).
+fn replication_off(services: &Services, why: String) {
+    tracing::error!("replication is OFF: {why}; this node enforces with its local counts only");
+    services.info.set_section(
+        "replication",
+        Arc::new(move || format!("Replication: off ({why})")),
+    );
+}
+
 impl Replication {
-    /// Starts replication if the configuration asks for it; `None` (with the reason
-    /// logged and shown in `cluster info`) when it is not configured or cannot run.
-    pub fn start(
+    /// Builds the replication service if the configuration asks for it; `None` (with the
+    /// reason logged and shown in `cluster info`) when it is not configured or cannot run.
+    fn prepare(
         services: &Services,
         cfg: &Config,
         bus: &BusService,
         inbound: Option<&InboundService>,
-    ) -> Option<Replication> {
+    ) -> Option<Prepared> {
         let (objects, warnings) = objects_from_config(cfg);
         for w in &warnings {
             tracing::warn!("{w}");
@@ -88,33 +106,9 @@ impl Replication {
         if objects.is_empty() {
             return None;
         }
-        let off = |why: String| {
-            tracing::error!(
-                "replication is OFF: {why}; this node enforces with its local counts only"
-            );
-            let w = why.clone();
-            services.info.set_section(
-                "replication",
-                Arc::new(move || format!("Replication: off ({w})")),
-            );
-            None
-        };
-        let key = match ClusterKey::load(&cfg.duraplane.cluster_key_file) {
-            Ok(k) => k,
-            Err(e) => return off(format!("cluster key: {e}")),
-        };
-        let (listeners, lw) = listeners_from_config(cfg);
-        for w in lw {
-            tracing::warn!("{w}");
-        }
-        if listeners.is_empty() {
-            tracing::warn!(
-                "no ECCluster_Listener Listen: peers cannot connect to this node, it only sends"
-            );
-        }
         let nodename = services.identity.nodename.clone();
         let (mut service, handle) = replication(
-            ReplicationConfig::new(nodename.clone(), objects),
+            ReplicationConfig::new(nodename, objects),
             view_from_bus(bus),
             Vec::new(),
         );
@@ -132,15 +126,27 @@ impl Replication {
                     service.add_sink(INBOUND_CIDR, sink);
                     applier = Some(t);
                 }
-                Err(e) => return off(format!("cannot start the applier thread: {e}")),
+                Err(e) => {
+                    replication_off(services, format!("cannot start the applier thread: {e}"));
+                    return None;
+                }
             }
         }
-        let mut ec = EngineConfig::new(nodename, key);
-        ec.listeners = listeners;
-        let engine = match Engine::start(ec, vec![(ServiceId::REPLICATION, Box::new(service))]) {
-            Ok(e) => e,
-            Err(e) => return off(format!("engine: {e}")),
-        };
+        Some(Prepared {
+            service: Box::new(service),
+            handle,
+            applier,
+        })
+    }
+
+    /// Links a prepared replication to the running engine.
+    fn attach(
+        handle: ReplicationHandle,
+        applier: Option<JoinHandle<()>>,
+        services: &Services,
+        engine: &Engine,
+        inbound: Option<&InboundService>,
+    ) -> Replication {
         handle.attach(engine.handle());
         match inbound {
             Some(inb) => inb.set_replication(InboundLink::new(handle.clone())),
@@ -158,26 +164,127 @@ impl Replication {
             "replication running"
         );
         register(services, &handle, engine.handle());
-        Some(Replication {
-            engine: Some(engine),
-            handle,
-            applier,
-        })
+        Replication { handle, applier }
     }
 
     pub fn handle(&self) -> &ReplicationHandle {
         &self.handle
     }
 
-    /// Stops the engine (closing every link) and the applier.
+    /// Waits for the applier (call after the engine stopped: that ends its input).
+    fn stop(mut self) {
+        if let Some(t) = self.applier.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The one port-4802 engine of the daemon, shared by replication (service 1) and the
+/// log service (service 2), so both use one listener, one key and one reactor.
+pub struct ClusterEngine {
+    engine: Option<Engine>,
+    replication: Option<Replication>,
+}
+
+impl ClusterEngine {
+    /// Starts the engine with replication (if configured) and the `others` services.
+    /// Never fails the daemon: without a usable key or listener it says why and runs
+    /// without (no engine at all when no service needs one).
+    pub fn start(
+        services: &Services,
+        cfg: &Config,
+        bus: &BusService,
+        inbound: Option<&InboundService>,
+        others: Vec<(ServiceId, Box<dyn Service>)>,
+    ) -> ClusterEngine {
+        let prepared = Replication::prepare(services, cfg, bus, inbound);
+        let none = ClusterEngine {
+            engine: None,
+            replication: None,
+        };
+        if prepared.is_none() && others.is_empty() {
+            return none;
+        }
+        let off = |why: String| {
+            if prepared.is_some() {
+                replication_off(services, why.clone());
+            }
+            if !others.is_empty() {
+                tracing::error!("cluster engine (port 4802) is OFF: {why}; logs are not served");
+            }
+        };
+        let key = match ClusterKey::load(&cfg.duraplane.cluster_key_file) {
+            Ok(k) => k,
+            Err(e) => {
+                off(format!("cluster key: {e}"));
+                return none;
+            }
+        };
+        let (listeners, lw) = listeners_from_config(cfg);
+        for w in lw {
+            tracing::warn!("{w}");
+        }
+        if listeners.is_empty() {
+            tracing::warn!(
+                "no ECCluster_Listener Listen: peers cannot connect to this node, it only sends"
+            );
+        }
+        let mut ec = EngineConfig::new(services.identity.nodename.clone(), key);
+        ec.listeners = listeners;
+        let mut svcs: Vec<(ServiceId, Box<dyn Service>)> = Vec::new();
+        let rest = prepared.map(|p| {
+            svcs.push((ServiceId::REPLICATION, p.service));
+            (p.handle, p.applier)
+        });
+        let others_named = !others.is_empty();
+        svcs.extend(others);
+        let engine = match Engine::start(ec, svcs) {
+            Ok(e) => e,
+            Err(e) => {
+                let why = format!("engine: {e}");
+                if rest.is_some() {
+                    replication_off(services, why.clone());
+                }
+                if others_named {
+                    tracing::error!(
+                        "cluster engine (port 4802) is OFF: {why}; logs are not served"
+                    );
+                }
+                return none;
+            }
+        };
+        let replication = rest.map(|(h, a)| Replication::attach(h, a, services, &engine, inbound));
+        ClusterEngine {
+            engine: Some(engine),
+            replication,
+        }
+    }
+
+    /// The running engine's handle (`None` when it is off).
+    pub fn handle(&self) -> Option<EngineHandle> {
+        self.engine.as_ref().map(Engine::handle)
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.engine
+            .as_ref()
+            .map(|e| e.local_addrs().to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn replication(&self) -> Option<&Replication> {
+        self.replication.as_ref()
+    }
+
+    /// Stops the engine (closing every link), then replication's applier.
     pub fn stop(mut self) {
         if let Some(e) = self.engine.take()
             && let Err(err) = e.stop()
         {
-            tracing::warn!(error = %err, "replication engine stopped with an error");
+            tracing::warn!(error = %err, "cluster engine stopped with an error");
         }
-        if let Some(t) = self.applier.take() {
-            let _ = t.join();
+        if let Some(r) = self.replication.take() {
+            r.stop();
         }
     }
 }

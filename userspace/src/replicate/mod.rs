@@ -14,7 +14,7 @@ mod service;
 pub mod slots;
 pub mod wire;
 
-pub use daemon::{Replication, objects_from_config, view_from_bus};
+pub use daemon::{ClusterEngine, Replication, objects_from_config, view_from_bus};
 pub use inbound::{INBOUND_CIDR, InboundLink, remote_applier};
 pub use service::{
     CounterValues, ObjectSpec, PeerView, ReplicationConfig, ReplicationHandle, ReplicationService,

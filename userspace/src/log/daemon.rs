@@ -1,0 +1,614 @@
+//! Logs as a daemon capability: opens every `cluster://` destination of `ec_logger` /
+//! `bounce_logger` at startup, writes the daemon's own `paniclog` (error lines),
+//! `rejectlog` (SYNs dropped at the NIC, tracing target `rejectlog`) and `mainlog`
+//! (cluster events) into them, serves the local append socket, `cluster show logs`, and
+//! provides the port-4802 log service for the shared engine.
+//!
+//! Local socket protocol and record format: `docs/logs.md` ("Local appends").
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{self, Read, Write},
+    os::unix::{fs::PermissionsExt, net::UnixListener, net::UnixStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender},
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tracing::{Event, Level, Subscriber, field::Field};
+use tracing_subscriber::{Layer, layer::Context};
+
+use super::{
+    Offset, Stream, StreamOptions,
+    service::{LogService, LogServiceHandle, Published},
+};
+use crate::{
+    config::{Config, LogDestination},
+    daemon::Services,
+    engine::{EngineHandle, Service, ServiceId},
+};
+
+/// The local socket's file name, next to the control socket.
+pub const LOCAL_SOCKET_NAME: &str = "log.sock";
+/// Largest record accepted on the local socket.
+pub const MAX_LOCAL_RECORD: u32 = 16 << 20;
+/// Local connections served at once; more are answered with an error and closed.
+const MAX_LOCAL_CONNS: usize = 256;
+
+/// Errors of the local append client and server.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalLogError {
+    #[error("log socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("log socket {path}: the daemon refused the append to {stream:?}: {message}")]
+    Refused {
+        path: PathBuf,
+        stream: String,
+        message: String,
+    },
+    #[error("stream name {name:?} is empty or longer than 255 bytes")]
+    BadName { name: String },
+    #[error("record of {len} bytes exceeds the local limit of {MAX_LOCAL_RECORD} bytes")]
+    TooLarge { len: usize },
+}
+
+/// Where the local socket of a daemon with this control socket lives.
+pub fn local_socket_path(control_socket: &Path) -> PathBuf {
+    control_socket
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(LOCAL_SOCKET_NAME)
+}
+
+/// A connection to the daemon's local log socket (an MTA logging into `cluster://`).
+#[derive(Debug)]
+pub struct LocalLogClient {
+    s: UnixStream,
+    path: PathBuf,
+}
+
+impl LocalLogClient {
+    pub fn connect(path: &Path) -> Result<LocalLogClient, LocalLogError> {
+        let io = |source| LocalLogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let s = UnixStream::connect(path).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(io)?;
+        Ok(LocalLogClient {
+            s,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Appends one record to the named stream; returns its offset once it is durable.
+    pub fn append(&mut self, stream: &str, record: &[u8]) -> Result<Offset, LocalLogError> {
+        if stream.is_empty() || stream.len() > 255 {
+            return Err(LocalLogError::BadName {
+                name: stream.into(),
+            });
+        }
+        if record.len() > MAX_LOCAL_RECORD as usize {
+            return Err(LocalLogError::TooLarge { len: record.len() });
+        }
+        let mut req = Vec::with_capacity(5 + stream.len() + record.len());
+        req.push(stream.len() as u8);
+        req.extend_from_slice(stream.as_bytes());
+        req.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        req.extend_from_slice(record);
+        let io = |source| LocalLogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.s.write_all(&req).map_err(io)?;
+        let mut st = [0u8; 1];
+        self.s.read_exact(&mut st).map_err(io)?;
+        if st[0] == 0 {
+            let mut o = [0u8; 8];
+            self.s.read_exact(&mut o).map_err(io)?;
+            return Ok(u64::from_be_bytes(o));
+        }
+        let mut l = [0u8; 2];
+        self.s.read_exact(&mut l).map_err(io)?;
+        let mut m = vec![0u8; u16::from_be_bytes(l) as usize];
+        self.s.read_exact(&mut m).map_err(io)?;
+        Err(LocalLogError::Refused {
+            path: self.path.clone(),
+            stream: stream.into(),
+            message: String::from_utf8_lossy(&m).into(),
+        })
+    }
+}
+
+/// One-shot helper: connect, append, return the durable offset.
+pub fn append_local(socket: &Path, stream: &str, record: &[u8]) -> Result<Offset, LocalLogError> {
+    LocalLogClient::connect(socket)?.append(stream, record)
+}
+
+/// The daemon's own logs, by the `ec_logger` option that names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Own {
+    Panic,
+    Reject,
+    Main,
+}
+
+struct TapLine {
+    own: Own,
+    line: String,
+}
+
+/// Filled once the streams are open; lines logged before that are not kept.
+static TAP: OnceLock<SyncSender<TapLine>> = OnceLock::new();
+static TAP_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The tracing layer feeding `paniclog`, `rejectlog` and `mainlog`. Install it at start
+/// (see [`init_logging`]); it forwards nothing until [`LogDaemon::start`] opened streams.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TapLayer;
+
+/// Which daemon events are cluster events (mainlog): membership and replication links.
+fn is_cluster_event(target: &str) -> bool {
+    target.starts_with("duraplane::bus")
+        || target.starts_with("duraplane::replicate")
+        || target.starts_with("duraplane::duravip")
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+        if f.name() == "message" {
+            let _ = write!(self.0, "{v:?}");
+        } else {
+            let _ = write!(self.0, " {}={v:?}", f.name());
+        }
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        if f.name() == "message" {
+            self.0.push_str(v);
+        } else {
+            let _ = write!(self.0, " {}={v}", f.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for TapLayer {
+    fn on_event(&self, ev: &Event<'_>, _ctx: Context<'_, S>) {
+        let Some(tx) = TAP.get() else { return };
+        let m = ev.metadata();
+        let own = if m.target() == "rejectlog" {
+            Own::Reject
+        } else if *m.level() == Level::ERROR {
+            Own::Panic
+        } else if *m.level() <= Level::INFO && is_cluster_event(m.target()) {
+            Own::Main
+        } else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut f = Fields(format!(
+            "{}.{:03}:{}: ",
+            now.as_secs(),
+            now.subsec_millis(),
+            m.level()
+        ));
+        ev.record(&mut f);
+        if tx.try_send(TapLine { own, line: f.0 }).is_err() {
+            TAP_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Installs the daemon's subscriber: `daemon::logging`'s stderr output (same filter and
+/// formats) plus the [`TapLayer`] with its own fixed filter, so `DURAPLANE_LOG=warn` does
+/// not empty `mainlog`.
+pub fn init_logging(format: crate::daemon::logging::LogFormat) {
+    use tracing_subscriber::{EnvFilter, filter::LevelFilter, prelude::*};
+    let (filter, bad) = match std::env::var("DURAPLANE_LOG") {
+        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new("info"), Some(format!("{v:?}: {e}"))),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false);
+    let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
+        crate::daemon::logging::LogFormat::Text => Box::new(fmt.with_filter(filter)),
+        crate::daemon::logging::LogFormat::Json => {
+            Box::new(fmt.json().flatten_event(true).with_filter(filter))
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(TapLayer.with_filter(LevelFilter::INFO))
+        .try_init();
+    if let Some(why) = bad {
+        tracing::warn!("ignoring invalid DURAPLANE_LOG {why}; using 'info'");
+    }
+}
+
+/// The running capability.
+pub struct LogDaemon {
+    /// Every open stream by the name an appender may use (`logs` keys and option names).
+    named: Arc<BTreeMap<String, Stream>>,
+    published: Published,
+    service: Option<LogService>,
+    handle: LogServiceHandle,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+}
+
+impl LogDaemon {
+    /// Opens the streams and starts the local writers. Never fails the daemon: a stream
+    /// that cannot open is reported (log, `cluster show logs` shows it empty).
+    pub fn start(services: &Services, cfg: &Config) -> LogDaemon {
+        let mut by_path: BTreeMap<PathBuf, Stream> = BTreeMap::new();
+        let mut named: BTreeMap<String, Stream> = BTreeMap::new();
+        let mut own: Vec<(Own, Stream)> = Vec::new();
+        for l in &cfg.loggers {
+            for (opt, dest) in &l.destinations {
+                let LogDestination::Cluster { path, subscribers } = dest else {
+                    continue;
+                };
+                let s = match by_path.get(path) {
+                    Some(s) => s.clone(),
+                    None => match open_stream(path, subscribers) {
+                        Ok(s) => {
+                            by_path.insert(path.clone(), s.clone());
+                            s
+                        }
+                        Err(e) => {
+                            tracing::error!(logger = l.name, option = opt, error = %e, "cannot open cluster:// log stream");
+                            continue;
+                        }
+                    },
+                };
+                named.entry(opt.clone()).or_insert_with(|| s.clone());
+                if l.module.eq_ignore_ascii_case("ec_logger") {
+                    match opt.to_ascii_lowercase().as_str() {
+                        "paniclog" => own.push((Own::Panic, s)),
+                        "rejectlog" => own.push((Own::Reject, s)),
+                        "mainlog" => own.push((Own::Main, s)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut published = BTreeMap::new();
+        for (name, path) in &cfg.cluster.logs {
+            let s = match by_path.get(path) {
+                Some(s) => Some(s.clone()),
+                None => match Stream::open(
+                    path,
+                    &StreamOptions {
+                        create: false,
+                        ..StreamOptions::default()
+                    },
+                ) {
+                    Ok(s) => {
+                        by_path.insert(path.clone(), s.clone());
+                        Some(s)
+                    }
+                    Err(e) => {
+                        tracing::warn!(log = name, path = %path.display(), error = %e, "published log is not an open cluster:// stream (no logger writes it)");
+                        None
+                    }
+                },
+            };
+            if let Some(s) = s {
+                named.insert(name.clone(), s.clone());
+                published.insert(name.clone(), s);
+            }
+        }
+        let published: Published = Arc::new(published);
+        let (service, handle) = LogService::new(published.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        if !own.is_empty() {
+            let (tx, rx) = mpsc::sync_channel(8192);
+            if TAP.set(tx).is_ok() {
+                let st = stop.clone();
+                match std::thread::Builder::new()
+                    .name("log-own".into())
+                    .spawn(move || own_writer(rx, own, st))
+                {
+                    Ok(t) => threads.push(t),
+                    Err(e) => tracing::error!(error = %e, "cannot start the own-log writer"),
+                }
+            }
+        }
+        let named = Arc::new(named);
+        let path = local_socket_path(&cfg.duraplane.control_socket);
+        let socket = match serve_local(&path, named.clone(), stop.clone()) {
+            Ok(t) => {
+                threads.push(t);
+                tracing::info!(socket = %path.display(), "local log socket");
+                Some(path)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "local log socket is OFF");
+                None
+            }
+        };
+        let d = LogDaemon {
+            named,
+            published,
+            service: Some(service),
+            handle,
+            stop,
+            threads,
+            socket,
+        };
+        d.register(services, cfg);
+        d
+    }
+
+    /// The log service for the shared engine (once).
+    pub fn services(&mut self) -> Vec<(ServiceId, Box<dyn Service>)> {
+        match self.service.take() {
+            Some(s) => vec![(ServiceId::LOG, Box::new(s) as Box<dyn Service>)],
+            None => Vec::new(),
+        }
+    }
+
+    /// Gives the service its engine (`None`: the engine is off, subscribers cannot connect).
+    pub fn attach(&self, engine: Option<EngineHandle>) {
+        if let Some(e) = engine {
+            self.handle.attach(e);
+        }
+    }
+
+    /// Open streams by name (logs keys and logger option names).
+    pub fn streams(&self) -> &BTreeMap<String, Stream> {
+        &self.named
+    }
+
+    fn register(&self, services: &Services, cfg: &Config) {
+        let logs: Vec<(String, Option<Stream>)> = cfg
+            .cluster
+            .logs
+            .keys()
+            .map(|k| (k.clone(), self.published.get(k).cloned()))
+            .collect();
+        let logs = Arc::new(logs);
+        let l2 = logs.clone();
+        if let Err(e) = services.console.register(
+            &["cluster", "show", "logs"],
+            "Show the published cluster:// logs, their size and subscribers' positions",
+            Arc::new(move |_| Ok(render(&l2))),
+        ) {
+            tracing::warn!(error = %e, "cannot register cluster show logs");
+        }
+        let h = self.handle.clone();
+        let sock = self.socket.clone();
+        services.info.set_section(
+            "logs",
+            Arc::new(move || {
+                let c = h.counters();
+                format!(
+                    "Logs: {} published; local socket {}\nLog service: {} subscriptions, {} records sent, {} checkpoints, {} malformed requests, {} refused; own lines dropped {}",
+                    h.logs().len(),
+                    sock.as_ref()
+                        .map_or("off".to_owned(), |p| p.display().to_string()),
+                    c.subscriptions.load(Ordering::Relaxed),
+                    c.records_sent.load(Ordering::Relaxed),
+                    c.checkpoints.load(Ordering::Relaxed),
+                    c.malformed.load(Ordering::Relaxed),
+                    c.refused.load(Ordering::Relaxed),
+                    TAP_DROPPED.load(Ordering::Relaxed),
+                )
+            }),
+        );
+    }
+
+    /// Stops the socket and the own-log writer (after flushing what it holds).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(p) = &self.socket {
+            let _ = UnixStream::connect(p);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn render(logs: &[(String, Option<Stream>)]) -> String {
+    let sums: Vec<(String, Option<super::StreamSummary>)> = logs
+        .iter()
+        .map(|(n, s)| (n.clone(), s.as_ref().and_then(|s| s.summary().ok())))
+        .collect();
+    super::render_show_logs(sums.iter().map(|(n, s)| (n.as_str(), s.as_ref())))
+}
+
+fn open_stream(path: &Path, subscribers: &[String]) -> super::Result<Stream> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| super::LogError::io(parent, "create directory", e))?;
+    }
+    Stream::open(
+        path,
+        &StreamOptions {
+            create: true,
+            subscribers: subscribers.to_vec(),
+            ..StreamOptions::default()
+        },
+    )
+}
+
+fn own_writer(rx: mpsc::Receiver<TapLine>, own: Vec<(Own, Stream)>, stop: Arc<AtomicBool>) {
+    let mut pending: Vec<TapLine> = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => pending.push(l),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while pending.len() < 4096 {
+            match rx.try_recv() {
+                Ok(l) => pending.push(l),
+                Err(_) => break,
+            }
+        }
+        for (which, stream) in &own {
+            let batch: Vec<&[u8]> = pending
+                .iter()
+                .filter(|l| l.own == *which)
+                .map(|l| l.line.as_bytes())
+                .collect();
+            if !batch.is_empty()
+                && let Err(e) = stream.append_batch(&batch)
+            {
+                // Not through tracing at error level: that would loop into paniclog.
+                eprintln!("duraplane: own log {which:?} append failed: {e}");
+            }
+        }
+        pending.clear();
+        if stop.load(Ordering::Relaxed) && rx.try_recv().is_err() {
+            return;
+        }
+    }
+}
+
+fn serve_local(
+    path: &Path,
+    named: Arc<BTreeMap<String, Stream>>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, LocalLogError> {
+    let io = |source| LocalLogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::symlink_metadata(path).is_ok() {
+        // A stale socket of a previous run (the control socket's directory is ours).
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let l = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("log-local".into())
+        .spawn(move || {
+            for conn in l.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut c) = conn else { continue };
+                if active.load(Ordering::Relaxed) >= MAX_LOCAL_CONNS {
+                    let _ = reply_err(&mut c, "too many local log connections");
+                    continue;
+                }
+                active.fetch_add(1, Ordering::Relaxed);
+                let (n, a, s) = (named.clone(), active.clone(), stop.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("log-local-conn".into())
+                    .spawn(move || {
+                        serve_conn(c, &n, &s);
+                        a.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .map_err(io)
+}
+
+fn reply_err(c: &mut UnixStream, msg: &str) -> io::Result<()> {
+    let m = &msg.as_bytes()[..msg.len().min(u16::MAX as usize)];
+    let mut v = vec![1u8];
+    v.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    v.extend_from_slice(m);
+    c.write_all(&v)
+}
+
+/// Reads exactly `buf`, waking every second to notice a stop; `Ok(false)` on a clean EOF
+/// before the first byte.
+fn read_full(c: &mut UnixStream, buf: &mut [u8], stop: &AtomicBool) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match c.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn serve_conn(mut c: UnixStream, named: &BTreeMap<String, Stream>, stop: &AtomicBool) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    loop {
+        let mut n = [0u8; 1];
+        match read_full(&mut c, &mut n, stop) {
+            Ok(true) => {}
+            _ => return,
+        }
+        let mut name = vec![0u8; n[0] as usize];
+        let mut len = [0u8; 4];
+        if !matches!(read_full(&mut c, &mut name, stop), Ok(true))
+            || !matches!(read_full(&mut c, &mut len, stop), Ok(true))
+        {
+            return;
+        }
+        let len = u32::from_be_bytes(len);
+        if len > MAX_LOCAL_RECORD {
+            let _ = reply_err(&mut c, "record too large");
+            return;
+        }
+        let mut rec = vec![0u8; len as usize];
+        if len > 0 && !matches!(read_full(&mut c, &mut rec, stop), Ok(true)) {
+            return;
+        }
+        let name = String::from_utf8_lossy(&name);
+        let r = match named.get(name.as_ref()) {
+            None => reply_err(&mut c, &format!("no cluster:// stream named {name:?}")),
+            Some(s) => match s.append(&rec) {
+                Ok(off) => {
+                    let mut v = vec![0u8];
+                    v.extend_from_slice(&off.to_be_bytes());
+                    c.write_all(&v)
+                }
+                Err(e) => reply_err(&mut c, &e.to_string()),
+            },
+        };
+        if r.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! The log service on port 4802 (engine service [`ServiceId::LOG`]): a subscriber (the
+//! manager) lists the streams a node publishes, subscribes to one under a named
+//! subscriber, receives every record after that subscriber's durable checkpoint, and
+//! checkpoints what it has made durable on its side. Protocol: `docs/logs.md`.
+//!
+//! Each subscription has its own worker thread (reads and checkpoints touch the disk,
+//! and the reactor must never block); it sends through the [`EngineHandle`] and stops
+//! sending when `window` bytes are unacknowledged, so a log is never buffered whole.
+
+use std::{
+    any::Any,
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use super::{Entry, Offset, Record, Stream, frame::frame_len};
+use crate::engine::{
+    CloseReason, ClusterKey, ConnId, ConnInfo, Ctx, EngineHandle, Frame, Service, ServiceId,
+    client::{Client, ClientError},
+};
+
+/// Message kinds of the log service.
+pub mod kind {
+    /// C→S, empty: which logs do you publish?
+    pub const LIST: u8 = 1;
+    /// S→C: `u16 count, count × (u16 len, name)`.
+    pub const LOGS: u8 = 2;
+    /// C→S: `u16 len, log, u16 len, subscriber, u32 window` (0 = default).
+    pub const SUBSCRIBE: u8 = 3;
+    /// S→C: `u64 next, u64 end`: records from `next` follow.
+    pub const SUBSCRIBED: u8 = 4;
+    /// S→C: records back to back, each `u64 offset, u64 timestamp_ns, u32 len, payload`.
+    pub const RECORDS: u8 = 5;
+    /// C→S: `u64 offset`: everything up to and including the record at `offset` is consumed.
+    pub const CHECKPOINT: u8 = 6;
+    /// S→C: `u64 offset, u64 next`: the checkpoint is durable on the node.
+    pub const CHECKPOINTED: u8 = 7;
+    /// S→C: `u16 code, message`: the request was refused (the connection stays open).
+    pub const ERROR: u8 = 8;
+    /// S→C: `u64 from, u64 to`: records lost to the `drop_oldest` disk policy.
+    pub const GAP: u8 = 9;
+}
+
+/// Error codes in an [`kind::ERROR`] frame.
+pub mod code {
+    pub const UNKNOWN_LOG: u16 = 1;
+    pub const UNKNOWN_SUBSCRIBER: u16 = 2;
+    pub const ALREADY_SUBSCRIBED: u16 = 3;
+    pub const STORAGE: u16 = 4;
+    pub const RECORD_TOO_LARGE: u16 = 5;
+    pub const NOT_READY: u16 = 6;
+}
+
+/// Default unacknowledged bytes in flight per subscription.
+pub const DEFAULT_WINDOW: u32 = 8 << 20;
+/// Window bounds (a client asking for more or less is clamped).
+pub const MIN_WINDOW: u32 = 64 << 10;
+pub const MAX_WINDOW: u32 = 32 << 20;
+/// Largest RECORDS payload the service builds (below the engine's 1 MiB frame limit).
+pub const BATCH_BYTES: usize = 768 << 10;
+/// Per-record overhead in a RECORDS payload.
+const REC_HDR: usize = 20;
+
+/// Counters of the log service (shown by `cluster info` and the metrics).
+#[derive(Debug, Default)]
+pub struct LogServiceCounters {
+    pub subscriptions: AtomicU64,
+    pub records_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Malformed requests; each closed its connection.
+    pub malformed: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// Why a request payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed log service message (kind {kind}): {why}")]
+pub struct WireError {
+    pub kind: u8,
+    pub why: &'static str,
+}
+
+struct Cur<'a> {
+    b: &'a [u8],
+    kind: u8,
+}
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.b.len() < n {
+            return Err(WireError {
+                kind: self.kind,
+                why: "truncated",
+            });
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, WireError> {
+        let n = self.u16()? as usize;
+        let kind = self.kind;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| WireError {
+            kind,
+            why: "name is not UTF-8",
+        })
+    }
+    fn end(&self) -> Result<(), WireError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError {
+                kind: self.kind,
+                why: "trailing bytes",
+            })
+        }
+    }
+}
+
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    v.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    v.extend_from_slice(b);
+}
+
+fn frame(kind: u8, payload: Vec<u8>) -> Frame {
+    Frame::new(ServiceId::LOG, kind, payload)
+}
+
+fn error_frame(code: u16, msg: &str) -> Frame {
+    let mut v = code.to_be_bytes().to_vec();
+    v.extend_from_slice(msg.as_bytes());
+    frame(kind::ERROR, v)
+}
+
+/// Encodes records as a RECORDS payload.
+pub fn encode_records(recs: &[Record]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(recs.iter().map(|r| REC_HDR + r.payload.len()).sum());
+    for r in recs {
+        v.extend_from_slice(&r.offset.to_be_bytes());
+        v.extend_from_slice(&r.timestamp_ns.to_be_bytes());
+        v.extend_from_slice(&(r.payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(&r.payload);
+    }
+    v
+}
+
+/// Decodes a RECORDS payload.
+pub fn decode_records(p: &[u8]) -> Result<Vec<Record>, WireError> {
+    let mut c = Cur {
+        b: p,
+        kind: kind::RECORDS,
+    };
+    let mut out = Vec::new();
+    while !c.b.is_empty() {
+        let offset = c.u64()?;
+        let timestamp_ns = c.u64()?;
+        let n = c.u32()? as usize;
+        out.push(Record {
+            offset,
+            timestamp_ns,
+            payload: c.take(n)?.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// The published streams, by `logs` name.
+pub type Published = Arc<BTreeMap<String, Stream>>;
+
+enum WorkerMsg {
+    Checkpoint(Offset),
+}
+
+struct Sub {
+    tx: mpsc::Sender<WorkerMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The engine service. Build it with [`LogService::new`], register it under
+/// [`ServiceId::LOG`], then hand it the engine's handle with [`LogServiceHandle::attach`].
+pub struct LogService {
+    logs: Published,
+    handle: Arc<OnceLock<EngineHandle>>,
+    counters: Arc<LogServiceCounters>,
+    subs: HashMap<ConnId, Sub>,
+}
+
+/// What the owner keeps: attach the engine, read the counters.
+#[derive(Clone)]
+pub struct LogServiceHandle {
+    handle: Arc<OnceLock<EngineHandle>>,
+    counters: Arc<LogServiceCounters>,
+    logs: Published,
+}
+
+impl LogServiceHandle {
+    /// Gives the service the engine it runs on (subscriptions are refused until then).
+    pub fn attach(&self, e: EngineHandle) {
+        let _ = self.handle.set(e);
+    }
+    pub fn counters(&self) -> &LogServiceCounters {
+        &self.counters
+    }
+    pub fn logs(&self) -> &Published {
+        &self.logs
+    }
+}
+
+impl LogService {
+    pub fn new(logs: Published) -> (LogService, LogServiceHandle) {
+        let handle = Arc::new(OnceLock::new());
+        let counters = Arc::new(LogServiceCounters::default());
+        (
+            LogService {
+                logs: logs.clone(),
+                handle: handle.clone(),
+                counters: counters.clone(),
+                subs: HashMap::new(),
+            },
+            LogServiceHandle {
+                handle,
+                counters,
+                logs,
+            },
+        )
+    }
+
+    fn malformed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, e: &WireError) {
+        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        let peer = ctx
+            .conn(conn)
+            .map(|c| format!("{} {}", c.remote_name, c.remote))
+            .unwrap_or_default();
+        tracing::warn!(%conn, peer, error = %e, "log service: malformed request, closing");
+        self.drop_sub(conn);
+        ctx.close(conn);
+    }
+
+    fn refuse(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, code: u16, msg: &str) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        ctx.send(conn, &error_frame(code, msg));
+    }
+
+    fn drop_sub(&mut self, conn: ConnId) {
+        if let Some(mut s) = self.subs.remove(&conn) {
+            drop(s.tx);
+            // The worker notices the closed channel within one poll; never join on the
+            // reactor (it may be in a read or an fdatasync).
+            s.thread.take();
+        }
+    }
+
+    fn subscribe(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, p: &[u8]) -> Result<(), WireError> {
+        let mut c = Cur {
+            b: p,
+            kind: kind::SUBSCRIBE,
+        };
+        let log = c.str()?;
+        let sub = c.str()?;
+        let window = c.u32()?;
+        c.end()?;
+        if self.subs.contains_key(&conn) {
+            self.refuse(
+                ctx,
+                conn,
+                code::ALREADY_SUBSCRIBED,
+                "one subscription per connection",
+            );
+            return Ok(());
+        }
+        let Some(stream) = self.logs.get(&log).cloned() else {
+            self.refuse(
+                ctx,
+                conn,
+                code::UNKNOWN_LOG,
+                &format!("log {log:?} is not published"),
+            );
+            return Ok(());
+        };
+        let next = match stream.position(&sub) {
+            Ok(n) => n,
+            Err(_) => {
+                self.refuse(
+                    ctx,
+                    conn,
+                    code::UNKNOWN_SUBSCRIBER,
+                    &format!("log {log:?} has no subscriber {sub:?}"),
+                );
+                return Ok(());
+            }
+        };
+        let Some(engine) = self.handle.get().cloned() else {
+            self.refuse(ctx, conn, code::NOT_READY, "log service starting");
+            return Ok(());
+        };
+        let window = if window == 0 {
+            DEFAULT_WINDOW
+        } else {
+            window.clamp(MIN_WINDOW, MAX_WINDOW)
+        } as u64;
+        let mut ok = next.to_be_bytes().to_vec();
+        ok.extend_from_slice(&stream.bounds().1.to_be_bytes());
+        ctx.send(conn, &frame(kind::SUBSCRIBED, ok));
+        let (tx, rx) = mpsc::channel();
+        let counters = self.counters.clone();
+        let w = Worker {
+            stream,
+            log: log.clone(),
+            sub: sub.clone(),
+            conn,
+            engine,
+            rx,
+            window,
+            counters,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("log-sub-{}", conn.0))
+            .spawn(move || w.run());
+        match thread {
+            Ok(t) => {
+                self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%conn, log, subscriber = sub, next, "log service: subscribed");
+                self.subs.insert(
+                    conn,
+                    Sub {
+                        tx,
+                        thread: Some(t),
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log service: cannot start a subscription thread");
+                self.refuse(ctx, conn, code::STORAGE, "cannot start a subscription");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Service for LogService {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, f: Frame) {
+        let r = match f.kind {
+            kind::LIST => {
+                if f.payload.is_empty() {
+                    let mut v = (self.logs.len() as u16).to_be_bytes().to_vec();
+                    for name in self.logs.keys() {
+                        put_str(&mut v, name);
+                    }
+                    ctx.send(conn, &frame(kind::LOGS, v));
+                    Ok(())
+                } else {
+                    Err(WireError {
+                        kind: kind::LIST,
+                        why: "LIST has no payload",
+                    })
+                }
+            }
+            kind::SUBSCRIBE => self.subscribe(ctx, conn, &f.payload),
+            kind::CHECKPOINT => {
+                let mut c = Cur {
+                    b: &f.payload,
+                    kind: kind::CHECKPOINT,
+                };
+                match (c.u64(), c.end()) {
+                    (Ok(off), Ok(())) => match self.subs.get(&conn) {
+                        Some(s) => {
+                            let _ = s.tx.send(WorkerMsg::Checkpoint(off));
+                            Ok(())
+                        }
+                        None => Err(WireError {
+                            kind: kind::CHECKPOINT,
+                            why: "CHECKPOINT before SUBSCRIBE",
+                        }),
+                    },
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
+            other => Err(WireError {
+                kind: other,
+                why: "unknown message kind",
+            }),
+        };
+        if let Err(e) = r {
+            self.malformed(ctx, conn, &e);
+        }
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_>, conn: &ConnInfo, _reason: &CloseReason) {
+        self.drop_sub(conn.id);
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Box<dyn Any + Send>) {
+        // A worker found a bad checkpoint (not an offset it sent): count and close.
+        if let Ok(m) = msg.downcast::<BadCheckpoint>() {
+            self.malformed(
+                ctx,
+                m.0,
+                &WireError {
+                    kind: kind::CHECKPOINT,
+                    why: "checkpoint at an offset that was not sent",
+                },
+            );
+        }
+    }
+}
+
+struct BadCheckpoint(ConnId);
+
+/// A subscription's flow state: durable position, end of what was sent, offsets in flight.
+struct Flow {
+    acked: Offset,
+    sent_end: Offset,
+    in_flight: VecDeque<Offset>,
+}
+
+struct Worker {
+    stream: Stream,
+    log: String,
+    sub: String,
+    conn: ConnId,
+    engine: EngineHandle,
+    rx: mpsc::Receiver<WorkerMsg>,
+    window: u64,
+    counters: Arc<LogServiceCounters>,
+}
+
+/// How often a caught-up subscription looks for new records.
+const TAIL_POLL: Duration = Duration::from_millis(10);
+
+impl Worker {
+    fn run(self) {
+        let (mut reader, acked) = match self
+            .stream
+            .read_from(&self.sub)
+            .and_then(|r| Ok((r, self.stream.position(&self.sub)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return self.fail(code::STORAGE, &e.to_string()),
+        };
+        let mut st = Flow {
+            acked,
+            sent_end: acked,
+            in_flight: VecDeque::new(),
+        };
+        let mut held: Option<Record> = None;
+        loop {
+            // Checkpoints first: they free the window. A full window waits for one.
+            let msg = if st.sent_end.saturating_sub(st.acked) >= self.window {
+                match self.rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            };
+            if let Some(WorkerMsg::Checkpoint(off)) = msg {
+                if !self.on_checkpoint(off, &mut st) {
+                    return;
+                }
+                continue;
+            }
+            let mut batch: Vec<Record> = Vec::new();
+            let mut bytes = 0usize;
+            let mut drained = false;
+            while st.sent_end.saturating_sub(st.acked) < self.window && bytes < BATCH_BYTES {
+                let rec = match held.take() {
+                    Some(r) => r,
+                    None => match reader.next() {
+                        None => {
+                            drained = true;
+                            break;
+                        }
+                        Some(Err(e)) => return self.fail(code::STORAGE, &e.to_string()),
+                        Some(Ok(Entry::Gap { from, to })) => {
+                            if !self.flush(&mut batch) {
+                                return;
+                            }
+                            bytes = 0;
+                            let mut v = from.to_be_bytes().to_vec();
+                            v.extend_from_slice(&to.to_be_bytes());
+                            if self.engine.send(self.conn, frame(kind::GAP, v)).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Some(Ok(Entry::Record(r))) => r,
+                    },
+                };
+                let sz = REC_HDR + rec.payload.len();
+                if sz > BATCH_BYTES {
+                    return self.fail(
+                        code::RECORD_TOO_LARGE,
+                        &format!(
+                            "record at offset {} ({} bytes) exceeds the service's frame size",
+                            rec.offset,
+                            rec.payload.len()
+                        ),
+                    );
+                }
+                if bytes + sz > BATCH_BYTES {
+                    held = Some(rec);
+                    break;
+                }
+                bytes += sz;
+                st.sent_end = rec.offset + frame_len(rec.payload.len());
+                st.in_flight.push_back(rec.offset);
+                batch.push(rec);
+            }
+            if !self.flush(&mut batch) {
+                return;
+            }
+            if drained {
+                match self.rx.recv_timeout(TAIL_POLL) {
+                    Ok(WorkerMsg::Checkpoint(off)) => {
+                        if !self.on_checkpoint(off, &mut st) {
+                            return;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+    }
+
+    /// Makes a checkpoint durable and confirms it; `false` ends the subscription.
+    fn on_checkpoint(&self, off: Offset, st: &mut Flow) -> bool {
+        if off >= st.acked && st.in_flight.binary_search(&off).is_err() {
+            let _ = self
+                .engine
+                .post(ServiceId::LOG, Box::new(BadCheckpoint(self.conn)));
+            return false;
+        }
+        if let Err(e) = self.stream.checkpoint(&self.sub, off) {
+            self.fail(code::STORAGE, &e.to_string());
+            return false;
+        }
+        while st.in_flight.front().is_some_and(|&o| o <= off) {
+            st.in_flight.pop_front();
+        }
+        st.acked = self.stream.position(&self.sub).unwrap_or(st.acked);
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let mut v = off.to_be_bytes().to_vec();
+        v.extend_from_slice(&st.acked.to_be_bytes());
+        self.engine
+            .send(self.conn, frame(kind::CHECKPOINTED, v))
+            .is_ok()
+    }
+
+    fn flush(&self, batch: &mut Vec<Record>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let n = batch.len() as u64;
+        let p = encode_records(batch);
+        self.counters.records_sent.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .bytes_sent
+            .fetch_add(p.len() as u64, Ordering::Relaxed);
+        batch.clear();
+        self.engine.send(self.conn, frame(kind::RECORDS, p)).is_ok()
+    }
+
+    fn fail(&self, c: u16, msg: &str) {
+        tracing::error!(
+            log = self.log,
+            subscriber = self.sub,
+            error = msg,
+            "log service: subscription failed"
+        );
+        let _ = self.engine.send(self.conn, error_frame(c, msg));
+        let _ = self.engine.close(self.conn);
+    }
+}
+
+/// Errors of the blocking [`LogClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum LogClientError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{addr}: {source}")]
+    Wire {
+        addr: SocketAddr,
+        #[source]
+        source: WireError,
+    },
+    #[error("{addr} refused: {message} (code {code})")]
+    Refused {
+        addr: SocketAddr,
+        code: u16,
+        message: String,
+    },
+    #[error("{addr} sent an unexpected message (service {service}, kind {kind})")]
+    Unexpected {
+        addr: SocketAddr,
+        service: u8,
+        kind: u8,
+    },
+}
+
+/// What a subscription delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Records(Vec<Record>),
+    Gap {
+        from: Offset,
+        to: Offset,
+    },
+    /// `offset` is durably checkpointed; `next` is the subscriber's new position.
+    Checkpointed {
+        offset: Offset,
+        next: Offset,
+    },
+}
+
+/// A blocking subscriber (the manager, tests, tools).
+#[derive(Debug)]
+pub struct LogClient {
+    c: Client,
+    addr: SocketAddr,
+    pending: VecDeque<Delivery>,
+}
+
+impl LogClient {
+    /// Connects and authenticates with the cluster key, as `nodename`.
+    pub fn connect(
+        addr: SocketAddr,
+        key: &ClusterKey,
+        nodename: &str,
+        timeout: Duration,
+    ) -> Result<LogClient, LogClientError> {
+        Ok(LogClient {
+            c: Client::connect(addr, key, nodename, timeout)?,
+            addr,
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// The node's name, as it authenticated.
+    pub fn node(&self) -> &str {
+        self.c.peer_name()
+    }
+
+    fn recv(&mut self) -> Result<Frame, LogClientError> {
+        let f = self.c.recv()?;
+        if f.service != ServiceId::LOG {
+            return Err(LogClientError::Unexpected {
+                addr: self.addr,
+                service: f.service.0,
+                kind: f.kind,
+            });
+        }
+        if f.kind == kind::ERROR {
+            let code = f
+                .payload
+                .get(..2)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            return Err(LogClientError::Refused {
+                addr: self.addr,
+                code,
+                message: String::from_utf8_lossy(f.payload.get(2..).unwrap_or_default()).into(),
+            });
+        }
+        Ok(f)
+    }
+
+    fn wire(&self, source: WireError) -> LogClientError {
+        LogClientError::Wire {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    /// The logs the node publishes.
+    pub fn list(&mut self) -> Result<Vec<String>, LogClientError> {
+        self.c.send(&frame(kind::LIST, Vec::new()))?;
+        let f = self.recv()?;
+        if f.kind != kind::LOGS {
+            return Err(self.unexpected(&f));
+        }
+        let mut c = Cur {
+            b: &f.payload,
+            kind: kind::LOGS,
+        };
+        let n = c.u16().map_err(|e| self.wire(e))?;
+        (0..n).map(|_| c.str().map_err(|e| self.wire(e))).collect()
+    }
+
+    fn unexpected(&self, f: &Frame) -> LogClientError {
+        LogClientError::Unexpected {
+            addr: self.addr,
+            service: f.service.0,
+            kind: f.kind,
+        }
+    }
+
+    /// Subscribes; returns the subscriber's durable position (records from there follow).
+    pub fn subscribe(
+        &mut self,
+        log: &str,
+        subscriber: &str,
+        window: u32,
+    ) -> Result<Offset, LogClientError> {
+        let mut v = Vec::new();
+        put_str(&mut v, log);
+        put_str(&mut v, subscriber);
+        v.extend_from_slice(&window.to_be_bytes());
+        self.c.send(&frame(kind::SUBSCRIBE, v))?;
+        let f = self.recv()?;
+        if f.kind != kind::SUBSCRIBED || f.payload.len() != 16 {
+            return Err(self.unexpected(&f));
+        }
+        let mut c = Cur {
+            b: &f.payload,
+            kind: kind::SUBSCRIBED,
+        };
+        c.u64().map_err(|e| self.wire(e))
+    }
+
+    /// The next delivery, waiting at most `timeout`; `None` when nothing came (a keepalive
+    /// is then sent so the node does not close an idle subscriber).
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<Delivery>, LogClientError> {
+        if let Some(d) = self.pending.pop_front() {
+            return Ok(Some(d));
+        }
+        let io = |source| {
+            LogClientError::Client(ClientError::Io {
+                addr: self.addr,
+                source,
+            })
+        };
+        self.c
+            .stream()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(io)?;
+        match self.recv() {
+            Ok(f) => self.decode(f).map(Some),
+            Err(LogClientError::Client(ClientError::Io { source, .. }))
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.c.ping()?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode(&self, f: Frame) -> Result<Delivery, LogClientError> {
+        match f.kind {
+            kind::RECORDS => Ok(Delivery::Records(
+                decode_records(&f.payload).map_err(|e| self.wire(e))?,
+            )),
+            kind::GAP | kind::CHECKPOINTED => {
+                let mut c = Cur {
+                    b: &f.payload,
+                    kind: f.kind,
+                };
+                let a = c.u64().map_err(|e| self.wire(e))?;
+                let b = c.u64().map_err(|e| self.wire(e))?;
+                Ok(if f.kind == kind::GAP {
+                    Delivery::Gap { from: a, to: b }
+                } else {
+                    Delivery::Checkpointed { offset: a, next: b }
+                })
+            }
+            _ => Err(self.unexpected(&f)),
+        }
+    }
+
+    /// Sends a checkpoint without waiting for its confirmation.
+    pub fn send_checkpoint(&mut self, offset: Offset) -> Result<(), LogClientError> {
+        self.c
+            .send(&frame(kind::CHECKPOINT, offset.to_be_bytes().to_vec()))?;
+        Ok(())
+    }
+
+    /// Checkpoints and waits until the node says it is durable; records arriving meanwhile
+    /// are kept for the next [`LogClient::poll`]. Returns the subscriber's next offset.
+    pub fn checkpoint(
+        &mut self,
+        offset: Offset,
+        timeout: Duration,
+    ) -> Result<Offset, LogClientError> {
+        self.send_checkpoint(offset)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut held = VecDeque::new();
+        let r = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Err(LogClientError::Client(ClientError::Io {
+                    addr: self.addr,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no checkpoint confirmation",
+                    ),
+                }));
+            }
+            let saved = std::mem::take(&mut self.pending);
+            let d = self.poll(left);
+            self.pending = saved;
+            match d {
+                Ok(Some(Delivery::Checkpointed { offset: o, next })) if o == offset => {
+                    break Ok(next);
+                }
+                Ok(Some(other)) => held.push_back(other),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.extend(held);
+        r
+    }
+
+    /// Sends raw bytes (tests of the hostile path).
+    pub fn send_raw(&mut self, f: &Frame) -> Result<(), LogClientError> {
+        Ok(self.c.send(f)?)
+    }
+}
