@@ -1,0 +1,263 @@
+//! One `duraplane run` daemon in its own namespace with `cluster://` streams: a local
+//! program appends through the local socket and gets durable offsets back; `cluster show
+//! logs` prints Momentum's format; the port-4802 log service lists, subscribes, delivers,
+//! checkpoints, resumes after the checkpoint on reconnect without redelivering at or below
+//! it, refuses a wrong key and unknown subscribers, and closes and counts malformed
+//! requests.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use duraplane::{
+    engine::{ClusterKey, Frame, ServiceId},
+    log::{
+        Record,
+        daemon::{LocalLogClient, local_socket_path},
+        service::{Delivery, LogClient, LogClientError, code},
+    },
+    testbed::{Testbed, daemons::DaemonNode},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
+const KEY: &[u8] = b"log-service-test-key-0123456789abcdef";
+
+fn config(dir: &Path, socket: &Path, key: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"ECCluster_Listener {{
+  Listen "192.0.2.1:4802" {{}}
+}}
+ec_logger "ec_logger" {{
+  mainlog = "cluster://{d}/logs/mainlog.cluster=>master"
+  paniclog = "cluster://{d}/logs/paniclog.cluster=>master"
+  rejectlog = "cluster://{d}/logs/rejectlog.cluster=>master"
+}}
+bounce_logger "bounce_logger" {{
+  bouncelog = "cluster://{d}/logs/bouncelog.cluster?subscribers=master,mgr1"
+}}
+cluster {{
+  nodename = "solo"
+  nodeaddr = "192.0.2.1"
+  logs = [
+    mainlog = "{d}/logs/mainlog.cluster"
+    bouncelog = "{d}/logs/bouncelog.cluster"
+  ]
+}}
+duraplane {{
+  control_socket = "{}"
+  metrics = "off"
+  cluster_key_file = "{}"
+}}
+"#,
+        socket.display(),
+        key.display()
+    )
+}
+
+fn ask(n: &DaemonNode, cmd: &str) -> String {
+    n.console(Path::new(BIN), cmd)
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `f` with a log client connected from inside the daemon's namespace.
+fn with_client<T: Send + 'static>(
+    tb: &Testbed,
+    key: &'static [u8],
+    f: impl FnOnce(Result<LogClient, LogClientError>) -> T + Send + 'static,
+) -> T {
+    tb.run_in("solo", move || {
+        let key = ClusterKey::from_bytes(key).expect("key");
+        let addr: SocketAddr = "192.0.2.1:4802".parse().expect("addr");
+        f(LogClient::connect(
+            addr,
+            &key,
+            "mgr1",
+            Duration::from_secs(2),
+        ))
+    })
+    .expect("netns")
+}
+
+/// Receives until `n` records arrived (or 10 s passed).
+fn receive(c: &mut LogClient, n: usize) -> Vec<Record> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < n && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)).expect("poll") {
+            Some(Delivery::Records(r)) => got.extend(r),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    got
+}
+
+fn start(tb: &mut Testbed, dir: &Path) -> (DaemonNode, PathBuf) {
+    tb.add_host("solo").expect("host");
+    tb.attach("solo", &["192.0.2.1/24"]).expect("attach");
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, KEY).expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600");
+    let socket = dir.join("solo.sock");
+    let node = DaemonNode::start(
+        tb,
+        Path::new(BIN),
+        "solo",
+        dir,
+        socket.clone(),
+        &config(dir, &socket, &key),
+    )
+    .expect("daemon");
+    (node, socket)
+}
+
+#[test]
+fn local_appends_show_logs_and_the_log_service() {
+    let mut tb = Testbed::new().expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, socket) = start(&mut tb, dir.path());
+    for s in ["mainlog", "paniclog", "rejectlog", "bouncelog"] {
+        assert!(
+            dir.path()
+                .join(format!("logs/{s}.cluster/metadata"))
+                .exists(),
+            "{s} stream created at startup"
+        );
+    }
+
+    // A local program appends through the local socket; offsets are frame positions.
+    let lsock = local_socket_path(&socket);
+    let mode = std::fs::metadata(&lsock).expect("log.sock").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o660
+    );
+    let mut lc = LocalLogClient::connect(&lsock).expect("connect log.sock");
+    let mut offsets = Vec::new();
+    for i in 0..100 {
+        offsets.push(
+            lc.append("bouncelog", format!("bounce {i:03}").as_bytes())
+                .expect("append"),
+        );
+    }
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 32 + 10));
+    let err = lc.append("nosuchlog", b"x").expect_err("unknown stream");
+    assert!(err.to_string().contains("no cluster:// stream"), "{err}");
+
+    // cluster show logs: Momentum's format, published logs in dictionary order.
+    let shown = ask(&node, "cluster show logs");
+    assert!(
+        shown.starts_with(
+            "bouncelog\n\t[on disk: 4200 bytes]\n\t[subscriber: 'master' @ 00000000:00000000]\n\t[subscriber: 'mgr1' @ 00000000:00000000]\nmainlog\n\t[on disk: "
+        ),
+        "{shown}"
+    );
+
+    // The service: list, subscribe, receive everything in order, checkpoint the 50th.
+    let (cp, first) = with_client(&tb, KEY, |c| {
+        let mut c = c.expect("right key");
+        assert_eq!(c.node(), "solo");
+        assert_eq!(c.list().expect("list"), vec!["bouncelog", "mainlog"]);
+        let err = c
+            .subscribe("bouncelog", "nobody", 0)
+            .expect_err("unknown sub");
+        assert!(
+            matches!(
+                err,
+                LogClientError::Refused {
+                    code: code::UNKNOWN_SUBSCRIBER,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            c.subscribe("paniclog", "master", 0),
+            Err(LogClientError::Refused {
+                code: code::UNKNOWN_LOG,
+                ..
+            })
+        ));
+        assert_eq!(c.subscribe("bouncelog", "master", 0).expect("subscribe"), 0);
+        let got = receive(&mut c, 100);
+        assert_eq!(got.len(), 100);
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r.payload, format!("bounce {i:03}").as_bytes());
+        }
+        let next = c
+            .checkpoint(got[49].offset, Duration::from_secs(5))
+            .expect("cp");
+        assert_eq!(next, got[50].offset);
+        (got[49].offset, got[50].offset)
+    });
+    wait_until("checkpoint shown", || {
+        ask(&node, "cluster show logs")
+            .contains(&format!("[subscriber: 'master' @ 00000000:{first:08x}]"))
+    });
+
+    // Reconnect: resumes after the checkpoint, nothing at or below it comes again, and
+    // records appended meanwhile follow.
+    lc.append("bouncelog", b"after reconnect").expect("append");
+    with_client(&tb, KEY, move |c| {
+        let mut c = c.expect("right key");
+        assert_eq!(c.subscribe("bouncelog", "master", 0).expect("sub"), first);
+        let got = receive(&mut c, 51);
+        assert_eq!(got.len(), 51);
+        assert!(got.iter().all(|r| r.offset > cp));
+        assert_eq!(got[0].payload, b"bounce 050");
+        assert_eq!(got[50].payload, b"after reconnect");
+        // Nothing more.
+        assert!(matches!(c.poll(Duration::from_millis(300)), Ok(None)));
+    });
+
+    // Wrong key: refused.
+    assert!(with_client(
+        &tb,
+        b"a-completely-different-key-000000",
+        |c| c.is_err()
+    ));
+
+    // Malformed requests close the connection and are counted.
+    let closed = with_client(&tb, KEY, |c| {
+        let mut c = c.expect("right key");
+        c.send_raw(&Frame::new(ServiceId::LOG, 99, vec![1, 2, 3]))
+            .expect("send");
+        matches!(c.poll(Duration::from_secs(3)), Err(_))
+    });
+    assert!(closed, "unknown kind closes the connection");
+    let closed = with_client(&tb, KEY, |c| {
+        let mut c = c.expect("right key");
+        c.subscribe("bouncelog", "mgr1", 0).expect("sub");
+        let _ = receive(&mut c, 101);
+        // A checkpoint at an offset that was never sent.
+        c.send_checkpoint(7).expect("send");
+        let mut closed = false;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if c.poll(Duration::from_millis(200)).is_err() {
+                closed = true;
+                break;
+            }
+        }
+        closed
+    });
+    assert!(closed, "a bad checkpoint closes the connection");
+    wait_until("malformed counted", || {
+        ask(&node, "cluster info").contains("2 malformed requests")
+    });
+    // mgr1's checkpoint did not move.
+    assert!(ask(&node, "cluster show logs").contains("[subscriber: 'mgr1' @ 00000000:00000000]"));
+}
