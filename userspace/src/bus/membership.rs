@@ -11,6 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -31,6 +32,23 @@ pub struct Announce {
     /// Digest of the replication-relevant configuration: members with different digests
     /// are flagged, never silently mixed.
     pub config_digest: String,
+    /// This member's DuraVIP declarations (absent in messages from older daemons).
+    #[serde(default)]
+    pub vips: Vec<AnnouncedVip>,
+}
+
+/// One DuraVIP as a member declares it on the bus (mirrors `duravip::VipDecl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnouncedVip {
+    pub addr: IpAddr,
+    #[serde(default)]
+    pub bindings: Vec<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub preference: Option<String>,
+    #[serde(default)]
+    pub follow: Option<String>,
 }
 
 /// Messages the daemons exchange over the bus (JSON: small, rare, versioned by field).
@@ -53,6 +71,11 @@ pub enum BusMessage {
         nodename: String,
         ok: bool,
         output: String,
+    },
+    /// `cluster duravip move ADDR to NODE`, applied by every member in agreed order.
+    DuravipMove {
+        addr: IpAddr,
+        to: String,
     },
 }
 
@@ -356,6 +379,7 @@ mod tests {
                 addr: format!("192.0.2.1{n}:4802"),
                 version: "0.1.0".into(),
                 config_digest: "d".into(),
+                vips: Vec::new(),
             })
             .encode(),
         }

@@ -14,7 +14,7 @@ mod cpg;
 pub mod membership;
 mod service;
 
-pub use service::{BusService, ServiceError};
+pub use service::{BusService, ClusterHandle, ClusterNotice, ServiceError};
 
 use std::{
     fmt,

@@ -21,7 +21,7 @@ use prometheus_client::{
 
 use super::{
     Bus, BusConfig, BusError, BusEvent, MemberId,
-    membership::{Announce, BusMessage, HeartbeatPolicy, Membership},
+    membership::{Announce, AnnouncedVip, BusMessage, HeartbeatPolicy, Membership},
 };
 use crate::{
     config::Config,
@@ -43,6 +43,53 @@ struct Shared {
     pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
     next_id: AtomicU64,
     stop: AtomicBool,
+    watchers: Mutex<Vec<mpsc::Sender<ClusterNotice>>>,
+}
+
+/// What a watcher of `cluster_group` (DuraVIP) is told, in delivery order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterNotice {
+    /// The view, an announce, quorum or the connection changed: re-read the membership.
+    Changed,
+    /// A `BusMessage::DuravipMove` delivered on `cluster_group` (agreed order).
+    Move { addr: std::net::IpAddr, to: String },
+}
+
+/// Read access to the membership, sending on `cluster_group`, and change notices: what
+/// DuraVIP needs from the bus without owning it.
+#[derive(Clone)]
+pub struct ClusterHandle(Arc<Shared>);
+
+impl ClusterHandle {
+    /// Runs `f` on the membership under its read lock.
+    pub fn read<R>(&self, f: impl FnOnce(&Membership) -> R) -> R {
+        f(&self.0.membership.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Multicasts `msg` on `cluster_group` (agreed order with views and announces).
+    pub fn send(&self, msg: &BusMessage) -> Result<(), BusError> {
+        let bus = self.0.bus.lock().unwrap_or_else(|p| p.into_inner());
+        bus.send(&self.0.cluster_group, msg.encode())
+    }
+
+    /// A new receiver of [`ClusterNotice`]s.
+    pub fn watch(&self) -> mpsc::Receiver<ClusterNotice> {
+        let (tx, rx) = mpsc::channel();
+        self.0
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+}
+
+fn notify(shared: &Shared, n: &ClusterNotice) {
+    shared
+        .watchers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|w| w.send(n.clone()).is_ok());
 }
 
 /// The running bus capability; [`BusService::stop`] leaves the groups cleanly.
@@ -91,10 +138,12 @@ impl BusService {
                 addr: nodeaddr_text(&services.identity, &cfg.listener),
                 version: env!("CARGO_PKG_VERSION").into(),
                 config_digest: config_digest(cfg),
+                vips: announced_vips(cfg),
             },
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            watchers: Mutex::new(Vec::new()),
         });
         register(services, &shared)?;
         let s = Arc::clone(&shared);
@@ -124,6 +173,11 @@ impl BusService {
         }
     }
 
+    /// The membership handle DuraVIP follows.
+    pub fn cluster_handle(&self) -> ClusterHandle {
+        ClusterHandle(Arc::clone(&self.shared))
+    }
+
     /// Stops the thread and leaves the groups (the others see a clean leave at once).
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -131,6 +185,20 @@ impl BusService {
             let _ = t.join();
         }
     }
+}
+
+/// This node's DuraVIP declarations as announced.
+fn announced_vips(cfg: &Config) -> Vec<AnnouncedVip> {
+    crate::duravip::decl::declarations(&cfg.duravips)
+        .into_iter()
+        .map(|d| AnnouncedVip {
+            addr: d.addr,
+            bindings: d.bindings.into_iter().collect(),
+            services: d.services.into_iter().collect(),
+            preference: d.preference,
+            follow: d.follow,
+        })
+        .collect()
 }
 
 fn send(shared: &Shared, group: &str, msg: &BusMessage) {
@@ -247,6 +315,22 @@ fn handle(shared: &Shared, ev: &BusEvent, pid: u32, console: &WeakRegistry) {
         }
         again
     };
+    let notice = match ev {
+        BusEvent::Message { group, payload, .. } if *group == shared.cluster_group => {
+            match BusMessage::decode(payload) {
+                Some(BusMessage::DuravipMove { addr, to }) => {
+                    Some(ClusterNotice::Move { addr, to })
+                }
+                Some(BusMessage::Announce(_)) => Some(ClusterNotice::Changed),
+                _ => None,
+            }
+        }
+        BusEvent::Message { .. } => None,
+        _ => Some(ClusterNotice::Changed),
+    };
+    if let Some(n) = notice {
+        notify(shared, &n);
+    }
     if announce {
         send(
             shared,
