@@ -72,10 +72,18 @@ pub enum BusMessage {
         ok: bool,
         output: String,
     },
-    /// `cluster duravip move ADDR to NODE`, applied by every member in agreed order.
+    /// `cluster duravip move ADDR to NODE` (pinned there), or a balancing move sent by
+    /// the leader (`balance`); every member applies it in agreed order.
     DuravipMove {
         addr: IpAddr,
         to: String,
+        #[serde(default)]
+        balance: bool,
+    },
+    /// The DuraVIPs the sender owns now; sent after each view change and each change of
+    /// its set, so members (and newcomers) agree on the current owners.
+    DuravipClaim {
+        owned: Vec<IpAddr>,
     },
 }
 

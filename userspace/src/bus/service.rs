@@ -49,10 +49,12 @@ struct Shared {
 /// What a watcher of `cluster_group` (DuraVIP) is told, in delivery order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterNotice {
-    /// The view, an announce, quorum or the connection changed: re-read the membership.
+    /// A new `cluster_group` view (a barrier for messages sent before it).
+    View,
+    /// An announce, quorum or the connection changed: re-read the membership.
     Changed,
-    /// A `BusMessage::DuravipMove` delivered on `cluster_group` (agreed order).
-    Move { addr: std::net::IpAddr, to: String },
+    /// A DuraVIP message (`DuravipMove`, `DuravipClaim`) on `cluster_group`.
+    Duravip { from: MemberId, msg: BusMessage },
 }
 
 /// Read access to the membership, sending on `cluster_group`, and change notices: what
@@ -316,16 +318,19 @@ fn handle(shared: &Shared, ev: &BusEvent, pid: u32, console: &WeakRegistry) {
         again
     };
     let notice = match ev {
-        BusEvent::Message { group, payload, .. } if *group == shared.cluster_group => {
-            match BusMessage::decode(payload) {
-                Some(BusMessage::DuravipMove { addr, to }) => {
-                    Some(ClusterNotice::Move { addr, to })
-                }
-                Some(BusMessage::Announce(_)) => Some(ClusterNotice::Changed),
-                _ => None,
+        BusEvent::Message {
+            group,
+            from,
+            payload,
+        } if *group == shared.cluster_group => match BusMessage::decode(payload) {
+            Some(msg @ (BusMessage::DuravipMove { .. } | BusMessage::DuravipClaim { .. })) => {
+                Some(ClusterNotice::Duravip { from: *from, msg })
             }
-        }
+            Some(BusMessage::Announce(_)) => Some(ClusterNotice::Changed),
+            _ => None,
+        },
         BusEvent::Message { .. } => None,
+        BusEvent::View { group, .. } if *group == shared.cluster_group => Some(ClusterNotice::View),
         _ => Some(ClusterNotice::Changed),
     };
     if let Some(n) = notice {
