@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod duravip;
 pub mod engine;
 pub mod inbound;
+pub mod localapi;
 pub mod log;
 pub mod metrics;
 pub mod replicate;

@@ -8,10 +8,13 @@
 //! and caches plug in as further objects; `inbound` maps `inbound_cidr` onto them.
 //! Model, wire format and failure behaviour: `docs/replication.md`.
 
+pub mod cache;
 mod daemon;
+pub mod gauge;
 pub mod inbound;
 mod service;
 pub mod slots;
+pub mod throttle;
 pub mod wire;
 
 pub use daemon::{ClusterEngine, Replication, objects_from_config, view_from_bus};
