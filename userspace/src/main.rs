@@ -79,6 +79,22 @@ enum Command {
         )]
         command: Vec<String>,
     },
+    /// Run the log manager: pull every published cluster:// log from the nodes over port
+    /// 4802 into consolidated files (`Logs { logfile }` of an eccluster.conf-style FILE).
+    Manager {
+        /// The manager's configuration (eccluster.conf: `Logs { }`, `duraplane { cluster_key_file }`).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The manager's name (its subscriber name and `Manager "name"` rules); default: hostname.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// A node to pull from, NAME=ADDR (its ECCluster_Listener); repeat for each node.
+        #[arg(long = "node", value_name = "NAME=ADDR")]
+        nodes: Vec<String>,
+        /// The cluster key file (overrides `duraplane { cluster_key_file }`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -119,7 +135,58 @@ fn main() -> ExitCode {
             foreground,
             log_format,
         } => run(&config, foreground, log_format),
+        Command::Manager {
+            config,
+            name,
+            nodes,
+            key,
+        } => report(manager(config, name, nodes, key)),
     }
+}
+
+/// `duraplane manager`: runs until SIGTERM/SIGINT.
+fn manager(
+    config: PathBuf,
+    name: Option<String>,
+    nodes: Vec<String>,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    logging::init(logging::LogFormat::Text);
+    let nodes = nodes
+        .iter()
+        .map(|n| {
+            let (name, addr) = n
+                .split_once('=')
+                .with_context(|| format!("--node {n:?}: expected NAME=ADDR"))?;
+            Ok((
+                name.to_owned(),
+                addr.parse()
+                    .with_context(|| format!("--node {n:?}: bad address"))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let name = match name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("hostname")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
+    }
+    duraplane::log::manager::run(
+        &duraplane::log::manager::ManagerOptions {
+            config,
+            name,
+            nodes,
+            key_file,
+        },
+        stop,
+    )?;
+    Ok(())
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

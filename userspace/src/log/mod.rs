@@ -10,6 +10,7 @@ mod files;
 pub mod frame;
 mod ops;
 pub mod daemon;
+pub mod manager;
 pub mod service;
 mod stream;
 

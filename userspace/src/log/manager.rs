@@ -1,0 +1,781 @@
+//! `duraplane manager`: Momentum's log aggregator (eccmgr's logmove). Pulls every log each
+//! node publishes over the port-4802 log service and appends it to consolidated files
+//! named by the `Logs { logfile }` template of an eccluster.conf-style file.
+//!
+//! Exactly once in the consolidated file, at-least-once on the wire: per (node, log) a
+//! small state file records the last offset written, the file it went to and that
+//! file's committed length. Order per batch: append + fsync the data, then write the state
+//! durably, then checkpoint on the node. After a crash, bytes beyond the committed length
+//! are cut and re-fetched records at or below the last offset are skipped.
+//! Configuration and behaviour: `docs/logs.md` ("The manager").
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::{
+    Offset, Record,
+    service::{Delivery, LogClient, LogClientError, MAX_WINDOW, code},
+};
+use crate::config::parser::{Node, Scope, Tree, Value, ValueKind, parse_file};
+use crate::engine::{ClusterKey, KeyError};
+
+/// Errors of the manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {errors}")]
+    Syntax { path: PathBuf, errors: String },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("cluster key: {0}")]
+    Key(#[from] KeyError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn ioe<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ManagerError + 'a {
+    move |source| ManagerError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The `Logs { }` scope of the manager's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsConfig {
+    pub logfile: String,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub log_active_interval: Duration,
+    pub log_idle_interval: Duration,
+    /// `Manager "name" { Node "n" { Subscriber = (…) } }`: per manager, per node.
+    pub managers: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// `duraplane { cluster_key_file }` (or `--key`).
+    pub cluster_key_file: Option<PathBuf>,
+}
+
+impl LogsConfig {
+    /// The subscriber names `manager` tries on `node`, in order: a `Node` rule, else
+    /// (its own name, `master`), as Momentum does.
+    pub fn subscribers(&self, manager: &str, node: &str) -> Vec<String> {
+        match self.managers.get(manager).and_then(|m| m.get(node)) {
+            Some(l) => l.clone(),
+            None => vec![manager.to_owned(), "master".to_owned()],
+        }
+    }
+}
+
+fn scalar(v: &Value) -> Option<&str> {
+    match &v.kind {
+        ValueKind::Scalar { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+/// A duration option: seconds (`"1"`, `"0.25"`) or with a unit (`"250ms"`, `"2s"`).
+fn duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v * mul))
+}
+
+fn scopes<'a>(nodes: &'a [Node], kw: &'a str) -> impl Iterator<Item = &'a Scope> + 'a {
+    nodes.iter().filter_map(move |n| match n {
+        Node::Scope(s) if s.keyword.is(kw) => Some(s),
+        _ => None,
+    })
+}
+
+fn assigns(nodes: &[Node]) -> impl Iterator<Item = (String, &Value)> {
+    nodes.iter().filter_map(|n| match n {
+        Node::Assign { key, value } => Some((key.lower(), value)),
+        _ => None,
+    })
+}
+
+/// Reads the manager's configuration from the parsed tree (the typed model is the node's).
+pub fn logs_config(tree: &Tree, path: &Path) -> Result<LogsConfig, ManagerError> {
+    let bad = |what: String| ManagerError::Invalid {
+        path: path.to_owned(),
+        what,
+    };
+    let mut c = LogsConfig {
+        logfile: "/var/log/eccluster/%Y/%m/%d/%{l}/%{s}/%{n}".into(),
+        file_mode: 0o640,
+        dir_mode: 0o755,
+        log_active_interval: Duration::from_secs(1),
+        log_idle_interval: Duration::from_secs(10),
+        managers: BTreeMap::new(),
+        cluster_key_file: None,
+    };
+    for d in scopes(&tree.nodes, "duraplane") {
+        for (k, v) in assigns(&d.body) {
+            if k == "cluster_key_file" {
+                c.cluster_key_file = scalar(v).map(PathBuf::from);
+            }
+        }
+    }
+    let Some(logs) = scopes(&tree.nodes, "logs").next() else {
+        return Err(bad("no Logs { } scope".into()));
+    };
+    for (k, v) in assigns(&logs.body) {
+        let s = scalar(v).ok_or_else(|| bad(format!("Logs {k}: expected a single value")))?;
+        let mode = |s: &str| {
+            u32::from_str_radix(s, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| bad(format!("Logs {k} = {s:?}: not an octal mode")))
+        };
+        let dur =
+            |s: &str| duration(s).ok_or_else(|| bad(format!("Logs {k} = {s:?}: not a duration")));
+        match k.as_str() {
+            "logfile" => c.logfile = s.to_owned(),
+            "file_mode" => c.file_mode = mode(s)?,
+            "dir_mode" => c.dir_mode = mode(s)?,
+            "log_active_interval" => c.log_active_interval = dur(s)?,
+            "log_idle_interval" => c.log_idle_interval = dur(s)?,
+            // Momentum's other Logs options do not apply to this manager.
+            _ => tracing::warn!(option = k, "Logs option ignored by duraplane manager"),
+        }
+    }
+    for m in scopes(&logs.body, "manager") {
+        let name = m
+            .name
+            .as_ref()
+            .ok_or_else(|| bad("Manager without a name".into()))?;
+        let rules = c.managers.entry(name.text.clone()).or_default();
+        for n in scopes(&m.body, "node") {
+            let node = n
+                .name
+                .as_ref()
+                .ok_or_else(|| bad("Node without a name".into()))?;
+            for (k, v) in assigns(&n.body) {
+                if k != "subscriber" {
+                    continue;
+                }
+                let subs = match &v.kind {
+                    ValueKind::List(l) => l.iter().filter_map(scalar).map(str::to_owned).collect(),
+                    ValueKind::Scalar { text, .. } => vec![text.clone()],
+                    ValueKind::Dict(_) => {
+                        return Err(bad(format!(
+                            "Node {:?} Subscriber: expected a list",
+                            node.text
+                        )));
+                    }
+                };
+                rules.insert(node.text.clone(), subs);
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Reads and parses the manager's file.
+pub fn load(path: &Path) -> Result<LogsConfig, ManagerError> {
+    let (tree, diags) = parse_file(path).map_err(|source| ManagerError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !diags.is_empty() {
+        return Err(ManagerError::Syntax {
+            path: path.to_owned(),
+            errors: diags
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    logs_config(&tree, path)
+}
+
+/// UTC civil date from days since the epoch (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Expands the logfile template: `%{l}` log, `%{n}` node, `%{s}` subcluster, and the
+/// strftime macros `%Y %m %d %H %M %S %y %j %%` for `unix_secs` in UTC.
+pub fn expand(template: &str, log: &str, node: &str, sub: &str, unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let (y, mo, d) = civil(days);
+    let sod = unix_secs % 86_400;
+    let jan1 = {
+        // Day of year: days since Jan 1 of the same year.
+        let mut lo = days - 366;
+        while civil(lo).0 < y {
+            lo += 1;
+        }
+        days - lo + 1
+    };
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut it = template.chars().peekable();
+    while let Some(ch) = it.next() {
+        if ch != '%' {
+            out.push(ch);
+            continue;
+        }
+        match it.next() {
+            Some('{') => {
+                let name: String = it.by_ref().take_while(|c| *c != '}').collect();
+                match name.as_str() {
+                    "l" => out.push_str(log),
+                    "n" => out.push_str(node),
+                    "s" => out.push_str(sub),
+                    other => {
+                        out.push_str("%{");
+                        out.push_str(other);
+                        out.push('}');
+                    }
+                }
+            }
+            Some('Y') => out.push_str(&format!("{y:04}")),
+            Some('y') => out.push_str(&format!("{:02}", y.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{mo:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('H') => out.push_str(&format!("{:02}", sod / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", sod / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", sod % 60)),
+            Some('j') => out.push_str(&format!("{jan1:03}")),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Where the per-(node, log) state lives: `.duraplane-manager/` in the template's fixed
+/// directory prefix (the part before the first macro).
+pub fn state_dir(template: &str) -> PathBuf {
+    let fixed = &template[..template.find('%').unwrap_or(template.len())];
+    let p = Path::new(fixed);
+    let base = if fixed.ends_with('/') {
+        p
+    } else {
+        p.parent().unwrap_or(Path::new("."))
+    };
+    base.join(".duraplane-manager")
+}
+
+/// The durable "last offset written" of one (node, log).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct State {
+    /// Records at or below this offset are already in the consolidated file.
+    last: Option<Offset>,
+    /// The file last written and its length once that write was committed.
+    file: Option<PathBuf>,
+    len: u64,
+}
+
+impl State {
+    fn encode(&self) -> String {
+        format!(
+            "duraplane-manager-state 1\nlast {}\nlen {}\nfile {}\n",
+            self.last.map_or("-".to_owned(), |o| o.to_string()),
+            self.len,
+            self.file
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        )
+    }
+
+    fn decode(s: &str) -> Option<State> {
+        let mut st = State::default();
+        let mut lines = s.lines();
+        if lines.next()? != "duraplane-manager-state 1" {
+            return None;
+        }
+        for l in lines {
+            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+            match k {
+                "last" if v != "-" => st.last = Some(v.parse().ok()?),
+                "len" => st.len = v.parse().ok()?,
+                "file" if !v.is_empty() => st.file = Some(PathBuf::from(v)),
+                _ => {}
+            }
+        }
+        Some(st)
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), ManagerError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ioe("fsync directory", dir))
+}
+
+/// Write-new + fsync + rename + directory fsync: the state is the old or the new one.
+fn save_state(path: &Path, st: &State) -> Result<(), ManagerError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(ioe("create", &tmp))?;
+    f.write_all(st.encode().as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(ioe("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(ioe("rename", path))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn load_state(path: &Path) -> Result<State, ManagerError> {
+    match fs::read_to_string(path) {
+        Ok(s) => State::decode(&s).ok_or_else(|| ManagerError::Invalid {
+            path: path.to_owned(),
+            what: "unreadable manager state (delete it to re-fetch from the node's checkpoint)"
+                .into(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(ioe("read", path)(e)),
+    }
+}
+
+/// Creates the missing directories of `dir` with `mode` (exactly, whatever the umask).
+fn make_dirs(dir: &Path, mode: u32) -> Result<(), ManagerError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent() {
+        make_dirs(p, mode)?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .map_err(ioe("chmod", dir))?;
+            if let Some(p) = dir.parent() {
+                fsync_dir(p)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ioe("create directory", dir)(e)),
+    }
+}
+
+/// One (node, log) consolidation: the state file and the output.
+struct Sink {
+    cfg: Arc<LogsConfig>,
+    node: String,
+    log: String,
+    state_path: PathBuf,
+    st: State,
+}
+
+impl Sink {
+    fn open(cfg: Arc<LogsConfig>, node: &str, log: &str) -> Result<Sink, ManagerError> {
+        let dir = state_dir(&cfg.logfile);
+        make_dirs(&dir, 0o700)?;
+        let state_path = dir.join(format!("{node}.{log}.state"));
+        let st = load_state(&state_path)?;
+        // Cut whatever was appended after the last committed state (a crash between
+        // the data fsync and the state write): those records will be fetched again.
+        if let Some(f) = &st.file
+            && let Ok(m) = fs::metadata(f)
+            && m.len() > st.len
+        {
+            let h = OpenOptions::new()
+                .write(true)
+                .open(f)
+                .map_err(ioe("open", f))?;
+            h.set_len(st.len)
+                .and_then(|_| h.sync_all())
+                .map_err(ioe("truncate", f))?;
+            tracing::warn!(file = %f.display(), cut = m.len() - st.len, "manager: cut an uncommitted tail (will be re-fetched)");
+        }
+        Ok(Sink {
+            cfg,
+            node: node.into(),
+            log: log.into(),
+            state_path,
+            st,
+        })
+    }
+
+    /// Appends the new records (skipping any at or below the last written offset),
+    /// durably; returns the offset to checkpoint on the node.
+    fn write(&mut self, recs: &[Record]) -> Result<Option<Offset>, ManagerError> {
+        let Some(last_rec) = recs.last() else {
+            return Ok(None);
+        };
+        let fresh: Vec<&Record> = recs
+            .iter()
+            .filter(|r| self.st.last.is_none_or(|l| r.offset > l))
+            .collect();
+        if !fresh.is_empty() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let path = PathBuf::from(expand(
+                &self.cfg.logfile,
+                &self.log,
+                &self.node,
+                "default",
+                now,
+            ));
+            if let Some(d) = path.parent() {
+                make_dirs(d, self.cfg.dir_mode)?;
+            }
+            let existed = path.exists();
+            let mut f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(self.cfg.file_mode)
+                .open(&path)
+                .map_err(ioe("open", &path))?;
+            if !existed {
+                f.set_permissions(fs::Permissions::from_mode(self.cfg.file_mode))
+                    .map_err(ioe("chmod", &path))?;
+                if let Some(d) = path.parent() {
+                    fsync_dir(d)?;
+                }
+            }
+            let len = f.metadata().map_err(ioe("stat", &path))?.len();
+            if self.st.file.as_ref() != Some(&path) {
+                // Switching files: commit the new file's current length first so a
+                // crash mid-write cuts exactly our part.
+                self.st.file = Some(path.clone());
+                self.st.len = len;
+                save_state(&self.state_path, &self.st)?;
+            }
+            let mut buf = Vec::new();
+            for r in &fresh {
+                buf.extend_from_slice(&r.payload);
+                if !r.payload.ends_with(b"\n") {
+                    buf.push(b'\n');
+                }
+            }
+            f.write_all(&buf)
+                .and_then(|_| f.sync_data())
+                .map_err(ioe("write", &path))?;
+            self.st.len = len + buf.len() as u64;
+        }
+        self.st.last = Some(
+            self.st
+                .last
+                .map_or(last_rec.offset, |l| l.max(last_rec.offset)),
+        );
+        save_state(&self.state_path, &self.st)?;
+        Ok(Some(last_rec.offset))
+    }
+}
+
+/// How the manager is run.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    pub config: PathBuf,
+    /// The manager's name (subscriber and engine nodename); default the hostname.
+    pub name: String,
+    /// Static nodes: (nodename, ECCluster_Listener address).
+    pub nodes: Vec<(String, SocketAddr)>,
+    /// Overrides `duraplane { cluster_key_file }`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Runs until `stop` is set: one puller per (node, log).
+pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerError> {
+    let cfg = Arc::new(load(&opts.config)?);
+    let key_file = opts
+        .key_file
+        .clone()
+        .or_else(|| cfg.cluster_key_file.clone())
+        .ok_or_else(|| ManagerError::Invalid {
+            path: opts.config.clone(),
+            what: "no cluster key: give --key or duraplane { cluster_key_file }".into(),
+        })?;
+    let key = ClusterKey::load(&key_file)?;
+    make_dirs(&state_dir(&cfg.logfile), 0o700)?;
+    tracing::info!(
+        manager = opts.name,
+        nodes = opts.nodes.len(),
+        logfile = cfg.logfile,
+        "manager running"
+    );
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (node, addr) in &opts.nodes {
+        let subs = cfg.subscribers(&opts.name, node);
+        if subs.is_empty() {
+            tracing::info!(
+                node,
+                "manager: Subscriber = () — not pulling from this node"
+            );
+            continue;
+        }
+        let p = NodePuller {
+            cfg: cfg.clone(),
+            key: key.clone(),
+            me: opts.name.clone(),
+            node: node.clone(),
+            addr: *addr,
+            subs,
+            stop: stop.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("mgr-{node}"))
+                .spawn(move || p.run())
+                .map_err(ioe("spawn thread for", Path::new(node)))?,
+        );
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct NodePuller {
+    cfg: Arc<LogsConfig>,
+    key: ClusterKey,
+    me: String,
+    node: String,
+    addr: SocketAddr,
+    subs: Vec<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NodePuller {
+    fn sleep(&self, d: Duration) {
+        let end = std::time::Instant::now() + d;
+        while !self.stop.load(Ordering::Relaxed) {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Lists the node's logs (retrying), then pulls each on its own connection.
+    fn run(self) {
+        let logs = loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match LogClient::connect(self.addr, &self.key, &self.me, Duration::from_secs(5))
+                .and_then(|mut c| c.list())
+            {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!(node = self.node, addr = %self.addr, error = %e, "manager: cannot list the node's logs");
+                    self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
+                }
+            }
+        };
+        let threads: Vec<_> = logs
+            .into_iter()
+            .filter_map(|log| {
+                let p = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("mgr-{}-{log}", self.node))
+                    .spawn(move || p.pull(&log))
+                    .ok()
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Pulls one log until stopped, reconnecting after failures.
+    fn pull(&self, log: &str) {
+        let mut sink = match Sink::open(self.cfg.clone(), &self.node, log) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(node = self.node, log, error = %e, "manager: cannot open the consolidated log state");
+                return;
+            }
+        };
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.session(log, &mut sink) {
+                tracing::warn!(node = self.node, log, error = %e, "manager: log session ended");
+                self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
+            }
+        }
+    }
+
+    fn session(&self, log: &str, sink: &mut Sink) -> Result<(), SessionError> {
+        let mut c = LogClient::connect(self.addr, &self.key, &self.me, Duration::from_secs(5))?;
+        let mut subscribed = None;
+        for s in &self.subs {
+            match c.subscribe(log, s, MAX_WINDOW) {
+                Ok(next) => {
+                    subscribed = Some((s.clone(), next));
+                    break;
+                }
+                Err(LogClientError::Refused {
+                    code: code::UNKNOWN_SUBSCRIBER,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some((sub, next)) = subscribed else {
+            tracing::warn!(node = self.node, log, subscribers = ?self.subs, "manager: none of our subscribers exists on this log");
+            self.sleep(self.cfg.log_idle_interval.max(Duration::from_secs(1)) * 6);
+            return Ok(());
+        };
+        tracing::info!(
+            node = self.node,
+            log,
+            subscriber = sub,
+            next,
+            "manager: pulling"
+        );
+        while !self.stop.load(Ordering::Relaxed) {
+            // Everything that is here now, then one durable write and one checkpoint.
+            let mut recs: Vec<Record> = Vec::new();
+            let first = c.poll(self.cfg.log_idle_interval.max(Duration::from_millis(10)))?;
+            let mut d = first;
+            while let Some(x) = d {
+                match x {
+                    Delivery::Records(r) => recs.extend(r),
+                    Delivery::Gap { from, to } => {
+                        tracing::warn!(
+                            node = self.node,
+                            log,
+                            from,
+                            to,
+                            "manager: the node dropped records (disk policy drop_oldest)"
+                        );
+                    }
+                    Delivery::Checkpointed { .. } => {}
+                }
+                if recs.len() >= 65_536 {
+                    break;
+                }
+                d = c.poll(Duration::from_millis(1))?;
+            }
+            if recs.is_empty() {
+                continue;
+            }
+            if let Some(off) = sink.write(&recs)? {
+                c.send_checkpoint(off)?;
+            }
+            self.sleep(self.cfg.log_active_interval);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Client(#[from] LogClientError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_momentum_macros() {
+        // 2026-11-25 14:05:09 UTC
+        let t = 1_795_615_509;
+        assert_eq!(
+            expand(
+                "/v/%Y/%m/%d/%{l}/%{s}/%{n}.%H%M%S.%j%%",
+                "mainlog",
+                "n1",
+                "default",
+                t
+            ),
+            "/v/2026/11/25/mainlog/default/n1.140509.329%"
+        );
+        assert_eq!(expand("%Y-%m-%d", "", "", "", 0), "1970-01-01");
+        assert_eq!(
+            expand("%Y-%m-%d %j", "", "", "", 951_782_400),
+            "2000-02-29 060"
+        );
+        assert_eq!(
+            state_dir("/var/log/eccluster/%Y/x"),
+            PathBuf::from("/var/log/eccluster/.duraplane-manager")
+        );
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let s = State {
+            last: Some(42),
+            file: Some("/a b/c".into()),
+            len: 7,
+        };
+        assert_eq!(State::decode(&s.encode()), Some(s));
+        assert_eq!(
+            State::decode(&State::default().encode()),
+            Some(State::default())
+        );
+        assert_eq!(State::decode("garbage"), None);
+    }
+
+    #[test]
+    fn reads_the_logs_scope() {
+        let text = br#"
+Logs {
+  logfile = "/x/%{l}/%{n}"
+  file_mode = "0600"
+  dir_mode = "0750"
+  log_active_interval = "250ms"
+  log_idle_interval = "2"
+  Manager "eastmgr" {
+    Node "west1" { Subscriber = () }
+    Node "east1" { Subscriber = ("a", "b") }
+  }
+}
+duraplane { cluster_key_file = "/k" }
+"#;
+        let p = Path::new("/t.conf");
+        let (tree, d) = crate::config::parser::parse_bytes(text, p);
+        assert!(d.is_empty(), "{d:?}");
+        let c = logs_config(&tree, p).unwrap();
+        assert_eq!((c.file_mode, c.dir_mode), (0o600, 0o750));
+        assert_eq!(c.log_active_interval, Duration::from_millis(250));
+        assert_eq!(c.log_idle_interval, Duration::from_secs(2));
+        assert_eq!(c.cluster_key_file, Some(PathBuf::from("/k")));
+        assert!(c.subscribers("eastmgr", "west1").is_empty());
+        assert_eq!(c.subscribers("eastmgr", "east1"), vec!["a", "b"]);
+        assert_eq!(c.subscribers("eastmgr", "east2"), vec!["eastmgr", "master"]);
+        assert_eq!(c.subscribers("westmgr", "west1"), vec!["westmgr", "master"]);
+    }
+}
