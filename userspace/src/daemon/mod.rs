@@ -130,6 +130,11 @@ fn run_inner(
 
     // Privileged setup.
     let control = ControlServer::bind(&cfg.duraplane.control_socket)?;
+    // The local API is optional: without it the daemon still runs (said loudly).
+    let api_path = crate::localapi::socket_path(&cfg.duraplane.control_socket);
+    let api = crate::localapi::LocalApiServer::bind(&api_path)
+        .inspect_err(|e| tracing::error!(error = %e, "local API is OFF"))
+        .ok();
     let metrics_server = cfg
         .duraplane
         .metrics_listen
@@ -139,6 +144,9 @@ fn run_inner(
         .map_err(|source| DaemonError::Signals { source })?;
     if let Some((uid, gid)) = plan.as_ref().and_then(|p| p.uid().zip(p.gid())) {
         control.chown(uid, gid)?;
+        if let Some(Err(e)) = api.as_ref().map(|a| a.chown(uid, gid)) {
+            tracing::warn!(error = %e, "local API socket keeps root's owner");
+        }
     }
     let inbound = if cfg.duraplane.interfaces.is_empty() {
         tracing::info!("no duraplane.interfaces configured: XDP accounting is off");
@@ -179,6 +187,18 @@ fn run_inner(
         logs.services(),
     );
     logs.attach(cluster_engine.handle());
+    let objects = cluster_engine
+        .replication()
+        .map(|r| r.objects().clone())
+        .unwrap_or_else(|| {
+            crate::localapi::SharedObjects::new(cfg, &services.identity.nodename, None)
+        });
+    objects.register_console(&services);
+    let api = api.and_then(|a| {
+        a.spawn(objects)
+            .inspect_err(|e| tracing::error!(error = %e, "local API is OFF"))
+            .ok()
+    });
 
     let control = control.spawn(services.console.clone())?;
     let metrics = metrics_server
@@ -206,6 +226,9 @@ fn run_inner(
         }
     }
     control.stop();
+    if let Some(a) = api {
+        a.stop();
+    }
     cluster_engine.stop();
     logs.stop();
     bus.stop();

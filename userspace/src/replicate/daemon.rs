@@ -27,6 +27,7 @@ use crate::{
         ClusterKey, Engine, EngineConfig, EngineHandle, Service, ServiceId, listeners_from_config,
     },
     inbound::InboundService,
+    localapi::SharedObjects,
 };
 
 /// The `Replicate` scopes this version replicates, and warnings for the others.
@@ -37,6 +38,24 @@ pub fn objects_from_config(cfg: &Config) -> (Vec<ObjectSpec>, Vec<String>) {
         match r.kind {
             ReplicateKind::InboundCidr => objects.push(ObjectSpec {
                 name: INBOUND_CIDR.to_owned(),
+                max_delay: r.max_delay,
+                max_pending: r.max_pending,
+            }),
+            // Gauge tables, throttles and caches: the local API's objects (localapi).
+            ReplicateKind::OutboundDomains
+            | ReplicateKind::OutboundBindingDomains
+            | ReplicateKind::SharedNamedThrottles
+            | ReplicateKind::Cache => objects.push(ObjectSpec {
+                name: match r.kind {
+                    ReplicateKind::OutboundDomains => super::gauge::OUTBOUND_DOMAINS.to_owned(),
+                    ReplicateKind::OutboundBindingDomains => {
+                        super::gauge::OUTBOUND_BINDING_DOMAINS.to_owned()
+                    }
+                    ReplicateKind::SharedNamedThrottles => {
+                        super::throttle::SHARED_NAMED_THROTTLES.to_owned()
+                    }
+                    _ => r.name.clone(),
+                },
                 max_delay: r.max_delay,
                 max_pending: r.max_pending,
             }),
@@ -72,6 +91,7 @@ pub fn view_from_bus(bus: &BusService) -> ViewFn {
 pub struct Replication {
     handle: ReplicationHandle,
     applier: Option<JoinHandle<()>>,
+    objects: SharedObjects,
 }
 
 /// Replication's engine service before the shared engine starts.
@@ -79,6 +99,7 @@ struct Prepared {
     service: Box<dyn Service>,
     handle: ReplicationHandle,
     applier: Option<JoinHandle<()>>,
+    objects: SharedObjects,
 }
 
 /// Says loudly that replication is off and why (in the log and in `cluster info`).
@@ -112,6 +133,10 @@ impl Replication {
             view_from_bus(bus),
             Vec::new(),
         );
+        let objects = SharedObjects::new(cfg, &services.identity.nodename, Some(handle.clone()));
+        for (name, sink) in objects.sinks() {
+            service.add_sink(&name, sink);
+        }
         let mut applier = None;
         if let Some(inb) = inbound
             && handle.objects().iter().any(|o| o == INBOUND_CIDR)
@@ -136,6 +161,7 @@ impl Replication {
             service: Box::new(service),
             handle,
             applier,
+            objects,
         })
     }
 
@@ -143,6 +169,7 @@ impl Replication {
     fn attach(
         handle: ReplicationHandle,
         applier: Option<JoinHandle<()>>,
+        objects: SharedObjects,
         services: &Services,
         engine: &Engine,
         inbound: Option<&InboundService>,
@@ -164,11 +191,20 @@ impl Replication {
             "replication running"
         );
         register(services, &handle, engine.handle());
-        Replication { handle, applier }
+        Replication {
+            handle,
+            applier,
+            objects,
+        }
     }
 
     pub fn handle(&self) -> &ReplicationHandle {
         &self.handle
+    }
+
+    /// The local API's objects, replicated through this handle.
+    pub fn objects(&self) -> &SharedObjects {
+        &self.objects
     }
 
     /// Waits for the applier (call after the engine stopped: that ends its input).
@@ -234,7 +270,7 @@ impl ClusterEngine {
         let mut svcs: Vec<(ServiceId, Box<dyn Service>)> = Vec::new();
         let rest = prepared.map(|p| {
             svcs.push((ServiceId::REPLICATION, p.service));
-            (p.handle, p.applier)
+            (p.handle, p.applier, p.objects)
         });
         let others_named = !others.is_empty();
         svcs.extend(others);
@@ -253,7 +289,8 @@ impl ClusterEngine {
                 return none;
             }
         };
-        let replication = rest.map(|(h, a)| Replication::attach(h, a, services, &engine, inbound));
+        let replication =
+            rest.map(|(h, a, o)| Replication::attach(h, a, o, services, &engine, inbound));
         ClusterEngine {
             engine: Some(engine),
             replication,
