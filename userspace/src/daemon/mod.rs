@@ -54,6 +54,8 @@ pub enum DaemonError {
     Inbound(#[from] crate::inbound::ServiceError),
     #[error("cluster bus: {0}")]
     Bus(#[from] crate::bus::ServiceError),
+    #[error(transparent)]
+    Duravip(#[from] crate::duravip::daemon::DuravipError),
     #[error("cannot daemonize ({step}): {source}")]
     Daemonize {
         step: &'static str,
@@ -155,6 +157,9 @@ fn run_inner(
         Some(crate::inbound::InboundService::setup(&cfg.duraplane)?)
     };
 
+    // A clean slate (orphaned DuraVIPs removed) and a valid DuraVIP configuration.
+    let duravip_prepared = crate::duravip::daemon::Prepared::new(cfg)?;
+
     // No thread may exist before this point (capabilities are per thread).
     security::drop_privileges(plan.as_ref())?;
 
@@ -177,6 +182,9 @@ fn run_inner(
 
     let poller = inbound.as_ref().map(|i| i.start(&services)).transpose()?;
     let bus = crate::bus::BusService::start(&services, &loaded.config)?;
+    let duravip = duravip_prepared
+        .map(|p| crate::duravip::daemon::DuravipService::start(p, &services, &loaded.config, &bus))
+        .transpose()?;
     let mut logs = crate::log::daemon::LogDaemon::start(&services, &loaded.config);
     // One port-4802 engine for replication (service 1) and the log service (service 2).
     let cluster_engine = crate::replicate::ClusterEngine::start(
@@ -231,6 +239,9 @@ fn run_inner(
     }
     cluster_engine.stop();
     logs.stop();
+    if let Some(d) = duravip {
+        d.stop();
+    }
     bus.stop();
     if let Some(m) = metrics {
         m.stop();

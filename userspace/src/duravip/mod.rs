@@ -10,6 +10,7 @@
 
 pub mod announce;
 pub mod assign;
+pub mod daemon;
 pub mod decl;
 pub mod plumb;
 pub mod show;

@@ -1,0 +1,758 @@
+//! DuraVIP as a daemon capability: follows the bus, computes owners with [`assign`],
+//! plumbs and announces what this node owns, answers the `cluster duravip …` and
+//! `cluster arp show` commands and exports metrics. docs/duravip.md "Running it".
+//!
+//! Agreement. Every input of [`assign`] comes from agreed-order bus traffic: the view,
+//! each member's declarations (its announce), and the current owners, which are the
+//! latest `DuravipClaim` per address (members claim what they own after every view
+//! change and every change of their set). A member only places unowned VIPs once every
+//! live member has claimed since the last view ("settled"), so a newcomer never grabs a
+//! VIP somebody still holds. Balancing is decided by the leader alone and multicast as
+//! `DuravipMove { balance: true }`, so old and new owner switch on the same message.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+use super::{
+    announce::{PacketSocket, Scheduler, Targets, frames},
+    assign::{AssignInput, Assignment, MemberDecls, MoveReason, VipDecl, assign},
+    decl::{DeclError, topology_for, validate},
+    plumb::{PlumbError, Plumber, Reconciler, Trigger},
+    show::{ShowContext, render},
+};
+use crate::{
+    bus::{
+        BusService, ClusterHandle, ClusterNotice, MemberId,
+        membership::{AnnouncedVip, BusMessage},
+    },
+    config::{Config, model::Topology},
+    console::{ConsoleError, RegisterError},
+    daemon::Services,
+};
+
+/// Loop period: hung members and maturity are judged on the clock, not on events.
+const TICK: Duration = Duration::from_millis(20);
+/// A loop gap longer than this means this process was stopped: release-only for a while.
+const STALL: Duration = Duration::from_millis(500);
+const STALL_GRACE: Duration = Duration::from_secs(1);
+
+/// Why DuraVIP could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DuravipError {
+    #[error("DuraVIP: cannot manage interface addresses: {source}")]
+    Plumb {
+        #[source]
+        source: PlumbError,
+    },
+    #[error("DuraVIP configuration refused ({} error{}):\n{}", .errors.len(), if .errors.len() == 1 { "" } else { "s" }, .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { errors: Vec<DeclError> },
+    #[error("cannot register DuraVIP console commands: {0}")]
+    Register(#[from] RegisterError),
+    #[error("cannot start the DuraVIP thread: {source}")]
+    Spawn {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Startup work done before joining the cluster: a clean slate and a valid configuration.
+pub struct Prepared {
+    plumber: Plumber,
+}
+
+impl Prepared {
+    /// Removes orphaned DuraVIP addresses (tagged ones a previous run left) and checks
+    /// the node-level rules. Errors refuse the start; `None` when no DuraVIP is declared
+    /// and netlink is unusable (DuraVIP then stays off).
+    pub fn new(cfg: &Config) -> Result<Option<Prepared>, DuravipError> {
+        let mut plumber = match Plumber::new() {
+            Ok(p) => p,
+            Err(e) if cfg.duravips.is_empty() => {
+                tracing::info!(error = %e, "DuraVIP off: no netlink and no DuraVIP declared");
+                return Ok(None);
+            }
+            Err(source) => return Err(DuravipError::Plumb { source }),
+        };
+        for a in plumber
+            .remove_orphans()
+            .map_err(|source| DuravipError::Plumb { source })?
+        {
+            tracing::info!(addr = %a.addr, ifindex = a.index, "DuraVIP: removed orphaned address");
+        }
+        let main = plumber
+            .main_addresses()
+            .map_err(|source| DuravipError::Plumb { source })?;
+        let errors = validate(&cfg.duravips, &cfg.cluster.topology, &main);
+        if !errors.is_empty() {
+            return Err(DuravipError::Invalid { errors });
+        }
+        Ok(Some(Prepared { plumber }))
+    }
+}
+
+#[derive(Clone)]
+struct Settings {
+    nodename: String,
+    topology: Vec<Topology>,
+    mature: Duration,
+    balance_interval: Duration,
+    balance_set: u32,
+    check_interval: Duration,
+    arp_all_hosts: bool,
+    hb_timeout: Duration,
+}
+
+#[derive(Default)]
+struct ShowState {
+    assignment: Option<Assignment>,
+    view_order: Vec<String>,
+    view_age: Duration,
+    config_since: BTreeMap<IpAddr, Instant>,
+}
+
+#[derive(Clone, Default)]
+struct Counters {
+    owned: Gauge<i64, AtomicI64>,
+    moves: Counter<u64, AtomicU64>,
+    announcements: Counter<u64, AtomicU64>,
+    plumb_errors: Counter<u64, AtomicU64>,
+}
+
+struct Shared {
+    handle: ClusterHandle,
+    set: Settings,
+    show: Mutex<ShowState>,
+    reannounce: AtomicBool,
+    stop: AtomicBool,
+    counters: Counters,
+}
+
+/// The running capability; [`DuravipService::stop`] unplumbs everything this node owns.
+pub struct DuravipService {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DuravipService {
+    /// Starts following `bus`, registers the console commands and metrics.
+    pub fn start(
+        prepared: Prepared,
+        services: &Services,
+        cfg: &Config,
+        bus: &BusService,
+    ) -> Result<DuravipService, DuravipError> {
+        let handle = bus.cluster_handle();
+        let notices = handle.watch();
+        let c = &cfg.cluster;
+        let set = Settings {
+            nodename: services.identity.nodename.clone(),
+            topology: c.topology.clone(),
+            mature: c.view_mature_time,
+            balance_interval: c.view_balance_interval.max(Duration::from_millis(100)),
+            balance_set: c.duravip_balance_set_size.max(1),
+            check_interval: c.if_check_interval.max(Duration::from_millis(100)),
+            arp_all_hosts: c.arp_all_hosts,
+            hb_timeout: Duration::from_secs_f64(3.0 / f64::from(c.heartbeats_per_sec.max(1))),
+        };
+        let shared = Arc::new(Shared {
+            handle,
+            set: set.clone(),
+            show: Mutex::new(ShowState::default()),
+            reannounce: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        register(services, &shared)?;
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("duravip".into())
+            .spawn(move || {
+                let mut w = Worker::new(s, prepared.plumber, notices);
+                w.run();
+            })
+            .map_err(|source| DuravipError::Spawn { source })?;
+        Ok(DuravipService {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread after releasing every owned VIP (the others take them over).
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn decl_from(a: &AnnouncedVip) -> VipDecl {
+    VipDecl {
+        addr: a.addr,
+        bindings: a.bindings.iter().cloned().collect(),
+        services: a.services.iter().cloned().collect(),
+        preference: a.preference.clone(),
+        follow: a.follow.clone(),
+    }
+}
+
+/// One consistent read of the membership.
+struct Snapshot {
+    connected: bool,
+    quorate: bool,
+    local: Option<MemberId>,
+    view: Vec<MemberId>,
+    live: Vec<(MemberId, String, Vec<AnnouncedVip>)>,
+    leader: Option<MemberId>,
+    view_age: Duration,
+}
+
+fn snapshot(h: &ClusterHandle, now: Instant) -> Snapshot {
+    h.read(|ms| {
+        let eff = ms.effective_view(now);
+        let live = ms
+            .members(now)
+            .into_iter()
+            .filter(|m| eff.contains(&m.id))
+            .filter_map(|m| m.announce.map(|a| (m.id, a.nodename, a.vips)))
+            .collect();
+        Snapshot {
+            connected: ms.connected(),
+            // No quorum service (corosync without votequorum) counts as quorate.
+            quorate: ms.connected() && ms.quorate() != Some(false),
+            local: ms.local(),
+            view: ms.cluster_view().to_vec(),
+            live,
+            leader: ms.leader(now),
+            view_age: ms.view_age(now),
+        }
+    })
+}
+
+struct Worker {
+    sh: Arc<Shared>,
+    plumber: Plumber,
+    rec: Reconciler,
+    sched: Scheduler,
+    notices: Receiver<ClusterNotice>,
+    /// Latest claimer per address, in agreed order.
+    claim_owner: BTreeMap<IpAddr, MemberId>,
+    claims: BTreeMap<MemberId, BTreeSet<IpAddr>>,
+    /// Members that claimed since the last view.
+    fresh: BTreeSet<MemberId>,
+    pins: BTreeMap<IpAddr, String>,
+    owned: BTreeSet<IpAddr>,
+    last_claim: Option<(BTreeSet<IpAddr>, Vec<MemberId>)>,
+    next_balance: Instant,
+    next_check: Instant,
+    stalled_until: Option<Instant>,
+    sockets: BTreeMap<String, (PacketSocket, [u8; 6], u32)>,
+    decls_seen: BTreeMap<IpAddr, Vec<VipDecl>>,
+}
+
+impl Worker {
+    fn new(sh: Arc<Shared>, plumber: Plumber, notices: Receiver<ClusterNotice>) -> Self {
+        let now = Instant::now();
+        Worker {
+            rec: Reconciler::new(1),
+            sched: Scheduler::new(Some(Duration::from_secs(30))),
+            claim_owner: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            fresh: BTreeSet::new(),
+            pins: BTreeMap::new(),
+            owned: BTreeSet::new(),
+            last_claim: None,
+            next_balance: now + sh.set.balance_interval,
+            next_check: now + sh.set.check_interval,
+            stalled_until: None,
+            sockets: BTreeMap::new(),
+            decls_seen: BTreeMap::new(),
+            sh,
+            plumber,
+            notices,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut last = Instant::now();
+        while !self.sh.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self
+                .sched
+                .next_deadline()
+                .map_or(TICK, |d| d.saturating_duration_since(now).min(TICK));
+            match self.notices.recv_timeout(wait) {
+                Ok(n) => self.on_notice(n),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(n) = self.notices.try_recv() {
+                self.on_notice(n);
+            }
+            let now = Instant::now();
+            if now.duration_since(last) > STALL.max(self.sh.set.hb_timeout) {
+                tracing::warn!(
+                    gap_ms = now.duration_since(last).as_millis() as u64,
+                    "DuraVIP: this process was stalled; only releasing for a moment"
+                );
+                self.stalled_until = Some(now + STALL_GRACE.max(self.sh.set.hb_timeout * 2));
+            }
+            last = now;
+            self.step(now);
+            self.announce_due(now);
+        }
+        // Orderly stop: release everything at once.
+        self.apply(&BTreeSet::new(), Trigger::Election, Instant::now());
+        self.send(&BusMessage::DuravipClaim { owned: Vec::new() });
+    }
+
+    fn send(&self, msg: &BusMessage) {
+        if let Err(e) = self.sh.handle.send(msg) {
+            tracing::debug!(error = %e, "DuraVIP: bus send failed");
+        }
+    }
+
+    fn on_notice(&mut self, n: ClusterNotice) {
+        match n {
+            ClusterNotice::View => self.fresh.clear(),
+            ClusterNotice::Changed => {}
+            ClusterNotice::Duravip {
+                from,
+                msg: BusMessage::DuravipClaim { owned },
+            } => {
+                let owned: BTreeSet<IpAddr> = owned.into_iter().collect();
+                if let Some(old) = self.claims.get(&from) {
+                    for a in old.difference(&owned) {
+                        if self.claim_owner.get(a) == Some(&from) {
+                            self.claim_owner.remove(a);
+                        }
+                    }
+                }
+                for a in &owned {
+                    self.claim_owner.insert(*a, from);
+                }
+                self.claims.insert(from, owned);
+                self.fresh.insert(from);
+            }
+            ClusterNotice::Duravip {
+                msg: BusMessage::DuravipMove { addr, to, balance },
+                ..
+            } => {
+                let snap = snapshot(&self.sh.handle, Instant::now());
+                let target = snap
+                    .live
+                    .iter()
+                    .find(|(_, name, vips)| *name == to && vips.iter().any(|v| v.addr == addr));
+                match target {
+                    Some((id, _, _)) => {
+                        tracing::info!(%addr, to = %to, balance, "DuraVIP: move");
+                        self.claim_owner.insert(addr, *id);
+                        if !balance {
+                            self.pins.insert(addr, to);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(%addr, to = %to, "DuraVIP: move ignored: target is not a live member declaring it");
+                    }
+                }
+            }
+            ClusterNotice::Duravip { .. } => {}
+        }
+    }
+
+    fn step(&mut self, now: Instant) {
+        let snap = snapshot(&self.sh.handle, now);
+        self.claims.retain(|id, _| snap.view.contains(id));
+        self.claim_owner.retain(|_, id| snap.view.contains(id));
+        let me = &self.sh.set.nodename;
+        let local_live = snap
+            .local
+            .is_some_and(|l| snap.live.iter().any(|m| m.0 == l));
+        let quorate = snap.quorate && local_live;
+
+        // Declarations (pins act as preferences), one entry per nodename.
+        let mut by_name: BTreeMap<String, MemberDecls> = BTreeMap::new();
+        for (_, name, vips) in &snap.live {
+            let vips = vips
+                .iter()
+                .map(|v| {
+                    let mut d = decl_from(v);
+                    if let Some(p) = self.pins.get(&v.addr) {
+                        d.preference = Some(p.clone());
+                    }
+                    d
+                })
+                .collect();
+            by_name.insert(
+                name.clone(),
+                MemberDecls {
+                    nodename: name.clone(),
+                    vips,
+                },
+            );
+        }
+        let members: Vec<MemberDecls> = by_name.into_values().collect();
+        let names: BTreeMap<MemberId, &str> = snap
+            .live
+            .iter()
+            .map(|(id, n, _)| (*id, n.as_str()))
+            .collect();
+        let current: BTreeMap<IpAddr, String> = self
+            .claim_owner
+            .iter()
+            .filter_map(|(a, id)| names.get(id).map(|n| (*a, (*n).to_owned())))
+            .collect();
+        let mature = snap.view_age >= self.sh.set.mature;
+        let input = AssignInput {
+            members,
+            current,
+            mature,
+            balance_moves: 0,
+            quorate,
+        };
+        let a = assign(&input);
+        let settled = snap
+            .live
+            .iter()
+            .all(|(id, _, _)| Some(*id) == snap.local || self.fresh.contains(id));
+        let stalled = self.stalled_until.is_some_and(|t| now < t);
+        let mine = a.owned_by(me);
+        let desired = if !quorate {
+            BTreeSet::new()
+        } else if !settled || stalled {
+            // Keep what we hold and is still ours; take nothing new.
+            self.owned.intersection(&mine).copied().collect()
+        } else {
+            mine
+        };
+
+        // Balancing: the leader decides, everyone applies the same message.
+        if quorate && settled && mature && now >= self.next_balance {
+            self.next_balance = now + self.sh.set.balance_interval;
+            if snap.leader.is_some() && snap.leader == snap.local {
+                let b = assign(&AssignInput {
+                    balance_moves: self.sh.set.balance_set,
+                    ..input.clone()
+                });
+                for mv in &b.moves {
+                    if matches!(mv.reason, MoveReason::Failback | MoveReason::Rebalance)
+                        && let Some(to) = &mv.to
+                    {
+                        self.send(&BusMessage::DuravipMove {
+                            addr: mv.addr,
+                            to: to.clone(),
+                            balance: true,
+                        });
+                    }
+                }
+            }
+        }
+
+        if desired != self.owned {
+            self.apply(&desired, Trigger::Election, now);
+        }
+        if now >= self.next_check {
+            self.next_check = now + self.sh.set.check_interval;
+            let d = self.owned.clone();
+            self.apply(&d, Trigger::Maintenance, now);
+        }
+        if self.sh.reannounce.swap(false, Ordering::Relaxed) {
+            for v in &self.owned {
+                self.sched.start(*v, now);
+            }
+        }
+        // Claim after every change of our set or of the live view.
+        let live_ids: Vec<MemberId> = snap.live.iter().map(|m| m.0).collect();
+        let claim = (self.owned.clone(), live_ids);
+        if snap.connected && self.last_claim.as_ref() != Some(&claim) {
+            self.send(&BusMessage::DuravipClaim {
+                owned: self.owned.iter().copied().collect(),
+            });
+            self.last_claim = Some(claim);
+        }
+
+        // Console state.
+        let mut show = self.sh.show.lock().unwrap_or_else(|p| p.into_inner());
+        for st in a.states.values() {
+            let decls: Vec<VipDecl> = input
+                .members
+                .iter()
+                .flat_map(|m| m.vips.iter().filter(|v| v.addr == st.addr).cloned())
+                .collect();
+            if self.decls_seen.get(&st.addr) != Some(&decls) {
+                self.decls_seen.insert(st.addr, decls);
+                show.config_since.insert(st.addr, now);
+            }
+        }
+        show.view_order = snap
+            .view
+            .iter()
+            .filter_map(|id| names.get(id).map(|n| (*n).to_owned()))
+            .collect();
+        show.view_age = snap.view_age;
+        show.assignment = Some(a);
+    }
+
+    /// Plumbs/unplumbs to reach `desired` and starts/stops the announcements.
+    fn apply(&mut self, desired: &BTreeSet<IpAddr>, trigger: Trigger, now: Instant) {
+        let c = &self.sh.counters;
+        match self
+            .rec
+            .reconcile(&mut self.plumber, desired, &self.sh.set.topology, trigger)
+        {
+            Ok(r) => {
+                for s in &r.added {
+                    tracing::info!(addr = %s.addr, ifname = %s.ifname, ?trigger, "DuraVIP: plumbed");
+                    self.sched.start(s.addr, now);
+                    c.moves.inc();
+                }
+                for a in &r.removed {
+                    tracing::info!(addr = %a.addr, "DuraVIP: unplumbed");
+                    self.sched.stop(&a.addr);
+                    if !desired.contains(&a.addr) {
+                        c.moves.inc();
+                    }
+                }
+                for (a, why) in &r.refused {
+                    tracing::warn!(addr = %a, reason = %why, "DuraVIP: cannot plumb");
+                    c.plumb_errors.inc();
+                }
+                self.owned = desired
+                    .iter()
+                    .filter(|a| !r.refused.iter().any(|(x, _)| x == *a))
+                    .copied()
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DuraVIP: plumbing failed");
+                c.plumb_errors.inc();
+                // Never claim what may not be there; keep releases.
+                self.owned = self.owned.intersection(desired).copied().collect();
+            }
+        }
+        c.owned.set(self.owned.len() as i64);
+    }
+
+    fn announce_due(&mut self, now: Instant) {
+        for vip in self.sched.due(now) {
+            if !self.owned.contains(&vip) {
+                self.sched.stop(&vip);
+                continue;
+            }
+            if let Err(e) = self.announce(vip) {
+                tracing::warn!(%vip, error = %e, "DuraVIP: announcement failed");
+            }
+        }
+    }
+
+    fn announce(&mut self, vip: IpAddr) -> Result<(), String> {
+        let t =
+            topology_for(&self.sh.set.topology, &vip).ok_or_else(|| "no Topology".to_owned())?;
+        let ifname = t.interface.clone();
+        if !self.sockets.contains_key(&ifname) {
+            let link = self
+                .plumber
+                .link(&ifname)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no interface {ifname}"))?;
+            let mut mac = [0u8; 6];
+            if link.mac.len() == 6 {
+                mac.copy_from_slice(&link.mac);
+            }
+            let sock = PacketSocket::open(link.index, 0).map_err(|e| e.to_string())?;
+            self.sockets.insert(ifname.clone(), (sock, mac, link.index));
+        }
+        let targets = if self.sh.set.arp_all_hosts {
+            Targets::Broadcast
+        } else {
+            Targets::Hosts(
+                neighbours(Some(&ifname))
+                    .into_iter()
+                    .map(|n| (n.0, n.1))
+                    .collect(),
+            )
+        };
+        let Some((sock, mac, _)) = self.sockets.get(&ifname) else {
+            return Err("socket vanished".into());
+        };
+        // TODO(xdp): Datapath::announce (live frames) once InboundService shares its
+        // Datapath; AF_PACKET meanwhile.
+        let fs = frames(*mac, vip, &targets);
+        for f in &fs {
+            if let Err(e) = sock.send(f) {
+                self.sockets.remove(&ifname);
+                return Err(e.to_string());
+            }
+            self.sh.counters.announcements.inc();
+        }
+        tracing::debug!(%vip, frames = fs.len(), "DuraVIP: announced");
+        Ok(())
+    }
+}
+
+/// IPv4 neighbours from `/proc/net/arp` (complete entries only): (address, MAC, device).
+fn neighbours(dev: Option<&str>) -> Vec<(IpAddr, [u8; 6], String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/arp") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 {
+            continue;
+        }
+        // Flags 0x2 = ATF_COM (complete).
+        let complete =
+            u32::from_str_radix(f[2].trim_start_matches("0x"), 16).is_ok_and(|v| v & 2 != 0);
+        if !complete || dev.is_some_and(|d| d != f[5]) {
+            continue;
+        }
+        let (Ok(ip), Some(mac)) = (f[0].parse::<IpAddr>(), parse_mac(f[3])) else {
+            continue;
+        };
+        out.push((ip, mac, f[5].to_owned()));
+    }
+    out
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut m {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    Some(m)
+}
+
+/// `cluster arp show`: the IPv4 neighbours on the Topology interfaces, Momentum's format.
+/// `/proc/net/arp` has no age, so the age column shows `-`.
+fn arp_show(topology: &[Topology]) -> String {
+    let devs: BTreeSet<&str> = topology.iter().map(|t| t.interface.as_str()).collect();
+    let mut out = String::new();
+    for (ip, mac, dev) in neighbours(None) {
+        if !devs.is_empty() && !devs.contains(dev.as_str()) {
+            continue;
+        }
+        let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        out.push_str(&format!("{:<16} [{}]  -\n", ip.to_string(), mac.join(":")));
+    }
+    out
+}
+
+fn duravip_command(sh: &Shared, words: &[&str]) -> Result<String, ConsoleError> {
+    let usage = || ConsoleError::Usage {
+        usage:
+            "cluster duravip show | cluster duravip move IP to NODE | cluster duravip announce view"
+                .into(),
+    };
+    match words {
+        ["show"] => {
+            let show = sh.show.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let config_stable = show
+                .config_since
+                .iter()
+                .map(|(a, t)| (*a, now.duration_since(*t)))
+                .collect();
+            let Some(a) = &show.assignment else {
+                return Ok("DuraVIP State:\n".into());
+            };
+            Ok(render(
+                a,
+                &ShowContext {
+                    view_order: &show.view_order,
+                    view_stable: show.view_age,
+                    config_stable,
+                },
+            ))
+        }
+        ["move", ip, to_kw, node] if to_kw.eq_ignore_ascii_case("to") => {
+            let addr: IpAddr = ip.parse().map_err(|_| ConsoleError::Failed {
+                message: format!("`{ip}` is not an IP address"),
+            })?;
+            let declared = sh.handle.read(|ms| {
+                let now = Instant::now();
+                let eff = ms.effective_view(now);
+                ms.members(now).into_iter().any(|m| {
+                    eff.contains(&m.id)
+                        && m.announce.as_ref().is_some_and(|a| {
+                            a.nodename == *node && a.vips.iter().any(|v| v.addr == addr)
+                        })
+                })
+            });
+            if !declared {
+                return Err(ConsoleError::Failed {
+                    message: format!(
+                        "cannot move {addr} to {node}: {node} is not a live member declaring {addr} as a DuraVIP"
+                    ),
+                });
+            }
+            sh.handle
+                .send(&BusMessage::DuravipMove {
+                    addr,
+                    to: (*node).to_owned(),
+                    balance: false,
+                })
+                .map_err(|e| ConsoleError::Failed {
+                    message: format!("cannot send the move on the cluster bus: {e}"),
+                })?;
+            Ok(format!(
+                "Moving {addr} to {node} (pinned there until the next configuration reload).\n"
+            ))
+        }
+        ["announce", "view"] => {
+            sh.reannounce.store(true, Ordering::Relaxed);
+            Ok("Re-announcing every DuraVIP this node owns.\n".into())
+        }
+        _ => Err(usage()),
+    }
+}
+
+fn register(services: &Services, shared: &Arc<Shared>) -> Result<(), DuravipError> {
+    let s = Arc::clone(shared);
+    services.console.register(
+        &["cluster", "duravip"],
+        "cluster duravip show | move IP to NODE | announce view: DuraVIP state, an agreed move, a re-announce.",
+        Arc::new(move |words| duravip_command(&s, words)),
+    )?;
+    let topo = shared.set.topology.clone();
+    services.console.register(
+        &["cluster", "arp", "show"],
+        "Show the IPv4 neighbours (address, MAC) on the DuraVIP Topology interfaces.",
+        Arc::new(move |_| Ok(arp_show(&topo))),
+    )?;
+    let c = &shared.counters;
+    let m = &services.metrics;
+    m.register(
+        "duraplane_duravip_owned",
+        "DuraVIPs this node owns (plumbed)",
+        c.owned.clone(),
+    );
+    m.register(
+        "duraplane_duravip_moves",
+        "DuraVIPs this node took or gave up",
+        c.moves.clone(),
+    );
+    m.register(
+        "duraplane_duravip_announcements",
+        "Gratuitous ARP / unsolicited NA frames sent",
+        c.announcements.clone(),
+    );
+    m.register(
+        "duraplane_duravip_plumb_errors",
+        "Failed or refused DuraVIP plumbing operations",
+        c.plumb_errors.clone(),
+    );
+    Ok(())
+}
