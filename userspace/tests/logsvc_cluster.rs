@@ -82,11 +82,15 @@ duraplane {{
     )
 }
 
-fn start_manager(tb: &Testbed, conf: &Path) -> ProcessGuard {
+/// Starts the manager; `fault` is a crash point (`DURAPLANE_MANAGER_FAULT`), "" for none.
+fn start_manager(tb: &Testbed, conf: &Path, fault: &str) -> ProcessGuard {
     let c = conf.to_string_lossy().into_owned();
+    let f = format!("DURAPLANE_MANAGER_FAULT={fault}");
     tb.spawn(
         "mgr",
         &[
+            "env",
+            &f,
             BIN,
             "manager",
             "-c",
@@ -219,7 +223,7 @@ fn logs_from_every_node_arrive_exactly_once_through_crashes() {
             std::thread::spawn(move || writer(s, i, st, w))
         })
         .collect();
-    let mut mgr = start_manager(&tb, &mconf);
+    let mut mgr = start_manager(&tb, &mconf, "");
     let wait_some = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while (1..=3).any(|i| lines(&out, "bouncelog", &format!("node{i}")).len() < n) {
@@ -229,12 +233,31 @@ fn logs_from_every_node_arrive_exactly_once_through_crashes() {
     };
     wait_some(100);
 
-    // The manager crashes mid-transfer and comes back.
+    // The manager crashes after writing a batch but before saving its state, then after
+    // saving its state but before checkpointing on the node (both redeliver).
+    for fault in ["before_state:3", "before_checkpoint:3"] {
+        mgr.signal(Signal::SIGKILL).expect("kill -9 manager");
+        let _ = mgr.finish(Duration::from_secs(5));
+        mgr = start_manager(&tb, &mconf, fault);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while mgr.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "injected crash {fault} did not happen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = mgr.finish(Duration::from_secs(5));
+        mgr = start_manager(&tb, &mconf, "");
+        wait_some(100);
+    }
+
+    // The manager is killed at an arbitrary point and comes back.
     mgr.signal(Signal::SIGKILL).expect("kill -9 manager");
     let _ = mgr.finish(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let before = lines(&out, "bouncelog", "node1").len();
-    mgr = start_manager(&tb, &mconf);
+    mgr = start_manager(&tb, &mconf, "");
     let deadline = Instant::now() + Duration::from_secs(30);
     while lines(&out, "bouncelog", "node1").len() < before + 200 {
         assert!(Instant::now() < deadline, "manager does not resume");
@@ -257,7 +280,7 @@ fn logs_from_every_node_arrive_exactly_once_through_crashes() {
     // And the manager once more, then stop writing and let everything drain.
     mgr.signal(Signal::SIGKILL).expect("kill -9 manager");
     let _ = mgr.finish(Duration::from_secs(5));
-    mgr = start_manager(&tb, &mconf);
+    mgr = start_manager(&tb, &mconf, "");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for t in threads {

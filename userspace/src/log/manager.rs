@@ -488,6 +488,7 @@ impl Sink {
                 .and_then(|_| f.sync_data())
                 .map_err(ioe("write", &path))?;
             self.st.len = len + buf.len() as u64;
+            fault(Fault::BeforeState);
         }
         self.st.last = Some(
             self.st
@@ -689,11 +690,42 @@ impl NodePuller {
                 continue;
             }
             if let Some(off) = sink.write(&recs)? {
+                fault(Fault::BeforeCheckpoint);
                 c.send_checkpoint(off)?;
             }
             self.sleep(self.cfg.log_active_interval);
         }
         Ok(())
+    }
+}
+
+/// Crash points for tests (`DURAPLANE_MANAGER_FAULT=before_state:N` or
+/// `before_checkpoint:N`): the process aborts, as a kill -9 would, at the N-th batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    BeforeState,
+    BeforeCheckpoint,
+}
+
+fn fault(at: Fault) {
+    static PLAN: std::sync::OnceLock<Option<(Fault, u64)>> = std::sync::OnceLock::new();
+    static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let plan = PLAN.get_or_init(|| {
+        let v = std::env::var("DURAPLANE_MANAGER_FAULT").ok()?;
+        let (what, n) = v.split_once(':')?;
+        let f = match what {
+            "before_state" => Fault::BeforeState,
+            "before_checkpoint" => Fault::BeforeCheckpoint,
+            _ => return None,
+        };
+        Some((f, n.parse().ok()?))
+    });
+    if let Some((f, n)) = plan
+        && *f == at
+        && SEEN.fetch_add(1, Ordering::Relaxed) + 1 >= *n
+    {
+        eprintln!("duraplane manager: injected crash ({at:?})");
+        std::process::abort();
     }
 }
 
