@@ -109,6 +109,7 @@ struct Settings {
     balance_interval: Duration,
     balance_set: u32,
     check_interval: Duration,
+    down_limit: u32,
     arp_all_hosts: bool,
     hb_timeout: Duration,
 }
@@ -162,6 +163,7 @@ impl DuravipService {
             balance_interval: c.view_balance_interval.max(Duration::from_millis(100)),
             balance_set: c.duravip_balance_set_size.max(1),
             check_interval: c.if_check_interval.max(Duration::from_millis(100)),
+            down_limit: c.if_down_limit,
             arp_all_hosts: c.arp_all_hosts,
             hb_timeout: Duration::from_secs_f64(3.0 / f64::from(c.heartbeats_per_sec.max(1))),
         };
@@ -265,7 +267,7 @@ impl Worker {
     fn new(sh: Arc<Shared>, plumber: Plumber, notices: Receiver<ClusterNotice>) -> Self {
         let now = Instant::now();
         Worker {
-            rec: Reconciler::new(1),
+            rec: Reconciler::new(sh.set.down_limit),
             sched: Scheduler::new(Some(Duration::from_secs(30))),
             claim_owner: BTreeMap::new(),
             claims: BTreeMap::new(),
