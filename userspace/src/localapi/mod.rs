@@ -9,5 +9,5 @@ pub mod server;
 
 pub use client::{Client, ClientError, ThrottleAnswer};
 pub use objects::SharedObjects;
-pub use protocol::{ErrorKind, Request, Response};
+pub use protocol::{ApiError, ErrorKind, Request, Response};
 pub use server::{LocalApiError, LocalApiHandle, LocalApiServer, socket_path};

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use super::protocol::{ErrorKind, Request, Response};
+use super::protocol::{ApiError, ErrorKind, Request, Response};
 use crate::{
     config::{Config, ReplicateKind},
     console::ConsoleError,
@@ -21,10 +21,10 @@ use crate::{
 };
 
 /// A gauge step: at least 1 (default 1).
-fn count(n: Option<i64>) -> Result<i64, Response> {
+fn count(n: Option<i64>) -> Result<i64, ApiError> {
     match n.unwrap_or(1) {
         n if n >= 1 => Ok(n),
-        n => Err(Response::error(
+        n => Err(ApiError::new(
             ErrorKind::Invalid,
             format!("n must be at least 1 (got {n})"),
         )),
@@ -109,24 +109,21 @@ impl SharedObjects {
 
     /// Answers one request (never panics, never blocks beyond brief locks).
     pub fn handle(&self, req: Request) -> Response {
-        match self.dispatch(req) {
-            Ok(r) => r,
-            Err(r) => r,
-        }
+        self.dispatch(req).unwrap_or_else(Response::from)
     }
 
-    fn gauge_or(&self, table: &str) -> Result<&Arc<GaugeTable>, Response> {
+    fn gauge_or(&self, table: &str) -> Result<&Arc<GaugeTable>, ApiError> {
         self.gauge(table).ok_or_else(|| {
-            Response::error(
+            ApiError::new(
                 ErrorKind::Unknown,
                 format!("no gauge table '{table}' (outbound_domains, outbound_binding_domains)"),
             )
         })
     }
 
-    fn cache_or(&self, name: &str) -> Result<&Arc<Cache>, Response> {
+    fn cache_or(&self, name: &str) -> Result<&Arc<Cache>, ApiError> {
         self.cache(name).ok_or_else(|| {
-            Response::error(
+            ApiError::new(
                 ErrorKind::Unknown,
                 crate::replicate::cache::CacheError::Unknown {
                     name: name.to_owned(),
@@ -136,9 +133,8 @@ impl SharedObjects {
         })
     }
 
-    fn dispatch(&self, req: Request) -> Result<Response, Response> {
-        let invalid =
-            |e: &dyn std::fmt::Display| Response::error(ErrorKind::Invalid, e.to_string());
+    fn dispatch(&self, req: Request) -> Result<Response, ApiError> {
+        let invalid = |e: &dyn std::fmt::Display| ApiError::new(ErrorKind::Invalid, e.to_string());
         Ok(match req {
             Request::Ping => Response {
                 node: Some(self.inner.nodename.clone()),
@@ -227,13 +223,13 @@ impl SharedObjects {
         })
     }
 
-    fn throttle(&self, name: &str, n: u64, commit: bool) -> Result<Response, Response> {
+    fn throttle(&self, name: &str, n: u64, commit: bool) -> Result<Response, ApiError> {
         let o = self.inner.throttles.request(name, n, commit).map_err(|e| {
             let kind = match e {
                 crate::replicate::throttle::ThrottleError::Unknown { .. } => ErrorKind::Unknown,
                 _ => ErrorKind::Invalid,
             };
-            Response::error(kind, e.to_string())
+            ApiError::new(kind, e.to_string())
         })?;
         Ok(Response {
             allowed: Some(o.allowed),
@@ -244,8 +240,8 @@ impl SharedObjects {
     }
 
     /// Momentum's `audit_service "inbound_cidr" "/24"` against the cluster-wide tree.
-    fn inbound_count(&self, cidr: &str, addr: Option<&str>) -> Result<u64, Response> {
-        let invalid = |m: String| Response::error(ErrorKind::Invalid, m);
+    fn inbound_count(&self, cidr: &str, addr: Option<&str>) -> Result<u64, ApiError> {
+        let invalid = |m: String| ApiError::new(ErrorKind::Invalid, m);
         let tree = self
             .inner
             .repl
@@ -253,7 +249,7 @@ impl SharedObjects {
             .and_then(|r| r.global(INBOUND_CIDR))
             .map(|g| tree_of(&g))
             .ok_or_else(|| {
-                Response::error(
+                ApiError::new(
                     ErrorKind::Unavailable,
                     "inbound_cidr is not replicated on this node (Replicate \"inbound_cidr\" {} and a cluster key are needed)",
                 )

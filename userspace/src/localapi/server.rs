@@ -248,7 +248,7 @@ pub fn serve(stream: UnixStream, objects: &SharedObjects) {
         }
         let reply = match parse_request(body) {
             Ok(req) => objects.handle(req),
-            Err(r) => r,
+            Err(e) => e.into(),
         };
         if out.write_all(reply.to_line().as_bytes()).is_err() {
             return;

@@ -420,7 +420,7 @@ mod tests {
                 }
             }
             let total: u64 = st.iter().map(|s| s.local).sum();
-            prop_assert!(total <= x + nodes - 1, "took {total} of {x} on {nodes} nodes");
+            prop_assert!(total < x + nodes, "took {total} of {x} on {nodes} nodes");
         }
     }
 }
