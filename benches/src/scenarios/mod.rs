@@ -1,5 +1,6 @@
 //! One module per performance goal of the capability issues.
 
+mod logs;
 mod packet_cost;
 mod rawbpf;
 mod replication;
@@ -16,5 +17,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(veth_flood::VethFlood),
         Box::new(scrape::Scrape),
         Box::new(replication::ReplicationStaleness),
+        Box::new(logs::LogAppends),
     ]
 }

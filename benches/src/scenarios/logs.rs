@@ -1,0 +1,344 @@
+//! `log_appends` (issue 6): durable `cluster://` appends and replay, against a calibration
+//! of the same filesystem in the same run: F = fdatasync'd 4 KiB overwrites per second,
+//! B = sequential write bandwidth (written, then fdatasync'd).
+//!
+//! - one producer, 256 B records: appends/s vs 0.85·F (each append is one fdatasync);
+//! - 64 producers, 256 B records: acknowledged records/s (goal ≥ 500k) and p99 latency
+//!   (goal ≤ 2 ms) — group commit;
+//! - bulk appends (`append_batch` of 256 × 4 KiB): bytes/s vs 0.8·B;
+//! - replay to a subscriber over loopback through the port-4802 log service, from page
+//!   cache: payload bytes/s (goal ≥ 1 GB/s).
+//!
+//! Files go to `DURAPLANE_BENCH_DIR` (default `/var/tmp`), which must not be tmpfs for
+//! the figures to mean anything.
+
+use std::{
+    fs::OpenOptions,
+    net::SocketAddr,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use duraplane::{
+    engine::{ClusterKey, Engine, EngineConfig, ListenerSpec, ServiceId},
+    log::{
+        Stream, StreamOptions,
+        service::{Delivery, LogClient, LogService, MAX_WINDOW},
+    },
+};
+use hdrhistogram::Histogram;
+
+use crate::harness::{Better, Goal, Outcome, Scenario};
+
+pub struct LogAppends;
+
+const NAME: &str = "log_appends";
+
+fn base_dir() -> PathBuf {
+    std::env::var_os("DURAPLANE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// F: 4 KiB overwrites of one preallocated block, each followed by fdatasync.
+fn calibrate_fsync(dir: &Path, secs: f64) -> Result<f64> {
+    let p = dir.join("calib-fsync");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("create {}", p.display()))?;
+    let buf = vec![0x5au8; 4096];
+    f.write_all_at(&buf, 0)?;
+    f.sync_all()?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all_at(&buf, 0)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&p);
+    Ok(rate)
+}
+
+/// B: sequential 1 MiB writes into a new file, then fdatasync, bytes/s.
+fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
+    let p = dir.join("calib-seq");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("create {}", p.display()))?;
+    let buf = vec![0xa5u8; 1 << 20];
+    let start = Instant::now();
+    let mut off = 0u64;
+    while off < bytes {
+        f.write_all_at(&buf, off)?;
+        off += buf.len() as u64;
+    }
+    f.sync_data()?;
+    let rate = off as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&p);
+    Ok(rate)
+}
+
+fn open(dir: &Path, name: &str, segment: u64) -> Result<Stream> {
+    let p = dir.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    Stream::open(
+        &p,
+        &StreamOptions {
+            create: true,
+            segment_size: Some(segment),
+            subscribers: vec!["bench".into()],
+            ..StreamOptions::default()
+        },
+    )
+    .with_context(|| format!("open {}", p.display()))
+}
+
+fn one_producer(dir: &Path, secs: f64) -> Result<f64> {
+    let s = open(dir, "one.cluster", 64 << 20)?;
+    let rec = [0x41u8; 256];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        s.append(&rec)?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Records/s and the latency histogram (µs) of 64 concurrent producers.
+fn many_producers(dir: &Path, secs: f64, producers: usize) -> Result<(f64, Histogram<u64>, u64)> {
+    let s = open(dir, "many.cluster", 64 << 20)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|_| {
+            let (s, stop, total) = (s.clone(), stop.clone(), total.clone());
+            std::thread::spawn(move || -> Result<Histogram<u64>> {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+                let rec = [0x42u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    s.append(&rec)?;
+                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                    total.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(h)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    for t in threads {
+        let th = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        h.add(th)?;
+    }
+    let el = start.elapsed().as_secs_f64();
+    Ok((
+        total.load(Ordering::Relaxed) as f64 / el,
+        h,
+        s.stats().syncs,
+    ))
+}
+
+/// Bulk appends: bytes/s of payload, and the stream (kept for the replay).
+fn bulk(dir: &Path, bytes: u64) -> Result<(f64, Stream)> {
+    let s = open(dir, "bulk.cluster", 64 << 20)?;
+    let batch: Vec<Vec<u8>> = (0..256).map(|_| vec![0x43u8; 4096]).collect();
+    let per = 256 * 4096u64;
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < bytes {
+        s.append_batch(&batch)?;
+        done += per;
+    }
+    Ok((done as f64 / start.elapsed().as_secs_f64(), s))
+}
+
+/// Replays the whole stream to subscriber `bench` through the log service on loopback.
+fn replay(s: &Stream) -> Result<(f64, u64)> {
+    let key =
+        ClusterKey::from_bytes(b"log-bench-key-0123456789abcdef-0123").context("bench key")?;
+    let mut published = std::collections::BTreeMap::new();
+    published.insert("bulk".to_owned(), s.clone());
+    let (svc, handle) = LogService::new(Arc::new(published));
+    let mut ec = EngineConfig::new("bench-node", key.clone());
+    ec.listeners = vec![ListenerSpec {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        backlog: 16,
+        recv_buffer: None,
+        send_buffer: None,
+        nodelay: true,
+    }];
+    let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))])?;
+    handle.attach(engine.handle());
+    let addr = engine.local_addrs()[0];
+    let end = s.bounds().1;
+    // Warm the page cache (the figure is "from page cache").
+    for e in s.read_at(0) {
+        e?;
+    }
+    let mut c = LogClient::connect(addr, &key, "bench-mgr", Duration::from_secs(5))?;
+    let start = Instant::now();
+    c.subscribe("bulk", "bench", MAX_WINDOW)?;
+    let mut bytes = 0u64;
+    let mut last_end = 0u64;
+    while last_end < end {
+        match c.poll(Duration::from_secs(5))? {
+            Some(Delivery::Records(r)) => {
+                if let Some(l) = r.last() {
+                    last_end = l.offset + 32 + l.payload.len() as u64;
+                    bytes += r.iter().map(|x| x.payload.len() as u64).sum::<u64>();
+                    c.send_checkpoint(l.offset)?;
+                }
+            }
+            Some(_) => {}
+            None => anyhow::bail!("replay stalled at {last_end} of {end}"),
+        }
+    }
+    let rate = bytes as f64 / start.elapsed().as_secs_f64();
+    drop(c);
+    engine.stop()?;
+    Ok((rate, bytes))
+}
+
+impl Scenario for LogAppends {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn describe(&self) -> &'static str {
+        "durable cluster:// appends (1 and 64 producers, bulk) vs the disk's fdatasync rate and bandwidth; replay through the 4802 log service"
+    }
+
+    fn run(&self, quick: bool) -> Result<Vec<Outcome>> {
+        let dir = base_dir().join(format!("duraplane-bench-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let r = self.run_in(&dir, quick);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+}
+
+impl LogAppends {
+    fn run_in(&self, dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
+        let secs = if quick { 0.5 } else { 5.0 };
+        let seq_bytes: u64 = if quick { 64 << 20 } else { 1 << 30 };
+        let f = calibrate_fsync(dir, secs)?;
+        let b = calibrate_seq(dir, seq_bytes)?;
+        let one = one_producer(dir, secs)?;
+        let (many, h, syncs) = many_producers(dir, secs, 64)?;
+        let (bulk_rate, stream) = bulk(dir, seq_bytes)?;
+        let (replay_rate, replayed) = replay(&stream)?;
+        drop(stream);
+        let out = |metric: &str,
+                   unit: &str,
+                   value: f64,
+                   baseline: Option<(String, f64)>,
+                   goal: Option<Goal>,
+                   notes: String| Outcome {
+            scenario: NAME.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            value,
+            baseline,
+            goal,
+            notes,
+        };
+        Ok(vec![
+            out(
+                "one producer, 256 B appends (each acknowledged after fdatasync)",
+                "appends/s",
+                one,
+                Some(("F: fdatasync'd 4 KiB overwrites".into(), f)),
+                Some(Goal {
+                    text: "≥ 0.85 × F".into(),
+                    threshold: 0.85,
+                    better: Better::Higher,
+                    on_ratio: true,
+                }),
+                format!("{secs} s per phase; dir {}", dir.display()),
+            ),
+            out(
+                "64 producers, 256 B records acknowledged",
+                "records/s",
+                many,
+                Some(("F".into(), f)),
+                Some(Goal {
+                    text: "≥ 500k records/s".into(),
+                    threshold: 500_000.0,
+                    better: Better::Higher,
+                    on_ratio: false,
+                }),
+                format!(
+                    "group commit: {:.1} records per fdatasync; p50 {} µs, p99 {} µs, max {} µs",
+                    many * secs / syncs.max(1) as f64,
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                    h.max()
+                ),
+            ),
+            out(
+                "64 producers, p99 append latency",
+                "ms",
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                None,
+                Some(Goal {
+                    text: "≤ 2 ms".into(),
+                    threshold: 2.0,
+                    better: Better::Lower,
+                    on_ratio: false,
+                }),
+                format!("{} appends measured", h.len()),
+            ),
+            out(
+                "bulk appends (append_batch of 256 × 4 KiB)",
+                "MB/s",
+                bulk_rate / 1e6,
+                Some(("B: sequential write + fdatasync".into(), b / 1e6)),
+                Some(Goal {
+                    text: "≥ 0.8 × B".into(),
+                    threshold: 0.8,
+                    better: Better::Higher,
+                    on_ratio: true,
+                }),
+                format!("{} MiB written", seq_bytes >> 20),
+            ),
+            out(
+                "replay to a subscriber over loopback (log service, page cache)",
+                "GB/s",
+                replay_rate / 1e9,
+                None,
+                Some(Goal {
+                    text: "≥ 1 GB/s".into(),
+                    threshold: 1.0,
+                    better: Better::Higher,
+                    on_ratio: false,
+                }),
+                format!(
+                    "{} MiB of 4 KiB records, window {} MiB, checkpoint per batch",
+                    replayed >> 20,
+                    MAX_WINDOW >> 20
+                ),
+            ),
+        ])
+    }
+}
