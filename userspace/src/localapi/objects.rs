@@ -273,9 +273,31 @@ impl SharedObjects {
         Ok(tree.count_within(&net))
     }
 
+    /// One `cluster info` line per cache and a throttle count (evictions are only
+    /// visible here and in the local API's answers).
+    pub fn render_info(&self) -> String {
+        let mut out = format!(
+            "Local API: {} shared throttles, {} caches",
+            self.inner.throttles.list().len(),
+            self.inner.caches.len()
+        );
+        for (name, c) in &self.inner.caches {
+            let st = c.stats();
+            out.push_str(&format!(
+                "\n  cache {name}: {} entries, {} evicted (max_size), {} expired, {} older than this node ignored",
+                st.entries, st.evicted, st.expired, st.skipped_old
+            ));
+        }
+        out
+    }
+
     /// `cluster shared show outbound_domains [from NODE]` (and the binding table) for the
-    /// replicated gauge tables.
+    /// replicated gauge tables, and the `cluster info` section.
     pub fn register_console(&self, services: &Services) {
+        let me = self.clone();
+        services
+            .info
+            .set_section("localapi", Arc::new(move || me.render_info()));
         for (name, g) in &self.inner.gauges {
             let Some(repl) = self.inner.repl.clone() else {
                 return;
