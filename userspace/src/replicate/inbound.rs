@@ -139,10 +139,13 @@ impl InboundLink {
     pub fn render_list(&self) -> String {
         let mut out = "Currently managed objects:\n".to_owned();
         for o in self.repl.objects() {
-            let kind = if o == INBOUND_CIDR {
-                CidrTree::LIST_KIND
-            } else {
-                "lazy, gauge table w/ snapshots"
+            // Momentum's wording where it has one; the scope name decides the type unless a
+            // `type`/`class` overrides it, and only caches may carry other names.
+            let kind = match o.as_str() {
+                INBOUND_CIDR => CidrTree::LIST_KIND,
+                "outbound_domains" | "outbound_binding_domains" => "lazy, gauge table w/ snapshots",
+                "shared_named_throttles" => "lazy, throttle table w/ snapshots",
+                _ => "lazy, cache",
             };
             out.push_str(&shared_list_line(&o, kind));
             out.push('\n');
