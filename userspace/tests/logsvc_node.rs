@@ -261,3 +261,58 @@ fn local_appends_show_logs_and_the_log_service() {
     // mgr1's checkpoint did not move.
     assert!(ask(&node, "cluster show logs").contains("[subscriber: 'mgr1' @ 00000000:00000000]"));
 }
+
+/// The daemon's own loggers: an error line (replication off: no key file) lands in
+/// paniclog; the streams are readable once the daemon has stopped.
+#[test]
+fn own_error_lines_reach_paniclog() {
+    let mut tb = Testbed::new().expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    tb.add_host("solo").expect("host");
+    tb.attach("solo", &["192.0.2.1/24"]).expect("attach");
+    let socket = dir.path().join("solo.sock");
+    let missing = dir.path().join("no-such.key");
+    let text = config(dir.path(), &socket, &missing)
+        .replace("  logs = [", "  Replicate \"inbound_cidr\" {}\n  logs = [");
+    let mut node = DaemonNode::start(
+        &tb,
+        Path::new(BIN),
+        "solo",
+        dir.path(),
+        socket.clone(),
+        &text,
+    )
+    .expect("daemon");
+    wait_until("replication off", || {
+        ask(&node, "cluster info").contains("Replication: off")
+    });
+    // The own-log writer commits within a fraction of a second; stop the daemon cleanly.
+    std::thread::sleep(Duration::from_millis(500));
+    node.signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    wait_until("daemon stopped", || {
+        node.console(Path::new(BIN), "cluster nodename").is_err()
+    });
+    node.kill();
+    let s = duraplane::log::Stream::open(
+        dir.path().join("logs/paniclog.cluster"),
+        &duraplane::log::StreamOptions {
+            create: false,
+            ..Default::default()
+        },
+    )
+    .expect("open paniclog");
+    let lines: Vec<String> = s
+        .read_at(0)
+        .filter_map(|e| match e.expect("read") {
+            duraplane::log::Entry::Record(r) => Some(String::from_utf8_lossy(&r.payload).into()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":ERROR: replication is OFF: cluster key")),
+        "{lines:?}"
+    );
+}

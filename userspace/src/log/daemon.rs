@@ -165,6 +165,20 @@ fn is_cluster_event(target: &str) -> bool {
         || target.starts_with("duraplane::duravip")
 }
 
+/// Which own log an event goes to: `rejectlog` by target, errors to `paniclog`, cluster
+/// events at info and above to `mainlog`; everything else to none.
+fn classify(target: &str, level: Level) -> Option<Own> {
+    if target == "rejectlog" {
+        Some(Own::Reject)
+    } else if level == Level::ERROR {
+        Some(Own::Panic)
+    } else if level <= Level::INFO && is_cluster_event(target) {
+        Some(Own::Main)
+    } else {
+        None
+    }
+}
+
 struct Fields(String);
 
 impl tracing::field::Visit for Fields {
@@ -188,13 +202,7 @@ impl<S: Subscriber> Layer<S> for TapLayer {
     fn on_event(&self, ev: &Event<'_>, _ctx: Context<'_, S>) {
         let Some(tx) = TAP.get() else { return };
         let m = ev.metadata();
-        let own = if m.target() == "rejectlog" {
-            Own::Reject
-        } else if *m.level() == Level::ERROR {
-            Own::Panic
-        } else if *m.level() <= Level::INFO && is_cluster_event(m.target()) {
-            Own::Main
-        } else {
+        let Some(own) = classify(m.target(), *m.level()) else {
             return;
         };
         let now = SystemTime::now()
@@ -610,5 +618,37 @@ fn serve_conn(mut c: UnixStream, named: &BTreeMap<String, Stream>, stop: &Atomic
         if r.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_logs_take_the_right_events() {
+        assert_eq!(classify("rejectlog", Level::WARN), Some(Own::Reject));
+        assert_eq!(
+            classify("duraplane::inbound::service", Level::ERROR),
+            Some(Own::Panic)
+        );
+        assert_eq!(
+            classify("duraplane::bus::service", Level::INFO),
+            Some(Own::Main)
+        );
+        assert_eq!(
+            classify("duraplane::replicate::service", Level::WARN),
+            Some(Own::Main)
+        );
+        assert_eq!(classify("duraplane::bus::service", Level::DEBUG), None);
+        assert_eq!(classify("duraplane::engine::core", Level::INFO), None);
+    }
+
+    #[test]
+    fn local_socket_is_next_to_the_control_socket() {
+        assert_eq!(
+            local_socket_path(Path::new("/run/duraplane/control.sock")),
+            PathBuf::from("/run/duraplane/log.sock")
+        );
     }
 }
