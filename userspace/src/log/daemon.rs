@@ -34,8 +34,6 @@ use crate::{
     engine::{EngineHandle, Service, ServiceId},
 };
 
-/// The local socket's file name, next to the control socket.
-pub const LOCAL_SOCKET_NAME: &str = "log.sock";
 /// Largest record accepted on the local socket.
 pub const MAX_LOCAL_RECORD: u32 = 16 << 20;
 /// Local connections served at once; more are answered with an error and closed.
@@ -60,14 +58,21 @@ pub enum LocalLogError {
     BadName { name: String },
     #[error("record of {len} bytes exceeds the local limit of {MAX_LOCAL_RECORD} bytes")]
     TooLarge { len: usize },
+    #[error("no cluster:// stream is configured")]
+    NoStreams,
 }
 
-/// Where the local socket of a daemon with this control socket lives.
+/// Where the local socket of a daemon with this control socket lives: next to it, named
+/// after it (`control.sock` → `control.log.sock`), so daemons whose control sockets share
+/// a directory never share a log socket.
 pub fn local_socket_path(control_socket: &Path) -> PathBuf {
+    let stem = control_socket
+        .file_stem()
+        .map_or_else(|| "duraplane".into(), |s| s.to_string_lossy().into_owned());
     control_socket
         .parent()
         .unwrap_or(Path::new("/"))
-        .join(LOCAL_SOCKET_NAME)
+        .join(format!("{stem}.log.sock"))
 }
 
 /// A connection to the daemon's local log socket (an MTA logging into `cluster://`).
@@ -346,7 +351,13 @@ impl LogDaemon {
         }
         let named = Arc::new(named);
         let path = local_socket_path(&cfg.duraplane.control_socket);
-        let socket = match serve_local(&path, named.clone(), stop.clone()) {
+        let served = if named.is_empty() {
+            Err(LocalLogError::NoStreams)
+        } else {
+            serve_local(&path, named.clone(), stop.clone())
+        };
+        let socket = match served {
+            Err(LocalLogError::NoStreams) => None,
             Ok(t) => {
                 threads.push(t);
                 tracing::info!(socket = %path.display(), "local log socket");
@@ -648,7 +659,7 @@ mod tests {
     fn local_socket_is_next_to_the_control_socket() {
         assert_eq!(
             local_socket_path(Path::new("/run/duraplane/control.sock")),
-            PathBuf::from("/run/duraplane/log.sock")
+            PathBuf::from("/run/duraplane/control.log.sock")
         );
     }
 }
