@@ -1,5 +1,6 @@
 //! One module per performance goal of the capability issues.
 
+mod failover;
 mod logs;
 mod packet_cost;
 mod rawbpf;
@@ -18,5 +19,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(scrape::Scrape),
         Box::new(replication::ReplicationStaleness),
         Box::new(logs::LogAppends),
+        Box::new(failover::Failover),
     ]
 }
