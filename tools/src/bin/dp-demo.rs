@@ -54,6 +54,21 @@ cluster {{
   nodename = "node{i}"
   nodeaddr = "{addr}"
   Replicate "inbound_cidr" {{}}
+  Topology "198.51.100.0/24" {{
+    interface = "eth0"
+  }}
+}}
+Binding "vip-a" {{
+  Enable_Duravip = true
+  Bind_Address = "198.51.100.50"
+}}
+Binding "vip-b" {{
+  Enable_Duravip = true
+  Bind_Address = "198.51.100.51"
+}}
+Binding "vip-c" {{
+  Enable_Duravip = true
+  Bind_Address = "198.51.100.52"
 }}
 duraplane {{
   control_socket = "{socket}"
@@ -239,6 +254,7 @@ fn main() -> Result<()> {
         "cluster info",
         "inbound show",
         "cluster shared show inbound_cidr",
+        "cluster duravip show",
     ] {
         println!(
             "\n{}> {cmd}\n{}",
