@@ -94,6 +94,10 @@ enum Command {
         /// The cluster key file (overrides `duraplane { cluster_key_file }`).
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// A node (ECCluster_Listener ADDR) to ask for the cluster's members; every live
+        /// member that announced itself is pulled from. Repeatable.
+        #[arg(long = "seed", value_name = "ADDR")]
+        seeds: Vec<std::net::SocketAddr>,
     },
     /// Print the version.
     Version,
@@ -140,7 +144,8 @@ fn main() -> ExitCode {
             name,
             nodes,
             key,
-        } => report(manager(config, name, nodes, key)),
+            seeds,
+        } => report(manager(config, name, nodes, key, seeds)),
     }
 }
 
@@ -150,6 +155,7 @@ fn manager(
     name: Option<String>,
     nodes: Vec<String>,
     key_file: Option<PathBuf>,
+    seeds: Vec<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     logging::init(logging::LogFormat::Text);
@@ -183,6 +189,7 @@ fn manager(
             name,
             nodes,
             key_file,
+            seeds,
         },
         stop,
     )?;

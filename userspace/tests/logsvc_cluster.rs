@@ -2,7 +2,8 @@
 //! own namespace: records appended on every node through the local socket arrive exactly
 //! once in the manager's consolidated files, also when the manager and a node daemon are
 //! killed with SIGKILL mid-transfer and restarted. The daemons' own mainlog (cluster
-//! events) is consolidated too; files and directories get the configured modes.
+//! events) is consolidated too; files and directories get the configured modes. The
+//! manager knows node1 statically and finds the others through a seed's membership.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -99,10 +100,9 @@ fn start_manager(tb: &Testbed, conf: &Path, fault: &str) -> ProcessGuard {
             "mgr1",
             "--node",
             "node1=192.0.2.11:4802",
-            "--node",
-            "node2=192.0.2.12:4802",
-            "--node",
-            "node3=192.0.2.13:4802",
+            // node2 and node3 are found through the cluster membership node2 knows.
+            "--seed",
+            "192.0.2.12:4802",
         ],
     )
     .expect("manager")

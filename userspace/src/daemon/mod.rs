@@ -185,7 +185,7 @@ fn run_inner(
     let duravip = duravip_prepared
         .map(|p| crate::duravip::daemon::DuravipService::start(p, &services, &loaded.config, &bus))
         .transpose()?;
-    let mut logs = crate::log::daemon::LogDaemon::start(&services, &loaded.config);
+    let mut logs = crate::log::daemon::LogDaemon::start(&services, &loaded.config, Some(&bus));
     // One port-4802 engine for replication (service 1) and the log service (service 2).
     let cluster_engine = crate::replicate::ClusterEngine::start(
         &services,

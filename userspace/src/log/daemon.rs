@@ -273,7 +273,11 @@ pub struct LogDaemon {
 impl LogDaemon {
     /// Opens the streams and starts the local writers. Never fails the daemon: a stream
     /// that cannot open is reported (log, `cluster show logs` shows it empty).
-    pub fn start(services: &Services, cfg: &Config) -> LogDaemon {
+    pub fn start(
+        services: &Services,
+        cfg: &Config,
+        bus: Option<&crate::bus::BusService>,
+    ) -> LogDaemon {
         let mut by_path: BTreeMap<PathBuf, Stream> = BTreeMap::new();
         let mut named: BTreeMap<String, Stream> = BTreeMap::new();
         let mut own: Vec<(Own, Stream)> = Vec::new();
@@ -333,7 +337,17 @@ impl LogDaemon {
             }
         }
         let published: Published = Arc::new(published);
-        let (service, handle) = LogService::new(published.clone());
+        let (mut service, handle) = LogService::new(published.clone());
+        if let Some(b) = bus {
+            let members = b.cluster_members();
+            service = service.with_members(Arc::new(move || {
+                members()
+                    .into_iter()
+                    .filter(|m| !m.hung)
+                    .filter_map(|m| m.announce.map(|a| (a.nodename, a.addr)))
+                    .collect()
+            }));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         if !own.is_empty() {

@@ -510,6 +510,9 @@ pub struct ManagerOptions {
     pub nodes: Vec<(String, SocketAddr)>,
     /// Overrides `duraplane { cluster_key_file }`.
     pub key_file: Option<PathBuf>,
+    /// Nodes asked for the cluster's membership (their live, announced members are
+    /// pulled from too), every `log_idle_interval` (at least 1 s).
+    pub seeds: Vec<SocketAddr>,
 }
 
 /// Runs until `stop` is set: one puller per (node, log).
@@ -532,21 +535,23 @@ pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerEr
         "manager running"
     );
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for (node, addr) in &opts.nodes {
+    let mut started: BTreeMap<String, SocketAddr> = BTreeMap::new();
+    let spawn = |node: &str, addr: SocketAddr, threads: &mut Vec<JoinHandle<()>>| {
         let subs = cfg.subscribers(&opts.name, node);
         if subs.is_empty() {
             tracing::info!(
                 node,
                 "manager: Subscriber = () — not pulling from this node"
             );
-            continue;
+            return Ok(());
         }
+        tracing::info!(node, %addr, "manager: pulling from node");
         let p = NodePuller {
             cfg: cfg.clone(),
             key: key.clone(),
             me: opts.name.clone(),
-            node: node.clone(),
-            addr: *addr,
+            node: node.to_owned(),
+            addr,
             subs,
             stop: stop.clone(),
         };
@@ -556,6 +561,49 @@ pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerEr
                 .spawn(move || p.run())
                 .map_err(ioe("spawn thread for", Path::new(node)))?,
         );
+        Ok::<(), ManagerError>(())
+    };
+    for (node, addr) in &opts.nodes {
+        if started.insert(node.clone(), *addr).is_none() {
+            spawn(node, *addr, &mut threads)?;
+        }
+    }
+    // Discovery: members the seeds know (live, announced) that we do not pull yet.
+    let every = cfg.log_idle_interval.max(Duration::from_secs(1));
+    while !opts.seeds.is_empty() && !stop.load(Ordering::Relaxed) {
+        for seed in &opts.seeds {
+            let members = LogClient::connect(*seed, &key, &opts.name, Duration::from_secs(5))
+                .and_then(|mut c| c.members());
+            match members {
+                Ok(list) => {
+                    for (node, addr) in list {
+                        if started.contains_key(&node) {
+                            continue;
+                        }
+                        match addr.parse::<SocketAddr>() {
+                            Ok(a) => {
+                                started.insert(node.clone(), a);
+                                spawn(&node, a, &mut threads)?;
+                            }
+                            Err(_) => {
+                                tracing::warn!(
+                                    node,
+                                    addr,
+                                    "manager: member announces an unusable address"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(seed = %seed, error = %e, "manager: cannot ask the seed for members")
+                }
+            }
+        }
+        let end = std::time::Instant::now() + every;
+        while std::time::Instant::now() < end && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     for t in threads {
         let _ = t.join();

@@ -46,6 +46,10 @@ pub mod kind {
     pub const ERROR: u8 = 8;
     /// S→C: `u64 from, u64 to`: records lost to the `drop_oldest` disk policy.
     pub const GAP: u8 = 9;
+    /// C→S, empty: which nodes are in the cluster (live members that announced)?
+    pub const MEMBERS: u8 = 10;
+    /// S→C: `u16 count, count × (str nodename, str ECCluster_Listener address)`.
+    pub const MEMBER_LIST: u8 = 11;
 }
 
 /// Error codes in an [`kind::ERROR`] frame.
@@ -189,6 +193,9 @@ pub fn decode_records(p: &[u8]) -> Result<Vec<Record>, WireError> {
 /// The published streams, by `logs` name.
 pub type Published = Arc<BTreeMap<String, Stream>>;
 
+/// The cluster's live members as (nodename, listener address), from the bus.
+pub type MembersFn = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+
 enum WorkerMsg {
     Checkpoint(Offset),
 }
@@ -202,6 +209,7 @@ struct Sub {
 /// [`ServiceId::LOG`], then hand it the engine's handle with [`LogServiceHandle::attach`].
 pub struct LogService {
     logs: Published,
+    members: Option<MembersFn>,
     handle: Arc<OnceLock<EngineHandle>>,
     counters: Arc<LogServiceCounters>,
     subs: HashMap<ConnId, Sub>,
@@ -235,6 +243,7 @@ impl LogService {
         (
             LogService {
                 logs: logs.clone(),
+                members: None,
                 handle: handle.clone(),
                 counters: counters.clone(),
                 subs: HashMap::new(),
@@ -245,6 +254,12 @@ impl LogService {
                 logs,
             },
         )
+    }
+
+    /// Lets subscribers ask this node for the cluster's members (the manager's discovery).
+    pub fn with_members(mut self, f: MembersFn) -> LogService {
+        self.members = Some(f);
+        self
     }
 
     fn malformed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, e: &WireError) {
@@ -376,6 +391,16 @@ impl Service for LogService {
                         why: "LIST has no payload",
                     })
                 }
+            }
+            kind::MEMBERS if f.payload.is_empty() => {
+                let list = self.members.as_ref().map(|m| m()).unwrap_or_default();
+                let mut v = (list.len() as u16).to_be_bytes().to_vec();
+                for (n, a) in &list {
+                    put_str(&mut v, n);
+                    put_str(&mut v, a);
+                }
+                ctx.send(conn, &frame(kind::MEMBER_LIST, v));
+                Ok(())
             }
             kind::SUBSCRIBE => self.subscribe(ctx, conn, &f.payload),
             kind::CHECKPOINT => {
@@ -711,6 +736,27 @@ impl LogClient {
         };
         let n = c.u16().map_err(|e| self.wire(e))?;
         (0..n).map(|_| c.str().map_err(|e| self.wire(e))).collect()
+    }
+
+    /// The cluster's live members as the node sees them: (nodename, listener address).
+    pub fn members(&mut self) -> Result<Vec<(String, String)>, LogClientError> {
+        self.c.send(&frame(kind::MEMBERS, Vec::new()))?;
+        let f = self.recv()?;
+        if f.kind != kind::MEMBER_LIST {
+            return Err(self.unexpected(&f));
+        }
+        let mut c = Cur {
+            b: &f.payload,
+            kind: kind::MEMBER_LIST,
+        };
+        let n = c.u16().map_err(|e| self.wire(e))?;
+        (0..n)
+            .map(|_| {
+                let name = c.str()?;
+                Ok((name, c.str()?))
+            })
+            .collect::<Result<_, WireError>>()
+            .map_err(|e| self.wire(e))
     }
 
     fn unexpected(&self, f: &Frame) -> LogClientError {

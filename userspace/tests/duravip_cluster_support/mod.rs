@@ -318,10 +318,10 @@ pub fn shown_owners(show: &str) -> Vec<(String, String)> {
     for l in show.lines() {
         if let Some((head, _)) = l.split_once(": (") {
             cur = head.split('/').next().map(str::to_owned);
-        } else if l.starts_with(" *") {
-            if let (Some(v), Some(n)) = (&cur, l.split_whitespace().nth(1)) {
-                out.push((v.clone(), n.to_owned()));
-            }
+        } else if l.starts_with(" *")
+            && let (Some(v), Some(n)) = (&cur, l.split_whitespace().nth(1))
+        {
+            out.push((v.clone(), n.to_owned()));
         }
     }
     out
