@@ -172,7 +172,10 @@ fn local_appends_show_logs_and_the_log_service() {
         assert_eq!(c.node(), "solo");
         assert_eq!(c.list().expect("list"), vec!["bouncelog", "mainlog"]);
         // No corosync in this namespace: no announced members.
-        assert_eq!(c.members().expect("members"), Vec::<(String, String)>::new());
+        assert_eq!(
+            c.members().expect("members"),
+            Vec::<(String, String)>::new()
+        );
         let err = c
             .subscribe("bouncelog", "nobody", 0)
             .expect_err("unknown sub");
