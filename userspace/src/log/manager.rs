@@ -713,7 +713,12 @@ impl NodePuller {
         while !self.stop.load(Ordering::Relaxed) {
             // Everything that is here now, then one durable write and one checkpoint.
             let mut recs: Vec<Record> = Vec::new();
-            let first = c.poll(self.cfg.log_idle_interval.max(Duration::from_millis(10)))?;
+            // Capped so a keepalive goes out well within the node's 30 s idle timeout.
+            let wait = self
+                .cfg
+                .log_idle_interval
+                .clamp(Duration::from_millis(10), Duration::from_secs(10));
+            let first = c.poll(wait)?;
             let mut d = first;
             while let Some(x) = d {
                 match x {
