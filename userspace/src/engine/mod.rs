@@ -9,6 +9,7 @@ pub mod client;
 mod core;
 pub mod frame;
 pub mod listen;
+pub mod metrics;
 mod mio_backend;
 pub mod select;
 pub mod service;

@@ -289,6 +289,29 @@ impl ClusterEngine {
                 return none;
             }
         };
+        services
+            .metrics
+            .register_collector(Box::new(crate::engine::metrics::EngineCollector(
+                engine.handle(),
+            )));
+        let h = engine.handle();
+        services.info.set_section(
+            "engine",
+            std::sync::Arc::new(move || {
+                let s = h.stats();
+                let rejected: u64 = crate::engine::stats::RejectReason::ALL
+                    .iter()
+                    .map(|r| s.rejected.get(*r))
+                    .sum();
+                format!(
+                    "Cluster engine (4802): {} backend, {} connections open, {} authenticated, {} rejected",
+                    s.backend.as_str(),
+                    s.open,
+                    s.authenticated,
+                    rejected
+                )
+            }),
+        );
         let replication =
             rest.map(|(h, a, o)| Replication::attach(h, a, o, services, &engine, inbound));
         ClusterEngine {
