@@ -14,7 +14,10 @@ mod cpg;
 pub mod membership;
 mod service;
 
-pub use service::{BusService, ClusterHandle, ClusterNotice, ServiceError};
+pub use service::{
+    BusService, ClusterHandle, ClusterNotice, ServiceError, broadcast_paniclog,
+    paniclog_broadcast_enabled,
+};
 
 use std::{
     fmt,

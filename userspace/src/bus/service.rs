@@ -44,6 +44,24 @@ struct Shared {
     next_id: AtomicU64,
     stop: AtomicBool,
     watchers: Mutex<Vec<mpsc::Sender<ClusterNotice>>>,
+    /// `log_group` and the paniclog lines queued for it (Momentum's paniclog broadcast).
+    log_group: Option<(String, Mutex<Receiver<String>>)>,
+}
+
+/// Paniclog lines waiting for `log_group`; set once, by the daemon's bus.
+static PANICLOG: std::sync::OnceLock<mpsc::SyncSender<String>> = std::sync::OnceLock::new();
+
+/// Queues a paniclog line for broadcast on `log_group` when one is configured. Never
+/// blocks the caller (a logging layer): a full queue drops the line.
+pub fn broadcast_paniclog(line: &str) {
+    if let Some(tx) = PANICLOG.get() {
+        let _ = tx.try_send(line.to_owned());
+    }
+}
+
+/// Whether paniclog lines are broadcast (a `log_group` is configured and the bus runs).
+pub fn paniclog_broadcast_enabled() -> bool {
+    PANICLOG.get().is_some()
 }
 
 /// What a watcher of `cluster_group` (DuraVIP) is told, in delivery order.
@@ -126,6 +144,10 @@ impl BusService {
             per_sec: cfg.cluster.heartbeats_per_sec,
             start_delay: cfg.cluster.heartbeat_start_delay,
         };
+        let log_group = cfg.cluster.log_group.clone().and_then(|g| {
+            let (tx, rx) = mpsc::sync_channel(1024);
+            PANICLOG.set(tx).ok().map(|()| (g, Mutex::new(rx)))
+        });
         let shared = Arc::new(Shared {
             membership: RwLock::new(Membership::new(
                 &cfg.cluster.cluster_group,
@@ -146,6 +168,7 @@ impl BusService {
             next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             watchers: Mutex::new(Vec::new()),
+            log_group,
         });
         register(services, &shared)?;
         let s = Arc::clone(&shared);
@@ -222,6 +245,20 @@ fn run(shared: &Shared, events: &Receiver<BusEvent>, console: &WeakRegistry, hea
             Ok(ev) => handle(shared, &ev, pid, console),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some((group, rx)) = &shared.log_group {
+            let lines: Vec<String> = {
+                let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                std::iter::from_fn(|| rx.try_recv().ok())
+                    .take(256)
+                    .collect()
+            };
+            let bus = shared.bus.lock().unwrap_or_else(|p| p.into_inner());
+            for l in lines {
+                // Plain text, as Momentum's spuser listeners expect; dropped while
+                // disconnected (the line is still in the local paniclog).
+                let _ = bus.send(group, l.into_bytes());
+            }
         }
         let now = Instant::now();
         if now >= next_hb {

@@ -205,11 +205,15 @@ impl tracing::field::Visit for Fields {
 
 impl<S: Subscriber> Layer<S> for TapLayer {
     fn on_event(&self, ev: &Event<'_>, _ctx: Context<'_, S>) {
-        let Some(tx) = TAP.get() else { return };
         let m = ev.metadata();
         let Some(own) = classify(m.target(), *m.level()) else {
             return;
         };
+        let tap = TAP.get();
+        let bcast = own == Own::Panic && crate::bus::paniclog_broadcast_enabled();
+        if tap.is_none() && !bcast {
+            return;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -220,7 +224,12 @@ impl<S: Subscriber> Layer<S> for TapLayer {
             m.level()
         ));
         ev.record(&mut f);
-        if tx.try_send(TapLine { own, line: f.0 }).is_err() {
+        if bcast {
+            crate::bus::broadcast_paniclog(&f.0);
+        }
+        if let Some(tx) = tap
+            && tx.try_send(TapLine { own, line: f.0 }).is_err()
+        {
             TAP_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
