@@ -258,6 +258,30 @@ fn counts_are_cluster_wide_enforced_everywhere_and_follow_the_view() {
     // A new connection to node1 is counted cluster-wide again.
     held.push(connect(&tb, "198.51.100.11", 1).expect("conn after restart"));
     all_show(&[&nodes[0], &nodes[1], &nodes[2]], 3, "after restart");
+
+    // Partition: node2's link to the bridge goes down (a whole-node fault, detected by
+    // corosync's token timeout). Each side drops the other's slot: node1 and node3 count
+    // only node1's connection; node2, alone and without quorum, only its own two.
+    let br = tb.bridge().expect("bridge namespace");
+    let port2 = "p1"; // bridge ports are numbered in attach order: node1 p0, node2 p1, …
+    tb_link(&br, port2, "down");
+    all_show(&[&nodes[0], &nodes[2]], 1, "node2 partitioned away");
+    all_show(&[&nodes[1]], 2, "node2 alone");
+    wait_until("node2 without quorum", || {
+        ask(&nodes[1], "cluster info").contains("Quorum: NOT quorate")
+    });
+    // Heal: the views merge and every slot is back everywhere.
+    tb_link(&br, port2, "up");
+    all_show(&[&nodes[0], &nodes[1], &nodes[2]], 3, "partition healed");
     drop(held);
     drop(listeners);
+}
+
+/// `ip link set PORT up|down` inside the bridge's namespace.
+fn tb_link(bridge_ns: &str, port: &str, state: &str) {
+    let st = std::process::Command::new("ip")
+        .args(["-n", bridge_ns, "link", "set", port, state])
+        .status()
+        .expect("ip");
+    assert!(st.success(), "ip link set {port} {state}");
 }
