@@ -46,6 +46,7 @@ fn three_vips_balance_fail_over_and_rebalance() {
         })
     });
     let show = c.ask(owner, "cluster duravip show");
+    eprintln!("node{}> cluster duravip show\n{show}", owner + 1);
     assert!(show.starts_with("DuraVIP State:\n"), "{show}");
     assert!(
         show.contains("198.51.100.1/vip0: (owned,safe) multivip"),
@@ -58,7 +59,18 @@ fn three_vips_balance_fail_over_and_rebalance() {
     });
     assert_eq!(c.observer_neigh(x), Some(c.mac(owner)));
     let arp = c.ask(owner, "cluster arp show");
-    assert!(arp.contains("198.51.100.200 "), "{arp}");
+    let line = arp
+        .lines()
+        .find(|l| l.starts_with("198.51.100.200 "))
+        .unwrap_or_else(|| panic!("observer missing from cluster arp show: {arp}"));
+    eprintln!("node{}> cluster arp show\n{arp}", owner + 1);
+    let obs_mac =
+        c.tb.exec("obs", &["cat", "/sys/class/net/eth0/address"])
+            .unwrap();
+    assert!(
+        line.contains(&format!("[{}]", obs_mac.trim())) && line.ends_with('s'),
+        "Momentum format ADDR [mac] AGEs: {line}"
+    );
 
     // kill -9 the owner of X.
     let cap = c.capture();

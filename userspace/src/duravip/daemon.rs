@@ -578,12 +578,7 @@ impl Worker {
         let targets = if self.sh.set.arp_all_hosts {
             Targets::Broadcast
         } else {
-            Targets::Hosts(
-                neighbours(Some(&ifname))
-                    .into_iter()
-                    .map(|n| (n.0, n.1))
-                    .collect(),
-            )
+            Targets::Hosts(hosts_on(&ifname))
         };
         let Some((sock, mac, _)) = self.sockets.get(&ifname) else {
             return Err("socket vanished".into());
@@ -603,53 +598,157 @@ impl Worker {
     }
 }
 
-/// IPv4 neighbours from `/proc/net/arp` (complete entries only): (address, MAC, device).
-fn neighbours(dev: Option<&str>) -> Vec<(IpAddr, [u8; 6], String)> {
-    let Ok(text) = std::fs::read_to_string("/proc/net/arp") else {
+/// One neighbour table entry (`ip neigh`), for `cluster arp show` and `arp_all_hosts = false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Neighbour {
+    addr: IpAddr,
+    mac: [u8; 6],
+    ifindex: u32,
+    /// Since the entry was last updated.
+    age: Duration,
+}
+
+/// The neighbour tables (IPv4 then IPv6) over rtnetlink: usable entries with a MAC.
+fn neighbours() -> std::io::Result<Vec<Neighbour>> {
+    use netlink_packet_core::{
+        NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    };
+    use netlink_packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    };
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut out = Vec::new();
+    for (seq, family) in [(1u32, AddressFamily::Inet), (2, AddressFamily::Inet6)] {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(
+            header,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetNeighbour(msg)),
+        );
+        nl.finalize();
+        let mut req = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut req);
+        sock.send(&req, 0)?;
+        let mut buf: Vec<u8> = Vec::new();
+        'dump: loop {
+            buf.clear();
+            buf.reserve(1 << 16);
+            sock.recv(&mut buf, 0)?;
+            let mut off = 0usize;
+            while off < buf.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..])
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break 'dump;
+                }
+                off += len.div_ceil(4) * 4;
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::Done(_) => break 'dump,
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                        let usable = matches!(
+                            n.header.state,
+                            NeighbourState::Reachable
+                                | NeighbourState::Stale
+                                | NeighbourState::Delay
+                                | NeighbourState::Probe
+                                | NeighbourState::Permanent
+                        );
+                        let mut addr = None;
+                        let mut mac = None;
+                        let mut age = Duration::ZERO;
+                        for a in &n.attributes {
+                            match a {
+                                NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                                    addr = Some(IpAddr::V4(*v));
+                                }
+                                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                                    addr = Some(IpAddr::V6(*v));
+                                }
+                                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                                    let mut m = [0u8; 6];
+                                    m.copy_from_slice(l);
+                                    mac = Some(m);
+                                }
+                                // clock_t ticks (USER_HZ = 100).
+                                NeighbourAttribute::CacheInfo(c) => {
+                                    age = Duration::from_millis(u64::from(c.updated) * 10);
+                                }
+                                _ => {}
+                            }
+                        }
+                        if let (true, Some(addr), Some(mac)) = (usable, addr, mac) {
+                            out.push(Neighbour {
+                                addr,
+                                mac,
+                                ifindex: n.header.ifindex,
+                                age,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Neighbours on `ifname` (unicast announcement targets for `arp_all_hosts = false`).
+fn hosts_on(ifname: &str) -> Vec<(IpAddr, [u8; 6])> {
+    let Some(ix) = ifindex(ifname) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 {
-            continue;
-        }
-        // Flags 0x2 = ATF_COM (complete).
-        let complete =
-            u32::from_str_radix(f[2].trim_start_matches("0x"), 16).is_ok_and(|v| v & 2 != 0);
-        if !complete || dev.is_some_and(|d| d != f[5]) {
-            continue;
-        }
-        let (Ok(ip), Some(mac)) = (f[0].parse::<IpAddr>(), parse_mac(f[3])) else {
-            continue;
-        };
-        out.push((ip, mac, f[5].to_owned()));
-    }
-    out
+    neighbours()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.ifindex == ix)
+        .filter(|n| !matches!(n.addr, IpAddr::V6(v) if v.is_multicast()))
+        .map(|n| (n.addr, n.mac))
+        .collect()
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut m = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut m {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    Some(m)
-}
-
-/// `cluster arp show`: the IPv4 neighbours on the Topology interfaces, Momentum's format.
-/// `/proc/net/arp` has no age, so the age column shows `-`.
-fn arp_show(topology: &[Topology]) -> String {
-    let devs: BTreeSet<&str> = topology.iter().map(|t| t.interface.as_str()).collect();
+/// `cluster arp show`: the neighbour entries (IPv4, then IPv6) of the Topology
+/// interfaces in Momentum's format `ADDR    [mac]  AGEs` (age since last update).
+fn arp_show(topology: &[Topology]) -> Result<String, ConsoleError> {
+    let ixs: BTreeSet<u32> = topology
+        .iter()
+        .filter_map(|t| ifindex(&t.interface))
+        .collect();
+    let all = neighbours().map_err(|e| ConsoleError::Failed {
+        message: format!("cannot read the neighbour table: {e}"),
+    })?;
     let mut out = String::new();
-    for (ip, mac, dev) in neighbours(None) {
-        if !devs.is_empty() && !devs.contains(dev.as_str()) {
-            continue;
-        }
-        let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-        out.push_str(&format!("{:<16} [{}]  -\n", ip.to_string(), mac.join(":")));
+    for n in all.iter().filter(|n| ixs.contains(&n.ifindex)) {
+        let mac: Vec<String> = n.mac.iter().map(|b| format!("{b:02x}")).collect();
+        out.push_str(&format!(
+            "{:<16} [{}]  {}s\n",
+            n.addr.to_string(),
+            mac.join(":"),
+            n.age.as_secs()
+        ));
     }
-    out
+    Ok(out)
 }
 
 fn duravip_command(sh: &Shared, words: &[&str]) -> Result<String, ConsoleError> {
@@ -731,8 +830,8 @@ fn register(services: &Services, shared: &Arc<Shared>) -> Result<(), DuravipErro
     let topo = shared.set.topology.clone();
     services.console.register(
         &["cluster", "arp", "show"],
-        "Show the IPv4 neighbours (address, MAC) on the DuraVIP Topology interfaces.",
-        Arc::new(move |_| Ok(arp_show(&topo))),
+        "Show the neighbour entries (address, MAC, age) of the DuraVIP Topology interfaces.",
+        Arc::new(move |_| arp_show(&topo)),
     )?;
     let c = &shared.counters;
     let m = &services.metrics;
