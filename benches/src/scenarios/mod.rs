@@ -2,6 +2,7 @@
 
 mod failover;
 mod logs;
+mod membership;
 mod packet_cost;
 mod rawbpf;
 mod replication;
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(veth_flood::VethFlood),
         Box::new(scrape::Scrape),
         Box::new(replication::ReplicationStaleness),
+        Box::new(membership::MembershipDetection),
         Box::new(logs::LogAppends),
         Box::new(failover::Failover),
     ]
