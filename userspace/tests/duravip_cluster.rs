@@ -116,7 +116,21 @@ fn three_vips_balance_fail_over_and_rebalance() {
         "failover of {x}: plumbed on node{} after {took:?}",
         survivor + 1
     );
-    // The two survivors own everything, one each at most two.
+    eprintln!(
+        "node{}> cluster duravip show\n{}",
+        survivor + 1,
+        c.ask(survivor, "cluster duravip show")
+    );
+    eprintln!(
+        "observer capture:\n{}",
+        cap.lines(Stream::Stdout).join("\n")
+    );
+    eprintln!(
+        "observer$ ip neigh show {x}\n{}",
+        c.tb.exec("obs", &["ip", "neigh", "show", x])
+            .unwrap_or_default()
+    );
+    // The two survivors own everything, at most two each.
     for v in VIPS {
         let h: Vec<usize> = c.holders(v).into_iter().filter(|i| *i != owner).collect();
         assert_eq!(h.len(), 1, "{v}: {h:?}");
