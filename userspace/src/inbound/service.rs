@@ -131,7 +131,10 @@ impl InboundService {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         for (cidr, id) in dp.netblock_ids() {
-            let v = totals.iter().find(|(c, _)| *c == cidr).map_or(0, |(_, v)| *v);
+            let v = totals
+                .iter()
+                .find(|(c, _)| *c == cidr)
+                .map_or(0, |(_, v)| *v);
             dp.set_remote(id, v)?;
         }
         Ok(())

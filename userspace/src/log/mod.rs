@@ -5,12 +5,12 @@
 //! `metadata` file and one two-slot checkpoint file per subscriber. Appends return only
 //! after fdatasync; a failed write or fdatasync poisons the stream for good.
 
+pub mod daemon;
 mod error;
 mod files;
 pub mod frame;
-mod ops;
-pub mod daemon;
 pub mod manager;
+mod ops;
 pub mod service;
 mod stream;
 
