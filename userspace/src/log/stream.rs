@@ -1,13 +1,13 @@
 //! A durable node-local stream: segments, group commit, recovery, subscribers, disk policy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -213,7 +213,18 @@ struct Writer {
     end: Offset,
     /// Records encoded in the commit buffer, not yet written.
     buffered_records: u64,
+    /// File position up to which this writer has written zeros ahead of the data.
+    zeroed: u64,
 }
+
+/// Zero fill written ahead of the data, in the preallocated (unwritten) part of a segment.
+/// Writing into unwritten extents makes every fdatasync commit an extent conversion to the
+/// journal; converting 256 KiB at once makes the next ~14 commits plain overwrites
+/// (measured here: 18 KiB write + fdatasync 188 µs into unwritten extents, 117 µs over
+/// written zeros). The zeros are what the unwritten extents already read as, so recovery
+/// sees exactly the same bytes whether or not they reached the disk.
+const ZERO_AHEAD: usize = 256 << 10;
+static ZEROS: [u8; ZERO_AHEAD] = [0; ZERO_AHEAD];
 
 struct Sub {
     file: File,
@@ -222,17 +233,54 @@ struct Sub {
     seq: u64,
 }
 
+/// Where a producer's result is delivered. Each waiting producer sleeps on its own
+/// thread (`park`), so a commit wakes exactly the producers whose records it made durable
+/// (no thundering herd on a shared condvar) plus, at most, the next committer.
+struct Slot {
+    result: Mutex<Option<Result<Vec<Offset>>>>,
+    thread: std::thread::Thread,
+}
+
+impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            result: Mutex::new(None),
+            thread: std::thread::current(),
+        })
+    }
+
+    fn take(&self) -> Option<Result<Vec<Offset>>> {
+        lock(&self.result).take()
+    }
+
+    /// Publishes the result, then wakes the owner (an unpark before its park is kept).
+    fn complete(&self, r: Result<Vec<Offset>>) {
+        *lock(&self.result) = Some(r);
+        self.thread.unpark();
+    }
+}
+
 struct Ticket {
-    id: u64,
+    slot: Arc<Slot>,
     payloads: Vec<Vec<u8>>,
 }
+
+/// Longest a committer waits for more producers before its write + fdatasync; also capped
+/// by the previous fdatasync's duration (see [`Stream::gather`]).
+const MAX_GATHER: Duration = Duration::from_micros(500);
 
 #[derive(Default)]
 struct AppendState {
     pending: Vec<Ticket>,
-    next_ticket: u64,
-    done: HashMap<u64, Result<Vec<Offset>>>,
+    /// Records in `pending` (a bulk ticket counts all its records).
+    pending_records: usize,
     committing: bool,
+    /// Set while the committer waits for `gather_target` pending records.
+    gatherer: Option<std::thread::Thread>,
+    gather_target: usize,
+    /// Records and duration of the previous commit: the adaptive gather's inputs.
+    last_records: usize,
+    last_sync: Duration,
     poisoned: Option<LogError>,
 }
 
@@ -242,7 +290,6 @@ struct Inner {
     policy: DiskPolicy,
     _lock: File,
     append: Mutex<AppendState>,
-    appended: Condvar,
     writer: Mutex<Writer>,
     meta: RwLock<Meta>,
     subs: Mutex<BTreeMap<String, Sub>>,
@@ -463,6 +510,7 @@ impl Stream {
             pos: SEGMENT_HEADER_LEN + scan.valid_len as u64,
             end,
             buffered_records: 0,
+            zeroed: SEGMENT_HEADER_LEN + scan.valid_len as u64,
         };
         let segments: BTreeMap<Offset, Seg> = found
             .into_iter()
@@ -521,7 +569,6 @@ impl Stream {
             policy: opts.disk_policy,
             _lock: lock_file,
             append: Mutex::new(AppendState::default()),
-            appended: Condvar::new(),
             writer: Mutex::new(writer),
             meta: RwLock::new(meta),
             subs: Mutex::new(subs),
@@ -576,57 +623,123 @@ impl Stream {
             return Ok(Vec::new());
         }
         let inner = &*self.inner;
+        let slot = Slot::new();
         let mut st = lock(&inner.append);
         if let Some(p) = &st.poisoned {
             return Err(p.clone());
         }
-        let id = st.next_ticket;
-        st.next_ticket += 1;
         st.pending.push(Ticket {
-            id,
+            slot: slot.clone(),
             payloads: payloads.iter().map(|p| p.as_ref().to_vec()).collect(),
         });
+        st.pending_records += payloads.len();
+        if st.pending_records >= st.gather_target
+            && let Some(g) = st.gatherer.take()
+        {
+            g.unpark();
+        }
         loop {
-            if let Some(r) = st.done.remove(&id) {
+            if !st.committing && !st.pending.is_empty() {
+                self.lead(st);
+            } else {
+                drop(st);
+                std::thread::park();
+            }
+            if let Some(r) = slot.take() {
                 return r;
             }
-            if !st.committing {
-                st.committing = true;
-                let batch = std::mem::take(&mut st.pending);
-                drop(st);
-                let results = self.commit(batch);
-                st = lock(&inner.append);
-                st.committing = false;
-                for (tid, r) in results {
-                    if let Err(e @ LogError::Poisoned { .. }) = &r {
-                        st.poisoned.get_or_insert_with(|| e.clone());
-                    }
-                    st.done.insert(tid, r);
-                }
-                if let Some(p) = st.poisoned.clone() {
-                    for t in std::mem::take(&mut st.pending) {
-                        st.done.insert(t.id, Err(p.clone()));
-                    }
-                }
-                inner.appended.notify_all();
-                continue;
-            }
-            st = inner.appended.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = lock(&inner.append);
         }
     }
 
+    /// Runs one group commit as the committer (`st.committing` is false, `pending` is not
+    /// empty), delivers every result, and hands the committer role to the oldest producer
+    /// still pending.
+    ///
+    /// Correctness: a ticket's `Ok` result is published only after `commit` returned it,
+    /// i.e. after the pwrite of its frames completed and a later fdatasync of that file
+    /// returned success; only one commit runs at a time, so fdatasync calls never overlap
+    /// and each failure is reported to exactly the commit whose data it concerns, which then
+    /// poisons the stream before any later ticket can be committed.
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, AppendState>) {
+        let inner = &*self.inner;
+        st.committing = true;
+        st = self.gather(st);
+        let batch = std::mem::take(&mut st.pending);
+        st.pending_records = 0;
+        drop(st);
+        let t0 = Instant::now();
+        let results = self.commit(batch);
+        let took = t0.elapsed();
+        let mut st = lock(&inner.append);
+        st.committing = false;
+        st.last_records = results
+            .iter()
+            .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+            .sum();
+        st.last_sync = took;
+        for (_, r) in &results {
+            if let Err(e @ LogError::Poisoned { .. }) = r {
+                st.poisoned.get_or_insert_with(|| e.clone());
+            }
+        }
+        let mut failed = Vec::new();
+        if let Some(p) = st.poisoned.clone() {
+            st.pending_records = 0;
+            failed = std::mem::take(&mut st.pending)
+                .into_iter()
+                .map(|t| (t.slot, Err(p.clone())))
+                .collect();
+        }
+        let next = st.pending.first().map(|t| t.slot.thread.clone());
+        drop(st);
+        if let Some(t) = next {
+            t.unpark();
+        }
+        for (slot, r) in results.into_iter().chain(failed) {
+            slot.complete(r);
+        }
+    }
+
+    /// Adaptive gathering: when the previous commit acknowledged more records than are
+    /// pending now, its producers are probably on their way back (on few cores, woken
+    /// threads need a moment); wait for them, at most `MAX_GATHER` and at most the previous
+    /// commit's own duration, so one commit carries them all. A lone producer (previous
+    /// commit: one record, now one pending) never waits.
+    fn gather<'a>(&'a self, mut st: MutexGuard<'a, AppendState>) -> MutexGuard<'a, AppendState> {
+        let target = st.last_records;
+        if st.pending_records >= target {
+            return st;
+        }
+        let deadline = Instant::now() + st.last_sync.min(MAX_GATHER);
+        st.gather_target = target;
+        while st.pending_records < target {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st.gatherer = Some(std::thread::current());
+            drop(st);
+            std::thread::park_timeout(deadline - now);
+            st = lock(&self.inner.append);
+        }
+        st.gatherer = None;
+        st.gather_target = 0;
+        st
+    }
+
     /// Writes a batch of tickets: one write + one fdatasync per segment touched.
-    fn commit(&self, batch: Vec<Ticket>) -> Vec<(u64, Result<Vec<Offset>>)> {
+    fn commit(&self, batch: Vec<Ticket>) -> Vec<(Arc<Slot>, Result<Vec<Offset>>)> {
         let inner = &*self.inner;
         let mut w = lock(&inner.writer);
-        let mut out: Vec<(u64, Result<Vec<Offset>>)> = Vec::with_capacity(batch.len());
+        let mut out: Vec<(Arc<Slot>, Result<Vec<Offset>>)> = Vec::with_capacity(batch.len());
         let mut buf = Vec::new();
         let mut unflushed = 0usize; // tickets in `out` whose frames are in `buf`
         let ts = files::now_ns();
         let mut failed: Option<LogError> = None;
         for t in batch {
             if let Some(e) = &failed {
-                out.push((t.id, Err(e.clone())));
+                out.push((t.slot, Err(e.clone())));
                 continue;
             }
             let total: u64 = t.payloads.iter().map(|p| frame::frame_len(p.len())).sum();
@@ -637,13 +750,13 @@ impl Stream {
                 if let Err(e) = self.flush(&mut w, &mut buf) {
                     fail_last(&mut out, unflushed, &e);
                     failed = Some(e.clone());
-                    out.push((t.id, Err(e)));
+                    out.push((t.slot, Err(e)));
                     continue;
                 }
                 unflushed = 0;
                 if let Err(e) = self.roll(&mut w) {
                     failed = Some(e.clone());
-                    out.push((t.id, Err(e)));
+                    out.push((t.slot, Err(e)));
                     continue;
                 }
             }
@@ -654,7 +767,7 @@ impl Stream {
                 offs.push(off);
                 w.buffered_records += 1;
             }
-            out.push((t.id, Ok(offs)));
+            out.push((t.slot, Ok(offs)));
             unflushed += 1;
         }
         if let Err(e) = self.flush(&mut w, &mut buf) {
@@ -669,6 +782,15 @@ impl Stream {
             return Ok(());
         }
         let inner = &*self.inner;
+        let data_end = w.pos + buf.len() as u64;
+        // Only for small commits: a bulk write converts its extents at once anyway.
+        if buf.len() <= ZERO_AHEAD / 8 && data_end > w.zeroed && data_end < inner.segment_size {
+            let n = (inner.segment_size - data_end).min(ZERO_AHEAD as u64) as usize;
+            // Best effort: a failure here changes nothing on disk but zeros; real write
+            // and writeback errors surface in the data write and fdatasync below.
+            let _ = w.file.write_all_at(&ZEROS[..n], data_end);
+            w.zeroed = data_end + n as u64;
+        }
         let res = w
             .file
             .write_all_at(buf, w.pos)
@@ -721,6 +843,7 @@ impl Stream {
                         pos: SEGMENT_HEADER_LEN,
                         end: w.end,
                         buffered_records: 0,
+                        zeroed: SEGMENT_HEADER_LEN,
                     };
                     self.collect()?;
                     return Ok(());
@@ -1002,7 +1125,7 @@ impl Stream {
     }
 }
 
-fn fail_last(out: &mut [(u64, Result<Vec<Offset>>)], n: usize, e: &LogError) {
+fn fail_last(out: &mut [(Arc<Slot>, Result<Vec<Offset>>)], n: usize, e: &LogError) {
     let len = out.len();
     for r in &mut out[len - n.min(len)..] {
         r.1 = Err(e.clone());
