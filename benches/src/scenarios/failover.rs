@@ -380,10 +380,15 @@ struct Keepalived {
     procs: Vec<Option<ProcessGuard>>,
     confs: Vec<PathBuf>,
     dir: PathBuf,
+    starts: usize,
 }
 
 impl Keepalived {
     fn spawn(&mut self, tb: &Testbed, i: usize) -> Result<()> {
+        // Fresh pid files per start: keepalived refuses to start while an old pid file
+        // names a process that still exists (the killed one may not be reaped yet).
+        self.starts += 1;
+        let i_run = format!("{i}-{}", self.starts);
         let d = self.dir.display().to_string();
         let conf = self.confs[i].display().to_string();
         let p = tb.spawn(
@@ -396,9 +401,9 @@ impl Keepalived {
                 "--use-file",
                 &conf,
                 "--pid",
-                &format!("{d}/ka{i}.pid"),
+                &format!("{d}/ka{i_run}.pid"),
                 "--vrrp_pid",
-                &format!("{d}/ka{i}.vrrp.pid"),
+                &format!("{d}/ka{i_run}.vrrp.pid"),
             ],
         )?;
         self.procs[i] = Some(p);
@@ -418,6 +423,7 @@ fn keepalived_trials(
         procs: (0..3).map(|_| None).collect(),
         confs: Vec::new(),
         dir: dir.clone(),
+        starts: 0,
     };
     for i in 0..3 {
         let p = dir.join(format!("node{}.conf", i + 1));
@@ -468,6 +474,15 @@ fn keepalived_trials(
             );
             ka.spawn(&bed.tb, old)?;
             std::thread::sleep(settle);
+            if let Some(p) = ka.procs[old].as_mut()
+                && let Ok(Some(status)) = p.try_wait()
+            {
+                bail!(
+                    "keepalived on {} exited after restart ({status}): {:?}",
+                    Bed::host(old),
+                    p.lines(duraplane::testbed::Stream::Stderr)
+                );
+            }
         }
         Ok(())
     })();
