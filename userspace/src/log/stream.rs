@@ -237,8 +237,27 @@ struct Sub {
 /// thread (`park`), so a commit wakes exactly the producers whose records it made durable
 /// (no thundering herd on a shared condvar) plus, at most, the next committer.
 struct Slot {
-    result: Mutex<Option<Result<Vec<Offset>>>>,
+    result: Mutex<Option<(Result<Vec<Offset>>, Wake)>>,
     thread: std::thread::Thread,
+}
+
+/// The wake-up tree of one commit: the committer unparks slots 0 and 1, and the owner of
+/// slot `i`, once it has taken its result, unparks `2i + 2` and `2i + 3`. Both cores share
+/// the wake-ups instead of the committer issuing them one by one. Every slot is reached:
+/// each owner takes its result (it loops until it has one) and then wakes its children.
+struct Wake {
+    list: Arc<[Arc<Slot>]>,
+    at: usize,
+}
+
+impl Wake {
+    fn children(self) {
+        for c in [2 * self.at + 2, 2 * self.at + 3] {
+            if let Some(s) = self.list.get(c) {
+                s.thread.unpark();
+            }
+        }
+    }
 }
 
 impl Slot {
@@ -249,14 +268,28 @@ impl Slot {
         })
     }
 
+    /// The result once published; wakes this slot's children in the tree. Taking it also
+    /// drops the slot's reference to the tree (no cycle outlives the commit).
     fn take(&self) -> Option<Result<Vec<Offset>>> {
-        lock(&self.result).take()
+        let (r, wake) = lock(&self.result).take()?;
+        wake.children();
+        Some(r)
     }
 
-    /// Publishes the result, then wakes the owner (an unpark before its park is kept).
-    fn complete(&self, r: Result<Vec<Offset>>) {
-        *lock(&self.result) = Some(r);
-        self.thread.unpark();
+    /// Publishes results (owners are woken through the tree, an unpark before a park is
+    /// kept), then wakes the two roots.
+    fn complete_all(results: Vec<(Arc<Slot>, Result<Vec<Offset>>)>) {
+        let list: Arc<[Arc<Slot>]> = results.iter().map(|(s, _)| s.clone()).collect();
+        for (at, (slot, r)) in results.into_iter().enumerate() {
+            let wake = Wake {
+                list: list.clone(),
+                at,
+            };
+            *lock(&slot.result) = Some((r, wake));
+        }
+        for s in list.iter().take(2) {
+            s.thread.unpark();
+        }
     }
 }
 
@@ -432,6 +465,7 @@ impl Stream {
                 reason: format!("{sz} is not within 4096..=4294967295"),
             });
         }
+        let mut held = None;
         if !dir.join(files::METADATA_FILE).exists() {
             if !opts.create {
                 return Err(LogError::NotAStream { path: dir });
@@ -440,10 +474,16 @@ impl Stream {
             if let Some(parent) = dir.parent() {
                 let _ = files::fsync_dir(parent);
             }
-            let _l = lock_dir(&dir)?;
+            held = Some(lock_dir(&dir)?);
             files::write_metadata(&dir, opts.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE))?;
         }
-        let lock_file = lock_dir(&dir)?;
+        // Keep the creator's lock rather than unlocking and locking again: a child forked
+        // meanwhile by another thread holds a copy of the descriptor (and so the flock)
+        // until it execs, which made the second lock fail with `Locked` (seen in tests).
+        let lock_file = match held {
+            Some(l) => l,
+            None => lock_dir(&dir)?,
+        };
         let mut segment_size = files::read_metadata(&dir)?.segment_size.get();
         if let Some(sz) = opts.segment_size
             && sz != segment_size
@@ -696,9 +736,7 @@ impl Stream {
         if let Some(t) = next {
             t.unpark();
         }
-        for (slot, r) in results.into_iter().chain(failed) {
-            slot.complete(r);
-        }
+        Slot::complete_all(results.into_iter().chain(failed).collect());
     }
 
     /// Adaptive gathering: when the previous commit acknowledged more records than are
