@@ -20,6 +20,14 @@ fn engine_counters_reach_cluster_info_and_metrics() {
     ));
 
     let info = stdout(&d.console(&["cluster", "info"]));
+    // `cargo xtask test` runs this suite again with the mio backend forced.
+    if let Ok(forced) = std::env::var("DURAPLANE_ENGINE") {
+        let want = if forced == "mio" { "mio" } else { "io_uring" };
+        assert!(
+            info.contains(&format!("Cluster engine (4802): {want} backend")),
+            "DURAPLANE_ENGINE={forced}: {info}"
+        );
+    }
     assert!(
         info.contains("Cluster engine (4802): io_uring backend")
             || info.contains("Cluster engine (4802): mio backend"),

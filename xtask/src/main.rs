@@ -113,6 +113,15 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Integration suites whose daemons serve port 4802 (replication, logs).
+const MIO_SUITES: &[&str] = &[
+    "replicate_cluster",
+    "replicate_hostile",
+    "logsvc_node",
+    "logsvc_cluster",
+    "engine_metrics",
+];
+
 fn lint() -> Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     run_cmd(cargo().args([
@@ -138,6 +147,14 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             .args(args),
     )?;
     if args.is_empty() {
+        // The engine has two backends: the daemon-level suites that use port 4802 run again
+        // with the mio backend forced (the engine's own suite covers both already).
+        run_cmd(
+            cargo()
+                .args(["test", "-p", "duraplane", "--no-fail-fast"])
+                .args(MIO_SUITES.iter().flat_map(|t| ["--test", t]))
+                .env("DURAPLANE_ENGINE", "mio"),
+        )?;
         // The bench harness's smoke test: every scenario for a few seconds, no goals judged.
         bench(&["--quick".into()])?;
     }
