@@ -255,7 +255,9 @@ struct Worker {
     fresh: BTreeSet<MemberId>,
     pins: BTreeMap<IpAddr, String>,
     owned: BTreeSet<IpAddr>,
-    last_claim: Option<(BTreeSet<IpAddr>, Vec<MemberId>)>,
+    last_claim: Option<(BTreeSet<IpAddr>, Vec<MemberId>, u64)>,
+    /// Views seen: members re-claim after each (the barrier `fresh` counts from).
+    view_gen: u64,
     next_balance: Instant,
     next_check: Instant,
     stalled_until: Option<Instant>,
@@ -275,6 +277,7 @@ impl Worker {
             pins: BTreeMap::new(),
             owned: BTreeSet::new(),
             last_claim: None,
+            view_gen: 0,
             next_balance: now + sh.set.balance_interval,
             next_check: now + sh.set.check_interval,
             stalled_until: None,
@@ -327,7 +330,10 @@ impl Worker {
 
     fn on_notice(&mut self, n: ClusterNotice) {
         match n {
-            ClusterNotice::View => self.fresh.clear(),
+            ClusterNotice::View => {
+                self.fresh.clear();
+                self.view_gen += 1;
+            }
             ClusterNotice::Changed => {}
             ClusterNotice::Duravip {
                 from,
@@ -429,10 +435,14 @@ impl Worker {
             .iter()
             .all(|(id, _, _)| Some(*id) == snap.local || self.fresh.contains(id));
         let stalled = self.stalled_until.is_some_and(|t| now < t);
+        // While the ring re-forms, corosync delivers nobody's heartbeats and every survivor
+        // sees the others as hung: without a live majority of the view, take nothing new
+        // (else each survivor would take every VIP).
+        let majority = snap.live.len() * 2 > snap.view.len();
         let mine = a.owned_by(me);
         let desired = if !quorate {
             BTreeSet::new()
-        } else if !settled || stalled {
+        } else if !settled || stalled || !majority {
             // Keep what we hold and is still ours; take nothing new.
             self.owned.intersection(&mine).copied().collect()
         } else {
@@ -440,7 +450,7 @@ impl Worker {
         };
 
         // Balancing: the leader decides, everyone applies the same message.
-        if quorate && settled && mature && now >= self.next_balance {
+        if quorate && settled && majority && mature && now >= self.next_balance {
             self.next_balance = now + self.sh.set.balance_interval;
             if snap.leader.is_some() && snap.leader == snap.local {
                 let b = assign(&AssignInput {
@@ -476,7 +486,7 @@ impl Worker {
         }
         // Claim after every change of our set or of the live view.
         let live_ids: Vec<MemberId> = snap.live.iter().map(|m| m.0).collect();
-        let claim = (self.owned.clone(), live_ids);
+        let claim = (self.owned.clone(), live_ids, self.view_gen);
         if snap.connected && self.last_claim.as_ref() != Some(&claim) {
             self.send(&BusMessage::DuravipClaim {
                 owned: self.owned.iter().copied().collect(),
