@@ -542,11 +542,11 @@ impl Scenario for Failover {
         let ka01_note = match &ka01 {
             Ok((v, f)) => format!(
                 "keepalived advert_int 0.1 (VRRPv3): announce p50 {:.0} ms p99 {:.0} ms, TCP p50 {:.0} ms p99 {:.0} ms over {} trials, {f} of {n} did not fail over within 15 s",
-                v.len(),
                 pct(&first(v), 0.5),
                 pct(&first(v), 0.99),
                 pct(&second(v), 0.5),
-                pct(&second(v), 0.99)
+                pct(&second(v), 0.99),
+                v.len()
             ),
             Err(e) => format!("keepalived advert_int 0.1 failed: {e:#}"),
         };
