@@ -1,32 +1,20 @@
 //! `outbound_cidr` counting: the `tc_egress` classifier on the configured interfaces
 //! counts this node's outbound TCP connections per destination address.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd,
-};
+use std::net::IpAddr;
 
 use aya::{
     maps::IterableMap,
     programs::{SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
     util::KernelVersion,
 };
-use duraplane_common::{
-    FlowKeyV4, FlowKeyV6, FlowValue, SourceCounts, SourceKey, map_names as names, program_names,
-};
-use zerocopy::FromBytes;
+use duraplane_common::{map_names as names, program_names};
 
-use super::{BpfError, Datapath, dup_fd, key_addr, sum_percpu, testrun};
+use super::{BpfError, Datapath, dup_fd, testrun};
 
-/// Connection counts of one destination address (summed over CPUs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DestinationCount {
-    pub addr: IpAddr,
-    pub opened: u64,
-    pub closed: u64,
-    /// `opened − closed`, saturating (see [`super::SourceCount::current`]).
-    pub current: u64,
-}
+/// Connection counts of one destination address (summed over CPUs): the same shape as a
+/// source's ([`super::SourceCount`], whose `current` saturates the same way).
+pub type DestinationCount = super::SourceCount;
 
 /// One open outbound connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,63 +128,26 @@ impl Datapath {
 
     /// Per-destination counts of every destination the LRU still holds (batch read).
     pub fn read_destinations(&mut self) -> Result<Vec<DestinationCount>, BpfError> {
-        let l = self.layout::<SourceKey, SourceCounts>(true);
         let fd = dup_fd(self.destinations.map(), names::DESTINATIONS)?;
-        let d = self.dump(names::DESTINATIONS, fd.as_fd(), &l)?;
-        let mut out = Vec::with_capacity(d.count);
-        for (k, v) in d.entries(&l) {
-            let Ok(k) = SourceKey::read_from_bytes(k) else {
-                continue;
-            };
-            let c = sum_percpu::<SourceCounts>(
-                v,
-                |a, b| {
-                    a.opened += b.opened;
-                    a.closed += b.closed;
-                },
-                SourceCounts::default(),
-            );
-            out.push(DestinationCount {
-                addr: key_addr(k.family, &k.addr),
-                opened: c.opened,
-                closed: c.closed,
-                current: c.opened.saturating_sub(c.closed),
-            });
-        }
-        Ok(out)
+        self.read_address_counts(names::DESTINATIONS, fd)
     }
 
     /// Every open outbound connection, IPv4 then IPv6 (batch reads).
     pub fn read_outbound_flows(&mut self) -> Result<Vec<OutboundFlow>, BpfError> {
-        let l4 = self.layout::<FlowKeyV4, FlowValue>(false);
-        let fd4 = dup_fd(self.out_flows_v4.map(), names::OUT_FLOWS_V4)?;
-        let d4 = self.dump(names::OUT_FLOWS_V4, fd4.as_fd(), &l4)?;
-        let l6 = self.layout::<FlowKeyV6, FlowValue>(false);
-        let fd6 = dup_fd(self.out_flows_v6.map(), names::OUT_FLOWS_V6)?;
-        let d6 = self.dump(names::OUT_FLOWS_V6, fd6.as_fd(), &l6)?;
-        let mut out = Vec::with_capacity(d4.count + d6.count);
-        for (k, v) in d4.entries(&l4) {
-            if let (Ok(k), Ok(v)) = (FlowKeyV4::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
-                out.push(OutboundFlow {
-                    local: IpAddr::V4(Ipv4Addr::from(k.saddr)),
-                    local_port: k.sport,
-                    remote: IpAddr::V4(Ipv4Addr::from(k.daddr)),
-                    remote_port: k.dport,
-                    opened_ns: v.opened_ns,
-                });
-            }
-        }
-        for (k, v) in d6.entries(&l6) {
-            if let (Ok(k), Ok(v)) = (FlowKeyV6::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
-                out.push(OutboundFlow {
-                    local: IpAddr::V6(Ipv6Addr::from(k.saddr)),
-                    local_port: k.sport,
-                    remote: IpAddr::V6(Ipv6Addr::from(k.daddr)),
-                    remote_port: k.dport,
-                    opened_ns: v.opened_ns,
-                });
-            }
-        }
-        Ok(out)
+        let fds = [
+            dup_fd(self.out_flows_v4.map(), names::OUT_FLOWS_V4)?,
+            dup_fd(self.out_flows_v6.map(), names::OUT_FLOWS_V6)?,
+        ];
+        Ok(self
+            .read_flow_maps([names::OUT_FLOWS_V4, names::OUT_FLOWS_V6], fds)?
+            .into_iter()
+            .map(|f| OutboundFlow {
+                local: f.saddr,
+                local_port: f.sport,
+                remote: f.daddr,
+                remote_port: f.dport,
+                opened_ns: f.value.opened_ns,
+            })
+            .collect())
     }
 }

@@ -277,6 +277,15 @@ pub struct FlowEntry {
     pub opened_ns: u64,
 }
 
+/// One entry of a flow map, either direction: `s*` is the packet's source side.
+struct RawFlow {
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    value: FlowValue,
+}
+
 /// A SYN dropped at the NIC (rejectlog feed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DropRecord {
@@ -910,9 +919,19 @@ impl Datapath {
 
     /// Per-source counts of every source the LRU still holds (batch read).
     pub fn read_sources(&mut self) -> Result<Vec<SourceCount>, BpfError> {
-        let l = self.layout::<SourceKey, SourceCounts>(true);
         let fd = dup_fd(self.sources.map(), names::SOURCES)?;
-        let d = self.dump(names::SOURCES, fd.as_fd(), &l)?;
+        self.read_address_counts(names::SOURCES, fd)
+    }
+
+    /// Counts per address of a per-CPU LRU keyed by [`SourceKey`] (SOURCES, and
+    /// DESTINATIONS for egress), summed over CPUs.
+    fn read_address_counts(
+        &mut self,
+        name: &'static str,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<Vec<SourceCount>, BpfError> {
+        let l = self.layout::<SourceKey, SourceCounts>(true);
+        let d = self.dump(name, fd.as_fd(), &l)?;
         let mut out = Vec::with_capacity(d.count);
         for (k, v) in d.entries(&l) {
             let Ok(k) = SourceKey::read_from_bytes(k) else {
@@ -938,34 +957,58 @@ impl Datapath {
 
     /// Every open flow, IPv4 then IPv6 (batch reads).
     pub fn read_flows(&mut self) -> Result<Vec<FlowEntry>, BpfError> {
+        let fds = [
+            dup_fd(self.flows_v4.map(), names::FLOWS_V4)?,
+            dup_fd(self.flows_v6.map(), names::FLOWS_V6)?,
+        ];
+        Ok(self
+            .read_flow_maps([names::FLOWS_V4, names::FLOWS_V6], fds)?
+            .into_iter()
+            .map(|f| FlowEntry {
+                src: f.saddr,
+                sport: f.sport,
+                dst: f.daddr,
+                dport: f.dport,
+                netblock: f.value.netblock,
+                opened_ns: f.value.opened_ns,
+            })
+            .collect())
+    }
+
+    /// The entries of a v4/v6 flow map pair (FLOWS_*, OUT_FLOWS_*), addresses widened.
+    fn read_flow_maps(
+        &mut self,
+        map_names: [&'static str; 2],
+        [fd4, fd6]: [std::os::fd::OwnedFd; 2],
+    ) -> Result<Vec<RawFlow>, BpfError> {
         let l4 = self.layout::<FlowKeyV4, FlowValue>(false);
-        let fd4 = dup_fd(self.flows_v4.map(), names::FLOWS_V4)?;
-        let d4 = self.dump(names::FLOWS_V4, fd4.as_fd(), &l4)?;
+        let d4 = self.dump(map_names[0], fd4.as_fd(), &l4)?;
         let l6 = self.layout::<FlowKeyV6, FlowValue>(false);
-        let fd6 = dup_fd(self.flows_v6.map(), names::FLOWS_V6)?;
-        let d6 = self.dump(names::FLOWS_V6, fd6.as_fd(), &l6)?;
+        let d6 = self.dump(map_names[1], fd6.as_fd(), &l6)?;
         let mut out = Vec::with_capacity(d4.count + d6.count);
         for (k, v) in d4.entries(&l4) {
-            if let (Ok(k), Ok(v)) = (FlowKeyV4::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
-                out.push(FlowEntry {
-                    src: IpAddr::V4(Ipv4Addr::from(k.saddr)),
+            if let (Ok(k), Ok(value)) =
+                (FlowKeyV4::read_from_bytes(k), FlowValue::read_from_bytes(v))
+            {
+                out.push(RawFlow {
+                    saddr: IpAddr::V4(Ipv4Addr::from(k.saddr)),
                     sport: k.sport,
-                    dst: IpAddr::V4(Ipv4Addr::from(k.daddr)),
+                    daddr: IpAddr::V4(Ipv4Addr::from(k.daddr)),
                     dport: k.dport,
-                    netblock: v.netblock,
-                    opened_ns: v.opened_ns,
+                    value,
                 });
             }
         }
         for (k, v) in d6.entries(&l6) {
-            if let (Ok(k), Ok(v)) = (FlowKeyV6::read_from_bytes(k), FlowValue::read_from_bytes(v)) {
-                out.push(FlowEntry {
-                    src: IpAddr::V6(Ipv6Addr::from(k.saddr)),
+            if let (Ok(k), Ok(value)) =
+                (FlowKeyV6::read_from_bytes(k), FlowValue::read_from_bytes(v))
+            {
+                out.push(RawFlow {
+                    saddr: IpAddr::V6(Ipv6Addr::from(k.saddr)),
                     sport: k.sport,
-                    dst: IpAddr::V6(Ipv6Addr::from(k.daddr)),
+                    daddr: IpAddr::V6(Ipv6Addr::from(k.daddr)),
                     dport: k.dport,
-                    netblock: v.netblock,
-                    opened_ns: v.opened_ns,
+                    value,
                 });
             }
         }
