@@ -198,9 +198,19 @@ impl Membership {
                         self.last_heartbeat.remove(m);
                     }
                 }
+                let cluster_view = *group == self.cluster_group;
                 for m in members {
-                    // A new member gets a full timeout of grace before it must heartbeat.
-                    self.last_heartbeat.entry(*m).or_insert(now);
+                    if cluster_view {
+                        // Every member of a new cluster view gets a full timeout of grace:
+                        // while the ring re-forms nobody's heartbeats are delivered, and a
+                        // member that rejoins after a partition still carries its last
+                        // heartbeat from before it. Judging them at once made every
+                        // survivor see the others hung right after a heal, and DuraVIP
+                        // placed their VIPs elsewhere without waiting for maturity.
+                        self.last_heartbeat.insert(*m, now);
+                    } else {
+                        self.last_heartbeat.entry(*m).or_insert(now);
+                    }
                 }
                 self.views.insert(group.clone(), members.clone());
                 if *group == self.cluster_group {
@@ -454,6 +464,30 @@ mod tests {
         ms.on_event(&hb(2), 101, t2);
         assert!(ms.hung(t2).is_empty());
         assert_eq!(ms.effective_view(t2).len(), 3);
+    }
+
+    #[test]
+    fn a_new_view_gives_every_member_a_fresh_grace_period() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
+        ms.on_event(&view(&[1, 2, 3], &[]), 101, t0);
+        // Node 3 is partitioned away for a while (no heartbeats), then the views merge.
+        let t1 = t0 + Duration::from_secs(5);
+        ms.on_event(&hb(1), 101, t1);
+        ms.on_event(&hb(2), 101, t1);
+        ms.on_event(&view(&[1, 2], &[3]), 101, t1);
+        let t2 = t1 + Duration::from_secs(5);
+        ms.on_event(&hb(1), 101, t2);
+        ms.on_event(&hb(2), 101, t2);
+        ms.on_event(&view(&[1, 2, 3], &[]), 101, t2);
+        // Right after the merge nobody is hung, though node 3's last heartbeat is old…
+        assert!(ms.hung(t2 + Duration::from_millis(100)).is_empty());
+        // …but it must heartbeat within one timeout like everyone else.
+        let t3 = t2 + Duration::from_millis(400);
+        ms.on_event(&hb(1), 101, t3);
+        ms.on_event(&hb(2), 101, t3);
+        assert_eq!(ms.hung(t3), vec![m(3)]);
     }
 
     #[test]
