@@ -39,23 +39,7 @@ impl Datapath {
     }
 
     fn egress_program_mut(&mut self) -> Result<&mut SchedClassifier, BpfError> {
-        let name = program_names::TC_EGRESS;
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::ProgramMissing { program: name })?
-            .try_into()
-            .map_err(|source| BpfError::ProgramLoad {
-                program: name,
-                source: Box::new(source),
-            })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| BpfError::ProgramLoad {
-                program: name,
-                source: Box::new(source),
-            })?;
-        }
-        Ok(prog)
+        self.loaded_program::<SchedClassifier>(program_names::TC_EGRESS)
     }
 
     /// Runs `tc_egress` on `frame` (as if sent by this node) through `BPF_PROG_TEST_RUN`;

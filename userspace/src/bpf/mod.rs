@@ -277,6 +277,31 @@ pub struct FlowEntry {
     pub opened_ns: u64,
 }
 
+/// Program types that can be loaded lazily by [`Datapath::loaded_program`] (aya gives
+/// each type its own inherent `load`).
+trait LazyLoad {
+    fn is_loaded(&self) -> bool;
+    fn load_now(&mut self) -> Result<(), ProgramError>;
+}
+
+impl LazyLoad for Xdp {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_now(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl LazyLoad for aya::programs::SchedClassifier {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_now(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
 /// One entry of a flow map, either direction: `s*` is the packet's source side.
 struct RawFlow {
     saddr: IpAddr,
@@ -506,8 +531,16 @@ impl Datapath {
     /// The object's `xdp_pass` program (`return XDP_PASS`), loaded on first use: the
     /// baseline benches measure `xdp_ingress` against, built and loaded the same way.
     pub fn baseline_program(&mut self) -> Result<&Xdp, BpfError> {
-        let name = program_names::XDP_PASS;
-        let prog: &mut Xdp = self
+        Ok(self.loaded_program::<Xdp>(program_names::XDP_PASS)?)
+    }
+
+    /// The object's program `name` as a `P`, loaded into the kernel on first use (the
+    /// programs besides `xdp_ingress` are loaded only when a feature needs them).
+    fn loaded_program<P: LazyLoad>(&mut self, name: &'static str) -> Result<&mut P, BpfError>
+    where
+        for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        let prog: &mut P = self
             .ebpf
             .program_mut(name)
             .ok_or(BpfError::ProgramMissing { program: name })?
@@ -516,8 +549,8 @@ impl Datapath {
                 program: name,
                 source: Box::new(source),
             })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| BpfError::ProgramLoad {
+        if !prog.is_loaded() {
+            prog.load_now().map_err(|source| BpfError::ProgramLoad {
                 program: name,
                 source: Box::new(source),
             })?;

@@ -161,23 +161,7 @@ impl Datapath {
 
     /// The `xdp_announce` program, loaded on first use.
     fn announce_program(&mut self) -> Result<&Xdp, BpfError> {
-        let name = program_names::XDP_ANNOUNCE;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::ProgramMissing { program: name })?
-            .try_into()
-            .map_err(|source| BpfError::ProgramLoad {
-                program: name,
-                source: Box::new(source),
-            })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| BpfError::ProgramLoad {
-                program: name,
-                source: Box::new(source),
-            })?;
-        }
-        Ok(prog)
+        Ok(self.loaded_program::<Xdp>(program_names::XDP_ANNOUNCE)?)
     }
 
     /// Transmits each of `frames` (complete Ethernet frames, e.g. gratuitous ARP request
