@@ -577,16 +577,7 @@ impl Datapath {
                 interface: interface.to_owned(),
             });
         }
-        let name = program_names::XDP_INGRESS;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::ProgramMissing { program: name })?
-            .try_into()
-            .map_err(|source| BpfError::ProgramLoad {
-                program: name,
-                source: Box::new(source),
-            })?;
+        let prog = self.loaded_program::<Xdp>(program_names::XDP_INGRESS)?;
         let fail = |mode, native_error, source| BpfError::AttachFailed {
             interface: interface.to_owned(),
             mode,
@@ -641,16 +632,7 @@ impl Datapath {
                 interface: interface.to_owned(),
             })?;
         let a = self.attachments.remove(pos);
-        let name = program_names::XDP_INGRESS;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::ProgramMissing { program: name })?
-            .try_into()
-            .map_err(|source| BpfError::ProgramLoad {
-                program: name,
-                source: Box::new(source),
-            })?;
+        let prog = self.loaded_program::<Xdp>(program_names::XDP_INGRESS)?;
         prog.detach(a.link)
             .map_err(|source| BpfError::DetachFailed {
                 interface: a.interface,
