@@ -66,7 +66,7 @@ fn arp_request_for_owned_vip_is_answered_plain_and_vlan() {
 }
 
 #[test]
-fn arp_is_passed_when_not_ours_not_a_request_or_stale() {
+fn arp_is_passed_when_not_ours_or_not_a_request_and_dropped_when_stale() {
     let mut dp = owning(VIP4.into());
     let other = arp_request(PEER4, Ipv4Addr::new(192, 0, 2, 101));
     let gratuitous = frames::gratuitous_arp(VIP4, SRC_MAC, false);
@@ -83,20 +83,20 @@ fn arp_is_passed_when_not_ours_not_a_request_or_stale() {
     dp.set_vip_on(VIP4.into(), VIP_MAC, Some(1)).unwrap();
     assert_eq!(dp.test_run(&req, 1).unwrap().verdict, Verdict::Tx);
 
-    // A lease that ran out, and a revoked one: passed untouched, counted as stale.
+    // A lease that ran out, and a revoked one: dropped (the kernel, which may still have
+    // the VIP plumbed, must not answer for a hung daemon), counted as stale.
     dp.renew_lease(Duration::from_millis(20)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        dp.test_run_output(&req).unwrap(),
-        (Verdict::Pass, req.clone())
-    );
+    assert_eq!(dp.test_run(&req, 1).unwrap().verdict, Verdict::Drop);
     dp.renew_lease(Duration::from_secs(60)).unwrap();
     assert_eq!(dp.test_run(&req, 1).unwrap().verdict, Verdict::Tx);
     dp.revoke_lease().unwrap();
-    assert_eq!(dp.test_run(&req, 1).unwrap().verdict, Verdict::Pass);
+    assert_eq!(dp.test_run(&req, 1).unwrap().verdict, Verdict::Drop);
+    // A stale lease drops only requests for owned VIPs: the others still pass.
+    assert_eq!(dp.test_run(&other, 1).unwrap().verdict, Verdict::Pass);
     assert_eq!(
         stats(&dp),
-        vec![(Packets, 8), (NonIp, 6), (ArpAnswered, 2), (LeaseStale, 2)]
+        vec![(Packets, 9), (NonIp, 7), (ArpAnswered, 2), (LeaseStale, 2)]
     );
 
     // Removed: not answered, not stale.
@@ -113,7 +113,7 @@ fn never_renewed_lease_answers_nothing() {
     dp.set_vip(VIP4.into(), VIP_MAC).unwrap();
     assert_eq!(
         dp.test_run(&arp_request(PEER4, VIP4), 1).unwrap().verdict,
-        Verdict::Pass
+        Verdict::Drop
     );
     assert_eq!(stats(&dp), vec![(Packets, 1), (NonIp, 1), (LeaseStale, 1)]);
     assert_eq!(
@@ -190,7 +190,7 @@ fn neighbour_solicitation_is_answered_with_a_checksummed_na() {
 }
 
 #[test]
-fn neighbour_solicitation_passes_when_stale_dad_or_not_ours() {
+fn neighbour_solicitation_passes_when_dad_or_not_ours_and_is_dropped_when_stale() {
     let mut dp = owning(vip6().into());
     let dad = neighbour_solicitation(Ipv6Addr::UNSPECIFIED, SRC_MAC, vip6(), false);
     let other = neighbour_solicitation(peer6(), SRC_MAC, "2001:db8:1::101".parse().unwrap(), true);
@@ -199,13 +199,18 @@ fn neighbour_solicitation_passes_when_stale_dad_or_not_ours() {
     for f in [&dad, &other, &low_hops] {
         assert_eq!(dp.test_run_output(f).unwrap(), (Verdict::Pass, f.clone()));
     }
-    dp.revoke_lease().unwrap();
     let ns = neighbour_solicitation(peer6(), SRC_MAC, vip6(), true);
+    assert_eq!(dp.test_run(&ns, 1).unwrap().verdict, Verdict::Tx);
+    dp.revoke_lease().unwrap();
+    assert_eq!(dp.test_run(&ns, 1).unwrap().verdict, Verdict::Drop);
+    // DAD probes and other targets still pass with a stale lease.
+    for f in [&dad, &other] {
+        assert_eq!(dp.test_run_output(f).unwrap(), (Verdict::Pass, f.clone()));
+    }
     assert_eq!(
-        dp.test_run_output(&ns).unwrap(),
-        (Verdict::Pass, ns.clone())
+        stats(&dp),
+        vec![(Packets, 7), (NonTcp, 6), (NdAnswered, 1), (LeaseStale, 1)]
     );
-    assert_eq!(stats(&dp), vec![(Packets, 4), (NonTcp, 4), (LeaseStale, 1)]);
 }
 
 fn ip_in(ns: &str, args: &[&str]) -> String {

@@ -12,7 +12,8 @@
 //! no calls to `memset`/`memcpy` subprograms).
 //!
 //! ARP requests and IPv6 neighbour solicitations for a VIP in `VIPS` are answered in place
-//! (XDP_TX) while the daemon's `LEASE` is fresh. They are recognised only where the parser
+//! (XDP_TX) while the daemon's `LEASE` is fresh, and dropped while it is stale (so a hung
+//! daemon's node stops claiming them although the kernel still has them plumbed). They are recognised only where the parser
 //! already branches (the non-IP ethertype branch; the IPv6 non-TCP branch), so TCP pays
 //! nothing for them.
 //!
@@ -819,7 +820,8 @@ mod programs {
     }
 
     /// An ARP request for an owned VIP becomes, in place, the reply from the VIP's MAC
-    /// (XDP_TX), while the lease is fresh. Anything else passes as `non_ip`.
+    /// (XDP_TX), while the lease is fresh; with a stale lease it is dropped. Anything else
+    /// passes as `non_ip`.
     #[inline(always)]
     fn arp(ctx: &XdpContext, off: usize, stats: Stats) -> u32 {
         let data = ctx.data();
@@ -839,10 +841,12 @@ mod programs {
             bump(stats, Stat::NonIp);
             return xdp_action::XDP_PASS;
         };
+        // Stale lease: the daemon is hung or gone. Drop rather than pass, or the kernel
+        // (which still has the address plumbed) would keep answering for this node.
         if !lease_fresh() {
             bump(stats, Stat::NonIp);
             bump(stats, Stat::LeaseStale);
-            return xdp_action::XDP_PASS;
+            return xdp_action::XDP_DROP;
         }
         let (mac_hi, mac_lo) = vip_mac(v);
         let sha_hi = load_raw32(a + 8);
@@ -865,8 +869,8 @@ mod programs {
     }
 
     /// A neighbour solicitation for an owned VIP becomes, in place, a solicited+override NA
-    /// with the VIP's MAC as target link-layer address (XDP_TX), while the lease is fresh.
-    /// DAD probes (unspecified source) and anything else pass as `non_tcp`.
+    /// with the VIP's MAC as target link-layer address (XDP_TX), while the lease is fresh;
+    /// with a stale lease it is dropped. DAD probes (unspecified source) and anything else pass as `non_tcp`.
     #[inline(always)]
     fn ndisc(ctx: &XdpContext, off: usize, stats: Stats) -> u32 {
         let data = ctx.data();
@@ -890,10 +894,11 @@ mod programs {
             bump(stats, Stat::NonTcp);
             return xdp_action::XDP_PASS;
         };
+        // Stale lease: drop, as in `arp` (the kernel would answer for the plumbed VIP).
         if !lease_fresh() {
             bump(stats, Stat::NonTcp);
             bump(stats, Stat::LeaseStale);
-            return xdp_action::XDP_PASS;
+            return xdp_action::XDP_DROP;
         }
         let (mac_hi, mac_lo) = vip_mac(v);
         // Resize to exactly Ethernet (+ tag) + IPv6 + NA (drops NS options, adds room for
