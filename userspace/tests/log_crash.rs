@@ -1,9 +1,10 @@
 //! Crash loop: a child process (this test binary re-executed) appends from several threads
-//! and prints every acknowledged offset and every durable checkpoint; it is SIGKILLed at
+//! (two blocking, two pipelined through `append_async`) and prints every acknowledged offset and every durable checkpoint; it is SIGKILLed at
 //! random points, also while opening and rolling. After each kill, every acknowledged
 //! record must be present and byte-equal, and the consumer must never be sent a record
 //! at or below its acknowledged checkpoint. `DP_LOG_CRASH_ITERS` raises the iteration
-//! count (default 200); `DP_LOG_CRASH_SEED` replays a run.
+//! count (default 200); `DP_LOG_CRASH_SEED` replays a run. The child inherits
+//! `DURAPLANE_LOG_IO`: run once with `blocking` and once with `io_uring` to cover both paths.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -42,6 +43,25 @@ fn crash_child() {
         let (s, tag) = (s.clone(), tag.clone());
         threads.push(std::thread::spawn(move || {
             let mut n = 0;
+            if t >= 2 {
+                // Pipelined producers: up to 8 appends in flight, each printed only once
+                // its ticket says it is durable.
+                let mut window = std::collections::VecDeque::new();
+                while Instant::now() < deadline {
+                    let p = payload(&tag, t, n);
+                    window.push_back((s.append_async(p.as_bytes()).unwrap(), p));
+                    n += 1;
+                    if window.len() >= 8
+                        && let Some((tk, p)) = window.pop_front()
+                    {
+                        println!("ACK {} {p}", tk.wait().unwrap());
+                    }
+                }
+                for (tk, p) in window {
+                    println!("ACK {} {p}", tk.wait().unwrap());
+                }
+                return;
+            }
             while Instant::now() < deadline {
                 let p = payload(&tag, t, n);
                 let off = s.append(p.as_bytes()).unwrap();

@@ -173,3 +173,47 @@ fn failed_write_poisons_the_stream_for_good() {
         Entry::Gap { .. } => panic!("gap"),
     }
 }
+
+/// Pipelined appends into a filling tmpfs (a subscriber that never checkpoints holds every
+/// segment): once one commit fails, no later ticket is acknowledged, and every
+/// acknowledged record survives a restart.
+#[test]
+fn failed_write_fails_every_later_ticket() {
+    let fs = Tmpfs::new("256k");
+    let dir = fs.path().join("rejectlog.cluster");
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let tickets: Vec<_> = (0..400)
+        .map_while(|i| s.append_async(&payload(i)).ok().map(|t| (i, t)))
+        .collect();
+    let mut acked = Vec::new();
+    let mut failed = false;
+    for (i, t) in tickets {
+        match t.wait() {
+            Ok(off) => {
+                assert!(!failed, "ticket {i} acknowledged after a failed commit");
+                acked.push((off, payload(i)));
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, LogError::Poisoned { .. } | LogError::DiskFull { .. }),
+                    "{e}"
+                );
+                failed = true;
+            }
+        }
+    }
+    assert!(failed, "256 KiB cannot hold 400 KB");
+    drop(s);
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let on_disk: BTreeMap<Offset, Vec<u8>> = s
+        .read_from("m")
+        .unwrap()
+        .map(|e| match e.unwrap() {
+            Entry::Record(r) => (r.offset, r.payload),
+            Entry::Gap { .. } => panic!("gap"),
+        })
+        .collect();
+    for (off, p) in &acked {
+        assert_eq!(on_disk.get(off), Some(p), "acknowledged offset {off}");
+    }
+}

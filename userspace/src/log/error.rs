@@ -24,6 +24,19 @@ pub enum LogError {
         op: &'static str,
         cause: Arc<io::Error>,
     },
+    #[error(
+        "{env}={value:?}: expected auto, io_uring or blocking (how log appends reach the disk)"
+    )]
+    BadIoChoice { env: &'static str, value: String },
+    #[error(
+        "log stream {path}: io_uring was forced ({env}=io_uring) but is unavailable: {reason}; use {env}=blocking or auto",
+        path = path.display()
+    )]
+    IoUringUnavailable {
+        path: PathBuf,
+        env: &'static str,
+        reason: String,
+    },
     #[error("log stream {path}: disk full, appends refused (disk policy stop); nothing acknowledged was lost", path = path.display())]
     DiskFull { path: PathBuf },
     #[error(

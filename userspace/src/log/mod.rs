@@ -13,14 +13,17 @@ pub mod manager;
 mod ops;
 pub mod service;
 mod stream;
+mod uring;
 
 pub use error::{LogError, Result};
 pub use files::{SEGMENT_HEADER_LEN, checkpoint_name, segment_name};
 pub use ops::{Problem, RepairReport, VerifyReport, render_show_logs, repair, verify};
 pub use stream::{
-    AppendStats, DEFAULT_SEGMENT_SIZE, DiskPolicy, Entry, JlogPosition, Lag, Offset, Reader,
-    Record, StartAt, Stream, StreamOptions, StreamSummary, SubscriberInfo, valid_subscriber_name,
+    AppendStats, AppendTicket, DEFAULT_SEGMENT_SIZE, DiskPolicy, Entry, JlogPosition, Lag, Offset,
+    Reader, Record, StartAt, Stream, StreamOptions, StreamSummary, SubscriberInfo,
+    valid_subscriber_name,
 };
+pub use uring::{LOG_IO_ENV, LogIo};
 
 #[cfg(test)]
 mod tests {

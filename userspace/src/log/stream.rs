@@ -6,7 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::{Duration, Instant};
 
 use zerocopy::{FromBytes, IntoBytes};
@@ -14,6 +16,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::error::{LogError, Result};
 use super::files::{self, SEGMENT_HEADER_LEN};
 use super::frame::{self, Decoded, FRAME_HEADER_LEN, FrameHeader, MAX_PAYLOAD, ScanEnd};
+use super::uring::{self, Io, LOG_IO_ENV, LogIo};
 
 /// Logical position of a record: bytes of frames written before it (segment headers excluded).
 pub type Offset = u64;
@@ -151,7 +154,7 @@ pub struct StreamSummary {
     pub poisoned: Option<String>,
 }
 
-/// Counters of the append path.
+/// Counters and gauges of the append path (exported as `duraplane_log_*`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppendStats {
     /// fdatasync calls that acknowledged records.
@@ -160,6 +163,16 @@ pub struct AppendStats {
     pub records: u64,
     /// Bytes dropped by the `drop_oldest` policy since open.
     pub dropped_bytes: u64,
+    /// How commits reach the disk (io_uring write linked to fdatasync, or blocking calls).
+    pub io: LogIo,
+    /// Gauge: records waiting for the next commit (the pipeline's queue depth).
+    pub queued_records: u64,
+    /// Gauge: records in the commit now being written and synced (0 when idle).
+    pub committing_records: u64,
+    /// Records the last finished commit carried (its batch size).
+    pub last_batch_records: u64,
+    /// Largest batch one commit carried since open.
+    pub max_batch_records: u64,
 }
 
 #[derive(Debug)]
@@ -215,6 +228,8 @@ struct Writer {
     buffered_records: u64,
     /// File position up to which this writer has written zeros ahead of the data.
     zeroed: u64,
+    /// io_uring or blocking; kept across segment rolls.
+    io: Io,
 }
 
 /// Zero fill written ahead of the data, in the preallocated (unwritten) part of a segment.
@@ -293,9 +308,85 @@ impl Slot {
     }
 }
 
+/// Result cell of one [`Stream::append_async`]: filled by the committer; its owner is
+/// woken only if it is actually waiting (a pipelining producer usually is not, so a commit
+/// of hundreds of asynchronous records costs no wake-ups at all).
+#[derive(Default)]
+struct AsyncSlot {
+    state: Mutex<AsyncState>,
+}
+
+#[derive(Default)]
+struct AsyncState {
+    result: Option<Result<Offset>>,
+    waiter: Option<std::thread::Thread>,
+}
+
+impl AsyncSlot {
+    fn complete(&self, r: Result<Offset>) {
+        let waiter = {
+            let mut st = lock(&self.state);
+            st.result = Some(r);
+            st.waiter.take()
+        };
+        if let Some(t) = waiter {
+            t.unpark();
+        }
+    }
+}
+
+/// Who gets a ticket's result.
+enum Waiter {
+    /// A producer blocked in `append`/`append_batch` (it may also lead the next commit).
+    Sync(Arc<Slot>),
+    /// An [`AppendTicket`]; the stream's committer thread leads commits for it.
+    Async(Arc<AsyncSlot>),
+}
+
 struct Ticket {
-    slot: Arc<Slot>,
+    waiter: Waiter,
     payloads: Vec<Vec<u8>>,
+}
+
+/// A pipelined append in flight ([`Stream::append_async`]): the record is acknowledged —
+/// [`AppendTicket::wait`] returns its offset — only once it is durable. Tickets of one
+/// producer complete in the order they were taken. Dropping a ticket does not cancel the
+/// append; it is still written while the stream is open.
+#[must_use = "an append is acknowledged only through its ticket"]
+pub struct AppendTicket {
+    /// Keeps the stream (and its committer) alive until the result is in.
+    _stream: Stream,
+    slot: Arc<AsyncSlot>,
+}
+
+impl AppendTicket {
+    /// The result if the commit carrying this record has finished (durable `Ok(offset)`, or
+    /// the error that stopped acknowledgements); `None` while it is still in flight.
+    pub fn poll(&self) -> Option<Result<Offset>> {
+        lock(&self.slot.state).result.clone()
+    }
+
+    /// Blocks until the record is durable (its offset) or its commit failed.
+    pub fn wait(self) -> Result<Offset> {
+        loop {
+            {
+                let mut st = lock(&self.slot.state);
+                if let Some(r) = st.result.take() {
+                    return r;
+                }
+                st.waiter = Some(std::thread::current());
+            }
+            std::thread::park();
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendTicket")
+            .field("done", &self.poll().is_some())
+            .finish()
+    }
 }
 
 /// Longest a committer waits for more producers before its write + fdatasync; also capped
@@ -314,6 +405,9 @@ struct AppendState {
     /// Records and duration of the previous commit: the adaptive gather's inputs.
     last_records: usize,
     last_sync: Duration,
+    /// Records in the commit being written (the gauge `committing_records`).
+    in_commit: usize,
+    max_records: usize,
     poisoned: Option<LogError>,
 }
 
@@ -329,6 +423,18 @@ struct Inner {
     syncs: AtomicU64,
     records: AtomicU64,
     dropped: AtomicU64,
+    io: LogIo,
+    /// The thread leading commits for asynchronous appends, started by the first one.
+    committer: OnceLock<std::thread::Thread>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The committer holds only a weak reference: woken, it finds the stream gone and ends.
+        if let Some(t) = self.committer.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// A handle on an open stream; cheap to clone, `Send + Sync`. The directory is locked
@@ -465,6 +571,19 @@ impl Stream {
                 reason: format!("{sz} is not within 4096..=4294967295"),
             });
         }
+        let choice =
+            uring::parse_choice(std::env::var(LOG_IO_ENV).ok().as_deref()).map_err(|value| {
+                LogError::BadIoChoice {
+                    env: LOG_IO_ENV,
+                    value,
+                }
+            })?;
+        let io = Io::new(choice).map_err(|reason| LogError::IoUringUnavailable {
+            path: dir.clone(),
+            env: LOG_IO_ENV,
+            reason,
+        })?;
+        let io_kind = io.kind();
         let mut held = None;
         if !dir.join(files::METADATA_FILE).exists() {
             if !opts.create {
@@ -551,6 +670,7 @@ impl Stream {
             end,
             buffered_records: 0,
             zeroed: SEGMENT_HEADER_LEN + scan.valid_len as u64,
+            io,
         };
         let segments: BTreeMap<Offset, Seg> = found
             .into_iter()
@@ -615,6 +735,8 @@ impl Stream {
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            io: io_kind,
+            committer: OnceLock::new(),
         });
         let stream = Stream { inner };
         for s in &opts.subscribers {
@@ -636,18 +758,81 @@ impl Stream {
 
     /// Appends one record; returns its offset once it is on disk (fdatasync).
     pub fn append(&self, payload: &[u8]) -> Result<Offset> {
-        let offs = self.append_batch(&[payload])?;
-        offs.first()
-            .copied()
-            .ok_or_else(|| LogError::InvalidOption {
-                what: "append",
-                reason: "no offset returned".into(),
-            })
+        first_offset(&self.append_batch(&[payload])?)
     }
 
-    /// Appends records in order, all in one segment and one commit; returns their offsets
-    /// once durable. Concurrent callers share write + fdatasync calls (group commit).
-    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Vec<Offset>> {
+    /// Appends one record without waiting: the returned ticket yields its offset once it is
+    /// durable. A producer may keep many tickets in flight (pipelining); they share commits
+    /// with every other producer and complete in the order taken. Commits for them are led
+    /// by the stream's committer thread, started by the first call.
+    pub fn append_async(&self, payload: &[u8]) -> Result<AppendTicket> {
+        self.check_sizes(&[payload])?;
+        let inner = &*self.inner;
+        let committer = self.committer()?;
+        let slot = Arc::new(AsyncSlot::default());
+        let mut st = lock(&inner.append);
+        if let Some(p) = &st.poisoned {
+            return Err(p.clone());
+        }
+        st.pending.push(Ticket {
+            waiter: Waiter::Async(slot.clone()),
+            payloads: vec![payload.to_vec()],
+        });
+        st.pending_records += 1;
+        let gatherer = if st.pending_records >= st.gather_target {
+            st.gatherer.take()
+        } else {
+            None
+        };
+        let idle = !st.committing;
+        drop(st);
+        if let Some(g) = gatherer {
+            g.unpark();
+        }
+        if idle {
+            committer.unpark();
+        }
+        Ok(AppendTicket {
+            _stream: self.clone(),
+            slot,
+        })
+    }
+
+    /// The committer thread for asynchronous appends (started on first use). It holds only
+    /// a weak reference, so dropping the last handle still closes the stream.
+    fn committer(&self) -> Result<&std::thread::Thread> {
+        let inner = &*self.inner;
+        if let Some(t) = inner.committer.get() {
+            return Ok(t);
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::Builder::new()
+            .name("dp-log-commit".into())
+            .spawn(move || {
+                // Wait until the handle is published so the first wake-up is not lost.
+                if rx.recv().is_ok() {
+                    committer_loop(weak)
+                }
+            })
+            .map_err(|e| LogError::io(&inner.dir, "spawn the log committer thread", e))?;
+        let t = h.thread().clone();
+        if inner.committer.set(t).is_err() {
+            // Another producer won the race: ours ends as soon as it starts.
+            drop(tx);
+        } else {
+            let _ = tx.send(());
+        }
+        inner.committer.get().ok_or_else(|| {
+            LogError::io(
+                &inner.dir,
+                "start the log committer thread",
+                std::io::Error::other("no committer"),
+            )
+        })
+    }
+
+    fn check_sizes<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<()> {
         let max = MAX_PAYLOAD
             .min((self.inner.segment_size - SEGMENT_HEADER_LEN) as usize - FRAME_HEADER_LEN);
         for p in payloads {
@@ -659,6 +844,13 @@ impl Stream {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Appends records in order, all in one segment and one commit; returns their offsets
+    /// once durable. Concurrent callers share write + fdatasync calls (group commit).
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Vec<Offset>> {
+        self.check_sizes(payloads)?;
         if payloads.is_empty() {
             return Ok(Vec::new());
         }
@@ -669,7 +861,7 @@ impl Stream {
             return Err(p.clone());
         }
         st.pending.push(Ticket {
-            slot: slot.clone(),
+            waiter: Waiter::Sync(slot.clone()),
             payloads: payloads.iter().map(|p| p.as_ref().to_vec()).collect(),
         });
         st.pending_records += payloads.len();
@@ -706,7 +898,7 @@ impl Stream {
         st.committing = true;
         st = self.gather(st);
         let batch = std::mem::take(&mut st.pending);
-        st.pending_records = 0;
+        st.in_commit = std::mem::take(&mut st.pending_records);
         drop(st);
         let t0 = Instant::now();
         let results = self.commit(batch);
@@ -718,6 +910,7 @@ impl Stream {
             .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
             .sum();
         st.last_sync = took;
+        st.max_records = st.max_records.max(st.last_records);
         for (_, r) in &results {
             if let Err(e @ LogError::Poisoned { .. }) = r {
                 st.poisoned.get_or_insert_with(|| e.clone());
@@ -728,15 +921,28 @@ impl Stream {
             st.pending_records = 0;
             failed = std::mem::take(&mut st.pending)
                 .into_iter()
-                .map(|t| (t.slot, Err(p.clone())))
+                .map(|t| (t.waiter, Err(p.clone())))
                 .collect();
         }
-        let next = st.pending.first().map(|t| t.slot.thread.clone());
+        let next = st.pending.first().and_then(|t| match &t.waiter {
+            Waiter::Sync(s) => Some(s.thread.clone()),
+            Waiter::Async(_) => inner.committer.get().cloned(),
+        });
+        st.in_commit = 0;
         drop(st);
         if let Some(t) = next {
             t.unpark();
         }
-        Slot::complete_all(results.into_iter().chain(failed).collect());
+        let mut sync = Vec::new();
+        for (w, r) in results.into_iter().chain(failed) {
+            match w {
+                Waiter::Sync(s) => sync.push((s, r)),
+                Waiter::Async(a) => a.complete(r.and_then(|offs| first_offset(&offs))),
+            }
+        }
+        if !sync.is_empty() {
+            Slot::complete_all(sync);
+        }
     }
 
     /// Adaptive gathering: when the previous commit acknowledged more records than are
@@ -767,17 +973,17 @@ impl Stream {
     }
 
     /// Writes a batch of tickets: one write + one fdatasync per segment touched.
-    fn commit(&self, batch: Vec<Ticket>) -> Vec<(Arc<Slot>, Result<Vec<Offset>>)> {
+    fn commit(&self, batch: Vec<Ticket>) -> Vec<(Waiter, Result<Vec<Offset>>)> {
         let inner = &*self.inner;
         let mut w = lock(&inner.writer);
-        let mut out: Vec<(Arc<Slot>, Result<Vec<Offset>>)> = Vec::with_capacity(batch.len());
+        let mut out: Vec<(Waiter, Result<Vec<Offset>>)> = Vec::with_capacity(batch.len());
         let mut buf = Vec::new();
         let mut unflushed = 0usize; // tickets in `out` whose frames are in `buf`
         let ts = files::now_ns();
         let mut failed: Option<LogError> = None;
         for t in batch {
             if let Some(e) = &failed {
-                out.push((t.slot, Err(e.clone())));
+                out.push((t.waiter, Err(e.clone())));
                 continue;
             }
             let total: u64 = t.payloads.iter().map(|p| frame::frame_len(p.len())).sum();
@@ -788,13 +994,13 @@ impl Stream {
                 if let Err(e) = self.flush(&mut w, &mut buf) {
                     fail_last(&mut out, unflushed, &e);
                     failed = Some(e.clone());
-                    out.push((t.slot, Err(e)));
+                    out.push((t.waiter, Err(e)));
                     continue;
                 }
                 unflushed = 0;
                 if let Err(e) = self.roll(&mut w) {
                     failed = Some(e.clone());
-                    out.push((t.slot, Err(e)));
+                    out.push((t.waiter, Err(e)));
                     continue;
                 }
             }
@@ -805,7 +1011,7 @@ impl Stream {
                 offs.push(off);
                 w.buffered_records += 1;
             }
-            out.push((t.slot, Ok(offs)));
+            out.push((t.waiter, Ok(offs)));
             unflushed += 1;
         }
         if let Err(e) = self.flush(&mut w, &mut buf) {
@@ -829,11 +1035,7 @@ impl Stream {
             let _ = w.file.write_all_at(&ZEROS[..n], data_end);
             w.zeroed = data_end + n as u64;
         }
-        let res = w
-            .file
-            .write_all_at(buf, w.pos)
-            .map_err(|e| ("write", e))
-            .and_then(|_| w.file.sync_data().map_err(|e| ("fdatasync", e)));
+        let res = w.io.write_sync(&w.file, buf, w.pos);
         if let Err((op, e)) = res {
             tracing::error!(path = %w.path.display(), op, error = %e, "log stream poisoned");
             return Err(LogError::Poisoned {
@@ -874,6 +1076,7 @@ impl Stream {
                         );
                         m.disk_full = false;
                     }
+                    let io = std::mem::replace(&mut w.io, Io::Blocking);
                     *w = Writer {
                         file,
                         path,
@@ -882,6 +1085,7 @@ impl Stream {
                         end: w.end,
                         buffered_records: 0,
                         zeroed: SEGMENT_HEADER_LEN,
+                        io,
                     };
                     self.collect()?;
                     return Ok(());
@@ -1106,11 +1310,30 @@ impl Stream {
     }
 
     pub fn stats(&self) -> AppendStats {
+        let (queued, committing, last, max) = {
+            let st = lock(&self.inner.append);
+            (
+                st.pending_records,
+                st.in_commit,
+                st.last_records,
+                st.max_records,
+            )
+        };
         AppendStats {
             syncs: self.inner.syncs.load(Ordering::Relaxed),
             records: self.inner.records.load(Ordering::Relaxed),
             dropped_bytes: self.inner.dropped.load(Ordering::Relaxed),
+            io: self.inner.io,
+            queued_records: queued as u64,
+            committing_records: committing as u64,
+            last_batch_records: last as u64,
+            max_batch_records: max as u64,
         }
+    }
+
+    /// How this stream's commits reach the disk.
+    pub fn io_path(&self) -> LogIo {
+        self.inner.io
     }
 
     /// Oldest retained offset and durable end.
@@ -1163,7 +1386,35 @@ impl Stream {
     }
 }
 
-fn fail_last(out: &mut [(Arc<Slot>, Result<Vec<Offset>>)], n: usize, e: &LogError) {
+fn first_offset(offs: &[Offset]) -> Result<Offset> {
+    offs.first()
+        .copied()
+        .ok_or_else(|| LogError::InvalidOption {
+            what: "append",
+            reason: "no offset returned".into(),
+        })
+}
+
+/// Leads commits while asynchronous tickets are pending and nobody else leads; parks
+/// otherwise. Ends once the stream is gone.
+fn committer_loop(weak: Weak<Inner>) {
+    loop {
+        {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let stream = Stream { inner };
+            let st = lock(&stream.inner.append);
+            if !st.committing && !st.pending.is_empty() {
+                stream.lead(st);
+                continue;
+            }
+        }
+        std::thread::park();
+    }
+}
+
+fn fail_last(out: &mut [(Waiter, Result<Vec<Offset>>)], n: usize, e: &LogError) {
     let len = out.len();
     for r in &mut out[len - n.min(len)..] {
         r.1 = Err(e.clone());
