@@ -133,6 +133,14 @@ fn requests_limits_and_errors() {
             ..
         })
     ));
+    // outbound_cidr_count likewise needs replicated outbound_cidr.
+    assert!(matches!(
+        c.outbound_cidr_count("198.51.100.0/24", None),
+        Err(ClientError::Refused {
+            kind: ErrorKind::Unavailable,
+            ..
+        })
+    ));
 
     {
         // Malformed lines get bad_request and the connection stays usable.

@@ -109,6 +109,38 @@ fn syn_opens_once_and_local_fin_closes_once_v4_v6() {
 }
 
 #[test]
+fn idle_outbound_flows_expire_through_the_close_path() {
+    let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
+    let (local, remote) = (ip("192.0.2.1"), ip("198.51.100.7"));
+    run(&mut dp, Frame::tcp(local, 40000, remote, 25, f::SYN));
+    run(&mut dp, Frame::tcp(local, 40001, remote, 25, f::SYN));
+    let v6 = ip("2001:db8:2::7");
+    run(
+        &mut dp,
+        Frame::tcp(ip("2001:db8:1::1"), 40002, v6, 25, f::SYN),
+    );
+    // Nothing is older than an hour.
+    assert_eq!(
+        dp.expire_outbound_flows(Duration::from_secs(3600)).unwrap(),
+        0
+    );
+    assert_eq!(dp.read_outbound_flows().unwrap().len(), 3);
+    // Everything opened up to now: closed as if an RST left, once each.
+    assert_eq!(dp.expire_outbound_opened_before(u64::MAX).unwrap(), 3);
+    assert!(dp.read_outbound_flows().unwrap().is_empty());
+    let d = dest(&mut dp, remote).unwrap();
+    assert_eq!((d.opened, d.closed, d.current), (2, 2, 0));
+    assert_eq!(dest(&mut dp, v6).map(|d| d.current), Some(0));
+    assert_eq!(dp.expire_outbound_opened_before(u64::MAX).unwrap(), 0);
+    // The real close of an expired flow finds nothing to close (not counted twice).
+    run(
+        &mut dp,
+        Frame::tcp(local, 40000, remote, 25, f::FIN | f::ACK),
+    );
+    assert_eq!(dest(&mut dp, remote).map(|d| d.closed), Some(2));
+}
+
+#[test]
 fn non_tcp_and_short_frames_pass_uncounted() {
     let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
     let udp = Frame::udp(ip("192.0.2.1"), 1, ip("198.51.100.7"), 53).build();

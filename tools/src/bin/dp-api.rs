@@ -56,6 +56,13 @@ enum Cmd {
     },
     /// Current outbound connections to DOMAIN across the cluster.
     OutboundCount { domain: String },
+    /// Current outbound connections from the cluster to CIDR (outbound_cidr): "/24"
+    /// (with --addr), "addr/len", or an address.
+    OutboundCidrCount {
+        cidr: String,
+        #[arg(long)]
+        addr: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +165,7 @@ fn request(cmd: Cmd) -> Request {
         },
         Cmd::InboundCount { cidr, addr } => Request::InboundCount { cidr, addr },
         Cmd::OutboundCount { domain } => Request::OutboundCount { domain },
+        Cmd::OutboundCidrCount { cidr, addr } => Request::OutboundCidrCount { cidr, addr },
     }
 }
 
@@ -216,7 +224,9 @@ fn main() -> anyhow::Result<ExitCode> {
             None => ExitCode::FAILURE,
         },
         Request::CacheDelete { .. } => yes_no(r.deleted.unwrap_or(false)),
-        Request::InboundCount { .. } | Request::OutboundCount { .. } => {
+        Request::InboundCount { .. }
+        | Request::OutboundCount { .. }
+        | Request::OutboundCidrCount { .. } => {
             println!("{}", r.count.unwrap_or(0));
             ExitCode::SUCCESS
         }

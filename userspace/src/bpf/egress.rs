@@ -1,16 +1,20 @@
 //! `outbound_cidr` counting: the `tc_egress` classifier on the configured interfaces
 //! counts this node's outbound TCP connections per destination address.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use aya::{
     maps::IterableMap,
     programs::{SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
     util::KernelVersion,
 };
-use duraplane_common::{map_names as names, program_names};
+use duraplane_common::{Stat, map_names as names, program_names};
 
-use super::{BpfError, Datapath, dup_fd, testrun};
+use super::{
+    BpfError, Datapath, dup_fd,
+    frames::{Frame, tcp_flags},
+    monotonic_ns, testrun,
+};
 
 /// Connection counts of one destination address (summed over CPUs): the same shape as a
 /// source's ([`super::SourceCount`], whose `current` saturates the same way).
@@ -25,6 +29,24 @@ pub struct OutboundFlow {
     pub remote_port: u16,
     /// CLOCK_MONOTONIC ns (coarse) when the SYN left.
     pub opened_ns: u64,
+}
+
+/// How `tc_egress` got attached (logged: the clsact qdisc is visible to `tc` users).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressMode {
+    /// A TCX link (kernel ≥ 6.6): no qdisc, gone with the link.
+    Tcx,
+    /// A netlink filter on a clsact qdisc (older kernels); the qdisc stays.
+    Clsact,
+}
+
+impl std::fmt::Display for EgressMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EgressMode::Tcx => "tcx",
+            EgressMode::Clsact => "clsact",
+        })
+    }
 }
 
 pub(super) struct EgressAttachment {
@@ -51,7 +73,7 @@ impl Datapath {
     /// Attaches `tc_egress` to `interface`'s egress (TCX link on kernel ≥ 6.6; a clsact
     /// qdisc + netlink filter before). Detached by [`detach_egress`](Self::detach_egress)
     /// or on drop.
-    pub fn attach_egress(&mut self, interface: &str) -> Result<(), BpfError> {
+    pub fn attach_egress(&mut self, interface: &str) -> Result<EgressMode, BpfError> {
         if self.egress.iter().any(|a| a.interface == interface) {
             return Err(BpfError::EgressAlreadyAttached {
                 interface: interface.to_owned(),
@@ -84,7 +106,11 @@ impl Datapath {
             interface: interface.to_owned(),
             link,
         });
-        Ok(())
+        Ok(if tcx {
+            EgressMode::Tcx
+        } else {
+            EgressMode::Clsact
+        })
     }
 
     /// Interfaces `tc_egress` is attached to.
@@ -133,5 +159,40 @@ impl Datapath {
                 opened_ns: f.value.opened_ns,
             })
             .collect())
+    }
+
+    /// Closes outbound flows opened more than `older_than` ago (a connection whose FIN/RST
+    /// the classifier never saw: the host crashed it, the route changed) so destination
+    /// counts do not stay up forever. Returns how many were closed.
+    pub fn expire_outbound_flows(&mut self, older_than: Duration) -> Result<u64, BpfError> {
+        let older = u64::try_from(older_than.as_nanos()).unwrap_or(u64::MAX);
+        let cutoff = monotonic_ns()?.saturating_sub(older);
+        self.expire_outbound_opened_before(cutoff)
+    }
+
+    /// Closes outbound flows whose `opened_ns` ≤ `cutoff_ns` (CLOCK_MONOTONIC) by running
+    /// `tc_egress` on an RST of each (as if this node sent it), so the program's own close
+    /// path keeps the flow map and the destination counts consistent.
+    pub fn expire_outbound_opened_before(&mut self, cutoff_ns: u64) -> Result<u64, BpfError> {
+        let flows = self.read_outbound_flows()?;
+        let before = self.read_stats()?.get(Stat::OutClosed);
+        for f in flows {
+            if f.opened_ns > cutoff_ns {
+                continue;
+            }
+            let frame = Frame::tcp(
+                f.local,
+                f.local_port,
+                f.remote,
+                f.remote_port,
+                tcp_flags::RST,
+            )
+            .build();
+            testrun::run_tc(self.egress_program()?, &frame)?;
+        }
+        Ok(self
+            .read_stats()?
+            .get(Stat::OutClosed)
+            .saturating_sub(before))
     }
 }

@@ -156,6 +156,22 @@ fn run_inner(
     } else {
         Some(crate::inbound::InboundService::setup(&cfg.duraplane)?)
     };
+    // `Replicate "outbound_cidr"`: TC egress on the same interfaces (privileged, so here).
+    // Never fatal: without it the node still counts inbound and replicates the rest.
+    let outbound = if !crate::replicate::outbound::wanted(cfg) {
+        None
+    } else if cfg.duraplane.interfaces.is_empty() {
+        tracing::warn!(
+            "Replicate \"outbound_cidr\" needs duraplane.interfaces to count on: this node counts no outbound connections (it still shows the others')"
+        );
+        None
+    } else {
+        crate::replicate::OutboundService::setup(&cfg.duraplane)
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "outbound_cidr counting (TC egress) is OFF")
+            })
+            .ok()
+    };
 
     // A clean slate (orphaned DuraVIPs removed) and a valid DuraVIP configuration.
     let duravip_prepared = crate::duravip::daemon::Prepared::new(cfg)?;
@@ -195,6 +211,14 @@ fn run_inner(
         logs.services(),
     );
     logs.attach(cluster_engine.handle());
+    if let (Some(o), Some(r)) = (&outbound, cluster_engine.replication()) {
+        o.set_replication(r.handle().clone());
+    }
+    let outbound_poller = outbound.as_ref().and_then(|o| {
+        o.start(&services)
+            .inspect_err(|e| tracing::error!(error = %e, "outbound_cidr counting is OFF"))
+            .ok()
+    });
     let objects = cluster_engine
         .replication()
         .map(|r| r.objects().clone())
@@ -252,8 +276,19 @@ fn run_inner(
     if let Some(p) = poller {
         let _ = p.join();
     }
-    // Dropping the last handle of the data plane detaches XDP from every interface.
+    if let Some(o) = &outbound {
+        o.stop();
+    }
+    if let Some(p) = outbound_poller {
+        let _ = p.join();
+    }
+    // Dropping the last handle of a data plane detaches XDP / TC egress from every interface.
     drop(inbound);
+    if let Some(o) = outbound {
+        let ifaces: Vec<String> = o.attachments().iter().map(|(i, _)| i.clone()).collect();
+        drop(o);
+        tracing::info!(interfaces = ?ifaces, "TC egress detached");
+    }
     tracing::info!("stopped");
     Ok(())
 }

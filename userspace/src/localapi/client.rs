@@ -204,6 +204,20 @@ impl Client {
         Ok(r.count.unwrap_or(0))
     }
 
+    /// Current outbound connections from the cluster to `cidr` ("/24" with `addr`,
+    /// "addr/len", or an address).
+    pub fn outbound_cidr_count(
+        &mut self,
+        cidr: &str,
+        addr: Option<&str>,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::OutboundCidrCount {
+            cidr: cidr.into(),
+            addr: addr.map(Into::into),
+        })?;
+        Ok(r.count.unwrap_or(0))
+    }
+
     pub fn outbound_count(&mut self, domain: &str) -> Result<u64, ClientError> {
         let r = self.call(&Request::OutboundCount {
             domain: domain.into(),

@@ -12,7 +12,7 @@ use crate::{
     daemon::Services,
     inbound::parse_cidr,
     replicate::{
-        INBOUND_CIDR, ReplicationHandle, Sink,
+        INBOUND_CIDR, OUTBOUND_CIDR, ReplicationHandle, Sink,
         cache::Cache,
         gauge::{self, GaugeTable, OUTBOUND_BINDING_DOMAINS, OUTBOUND_DOMAINS},
         inbound::tree_of,
@@ -209,7 +209,11 @@ impl SharedObjects {
                 }
             }
             Request::InboundCount { cidr, addr } => Response {
-                count: Some(self.inbound_count(&cidr, addr.as_deref())?),
+                count: Some(self.tree_count(INBOUND_CIDR, &cidr, addr.as_deref())?),
+                ..Response::ok()
+            },
+            Request::OutboundCidrCount { cidr, addr } => Response {
+                count: Some(self.tree_count(OUTBOUND_CIDR, &cidr, addr.as_deref())?),
                 ..Response::ok()
             },
             Request::OutboundCount { domain } => {
@@ -239,19 +243,22 @@ impl SharedObjects {
         })
     }
 
-    /// Momentum's `audit_service "inbound_cidr" "/24"` against the cluster-wide tree.
-    fn inbound_count(&self, cidr: &str, addr: Option<&str>) -> Result<u64, ApiError> {
+    /// Momentum's `audit_service "inbound_cidr" "/24"` against the cluster-wide tree of a
+    /// CIDR-tree object (`inbound_cidr`, `outbound_cidr`).
+    fn tree_count(&self, object: &str, cidr: &str, addr: Option<&str>) -> Result<u64, ApiError> {
         let invalid = |m: String| ApiError::new(ErrorKind::Invalid, m);
         let tree = self
             .inner
             .repl
             .as_ref()
-            .and_then(|r| r.global(INBOUND_CIDR))
+            .and_then(|r| r.global(object))
             .map(|g| tree_of(&g))
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorKind::Unavailable,
-                    "inbound_cidr is not replicated on this node (Replicate \"inbound_cidr\" {} and a cluster key are needed)",
+                    format!(
+                        "{object} is not replicated on this node (Replicate \"{object}\" {{}} and a cluster key are needed)"
+                    ),
                 )
             })?;
         let cidr = cidr.trim();

@@ -75,6 +75,13 @@ pub enum Request {
     OutboundCount {
         domain: String,
     },
+    /// Current outbound connections from the cluster to `cidr` (`outbound_cidr`, counted
+    /// at every node's egress): the same `cidr`/`addr` forms as [`Request::InboundCount`].
+    OutboundCidrCount {
+        cidr: String,
+        #[serde(default)]
+        addr: Option<String>,
+    },
 }
 
 /// Machine-readable error kinds.

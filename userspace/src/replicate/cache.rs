@@ -164,6 +164,11 @@ pub struct CacheStore {
     /// `(ts, writer, key)` for oldest-first eviction.
     order: BTreeSet<(u64, String, String)>,
     stats: CacheStats,
+    /// Slot changes since the last [`take_changes`](Self::take_changes), in order: an
+    /// entry's encoded key → 1 when it enters, → 0 when it is replaced, evicted or purged.
+    changes: Vec<(Key, i64)>,
+    /// Wall ns of the last purge (purging scans every entry: at most once a second).
+    last_purge: u64,
 }
 
 impl CacheStore {
@@ -176,24 +181,42 @@ impl CacheStore {
             entries: HashMap::new(),
             order: BTreeSet::new(),
             stats: CacheStats::default(),
+            changes: Vec::new(),
+            last_purge: 0,
         }
     }
 
     fn insert(&mut self, e: Entry) {
         if let Some(old) = self.entries.remove(&e.key) {
+            self.changes.push((old.encode(), 0));
             self.order.remove(&(old.ts, old.writer, old.key));
         }
+        self.changes.push((e.encode(), 1));
         self.order.insert((e.ts, e.writer.clone(), e.key.clone()));
         self.entries.insert(e.key.clone(), e);
         if let Some(max) = self.max_size {
             while self.entries.len() as u64 > max {
-                let Some((ts, w, k)) = self.order.pop_first() else {
+                let Some((_, _, k)) = self.order.pop_first() else {
                     break;
                 };
-                self.entries.remove(&k);
-                let _ = (ts, w);
+                if let Some(gone) = self.entries.remove(&k) {
+                    self.changes.push((gone.encode(), 0));
+                }
                 self.stats.evicted += 1;
             }
+        }
+    }
+
+    /// The slot changes since the last call (what [`Cache`] publishes key by key).
+    pub fn take_changes(&mut self) -> Vec<(Key, i64)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// [`purge`](Self::purge), at most once a second.
+    fn purge_due(&mut self, now: u64) {
+        if now.saturating_sub(self.last_purge) >= 1_000_000_000 {
+            self.last_purge = now;
+            self.purge(now);
         }
     }
 
@@ -289,6 +312,7 @@ impl CacheStore {
         for e in &gone {
             self.entries.remove(&e.key);
             self.order.remove(&(e.ts, e.writer.clone(), e.key.clone()));
+            self.changes.push((e.encode(), 0));
         }
         self.stats.expired += gone.len() as u64;
         gone.len()
@@ -344,10 +368,13 @@ impl Cache {
         &self.name
     }
 
+    /// Sends what changed (entries in, replaced, evicted, expired) key by key: a write
+    /// costs O(changed keys), not O(entries).
     fn publish(&self, st: &mut CacheStore, now: u64) {
-        st.purge(now);
+        st.purge_due(now);
+        let changes = st.take_changes();
         if let Some(r) = &self.repl {
-            r.publish(&self.name, st.slot_table(now));
+            r.publish_keys(&self.name, changes);
         }
     }
 
@@ -516,6 +543,50 @@ mod tests {
             s.set("", "v", None, 0),
             Err(CacheError::BadKey { .. })
         ));
+    }
+
+    /// What a cache publishes key by key keeps its slot equal to its whole merged view,
+    /// and one write after many costs two keys (the old entry out, the new one in).
+    #[test]
+    fn per_key_changes_keep_the_slot_equal_to_the_view() {
+        use crate::replicate::slots::OwnSlot;
+        let mut s = CacheStore::new("n1", true, Some(50), 0);
+        let mut slot = OwnSlot::default();
+        let sync = |s: &mut CacheStore, slot: &mut OwnSlot| {
+            for (k, v) in s.take_changes() {
+                slot.set(k, v);
+            }
+        };
+        for i in 0..60u64 {
+            s.set(
+                &format!("k{i}"),
+                "v",
+                Some(Duration::from_secs(1 + i % 3)),
+                i,
+            )
+            .unwrap();
+            s.merge(entry(&format!("r{i}"), Some("x"), i, "n2"), i);
+        }
+        s.delete("k59", 100).unwrap();
+        sync(&mut s, &mut slot);
+        assert_eq!(slot.values(), &s.slot_table(100));
+        let _ = slot.take_delta(false);
+        s.set("k58", "new", None, 200).unwrap();
+        sync(&mut s, &mut slot);
+        assert_eq!(
+            slot.pending(),
+            2,
+            "one write = old entry out + new entry in"
+        );
+        // Expiry (purge) goes out key by key too.
+        s.purge(3_000_000_000);
+        sync(&mut s, &mut slot);
+        assert_eq!(slot.values(), &s.slot_table(3_000_000_000));
+        assert!(
+            s.stats().evicted > 0 && s.stats().expired > 0,
+            "{:?}",
+            s.stats()
+        );
     }
 
     proptest! {

@@ -59,6 +59,19 @@ pub fn objects_from_config(cfg: &Config) -> (Vec<ObjectSpec>, Vec<String>) {
                 max_delay: r.max_delay,
                 max_pending: r.max_pending,
             }),
+            ReplicateKind::OutboundCidr => objects.push(ObjectSpec {
+                name: super::OUTBOUND_CIDR.to_owned(),
+                max_delay: r.max_delay,
+                max_pending: r.max_pending,
+            }),
+            ReplicateKind::EccmgrMetrics => warnings.push(format!(
+                "Replicate \"{}\" (eccmgr_metrics) is not implemented by Duraplane: it feeds Momentum's cluster manager (eccmgr), which Duraplane has no equivalent of; use the metrics endpoint (duraplane.metrics) instead",
+                r.name
+            )),
+            ReplicateKind::Metrics => warnings.push(format!(
+                "Replicate \"{}\" ({:?}) is not implemented by Duraplane: Momentum's metrics replication keeps per-IP time series of MTA events (connect, delivery, transfail, permfail, reception, rejection, audit series, gauge caches) that a data plane never sees; current connection counts are replicated by inbound_cidr/outbound_cidr, gauge tables by the local API",
+                r.name, r.kind
+            )),
             _ => warnings.push(format!(
                 "Replicate \"{}\" ({:?}) is not replicated by this version of Duraplane yet",
                 r.name, r.kind
@@ -532,6 +545,19 @@ impl Collector for ReplCollector {
             ];
             ConstGauge::new(s.lag.as_secs_f64()).encode(lag.encode_family(&labels)?)?;
         }
+        // Queue depth of the pipeline: changed keys waiting for the next flush (drains
+        // every max_delay; growing = the reactor or the links cannot keep up).
+        let mut pending = enc.encode_descriptor(
+            "duraplane_replication_pending_keys",
+            "Changed keys of this node's slot not sent yet, per object (drained every max_delay)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (object, n) in self.h.pending_keys() {
+            let labels = [("object".to_owned(), object)];
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                .encode(pending.encode_family(&labels)?)?;
+        }
         let live = ConstGauge::new(slots.iter().filter(|s| s.live).count() as i64);
         live.encode(enc.encode_descriptor(
             "duraplane_replication_live_slots",
@@ -540,5 +566,42 @@ impl Collector for ReplCollector {
             live.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_cidr_is_replicated_and_metrics_is_reported_unimplemented() {
+        let text = r#"cluster {
+  Replicate "inbound_cidr" {}
+  Replicate "outbound_cidr" { max_delay = 0.05 }
+  Replicate "metrics" { parameters = "connect;reception;rejection" }
+  Replicate "eccmgr_metrics" {}
+  Replicate "OBTM" {}
+}
+"#;
+        let loaded = crate::config::load_str(text, std::path::Path::new("test.conf")).unwrap();
+        let (objects, warnings) = objects_from_config(&loaded.config);
+        let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["inbound_cidr", "outbound_cidr"]);
+        assert_eq!(objects[1].max_delay, std::time::Duration::from_millis(50));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"metrics\"")
+                && warnings[0].contains("not implemented")
+                && warnings[0].contains("data plane never sees"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("eccmgr") && warnings[1].contains("not implemented"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].contains("not replicated by this version"),
+            "{warnings:?}"
+        );
     }
 }

@@ -142,7 +142,7 @@ impl InboundLink {
             // Momentum's wording where it has one; the scope name decides the type unless a
             // `type`/`class` overrides it, and only caches may carry other names.
             let kind = match o.as_str() {
-                INBOUND_CIDR => CidrTree::LIST_KIND,
+                INBOUND_CIDR | super::outbound::OUTBOUND_CIDR => CidrTree::LIST_KIND,
                 "outbound_domains" | "outbound_binding_domains" => "lazy, gauge table w/ snapshots",
                 "shared_named_throttles" => "lazy, throttle table w/ snapshots",
                 _ => "lazy, cache",
@@ -156,26 +156,33 @@ impl InboundLink {
     /// `cluster shared show inbound_cidr [from NODE]`: the sum of the live slots, or one
     /// node's slot under its private name.
     pub fn render_show(&self, from: Option<&str>) -> Result<String, ConsoleError> {
-        match from {
-            None => {
-                let g = self.repl.global(INBOUND_CIDR).unwrap_or_default();
-                Ok(tree_of(&g).render(INBOUND_CIDR, "global"))
-            }
-            Some(node) => {
-                let slot = self
-                    .repl
-                    .slot(INBOUND_CIDR, node)
-                    .ok_or_else(|| ConsoleError::Failed {
-                        message: format!(
-                            "no inbound_cidr slot from node '{node}' (not in the cluster view or not connected; see 'cluster membership')"
-                        ),
-                    })?;
-                let view = self
-                    .repl
-                    .private_name(node)
-                    .unwrap_or_else(|| node.to_owned());
-                Ok(tree_of(&slot).render(INBOUND_CIDR, &view))
-            }
+        render_tree_show(&self.repl, INBOUND_CIDR, from)
+    }
+}
+
+/// `cluster shared show OBJECT [from NODE]` for a CIDR-tree object (`inbound_cidr`,
+/// `outbound_cidr`: both key addresses as `'S' ‖ addr`): the sum of the live slots (view
+/// `'global'`), or one node's slot under its private name.
+pub fn render_tree_show(
+    repl: &ReplicationHandle,
+    object: &str,
+    from: Option<&str>,
+) -> Result<String, ConsoleError> {
+    match from {
+        None => {
+            let g = repl.global(object).unwrap_or_default();
+            Ok(tree_of(&g).render(object, "global"))
+        }
+        Some(node) => {
+            let slot = repl
+                .slot(object, node)
+                .ok_or_else(|| ConsoleError::Failed {
+                    message: format!(
+                        "no {object} slot from node '{node}' (not in the cluster view or not connected; see 'cluster membership')"
+                    ),
+                })?;
+            let view = repl.private_name(node).unwrap_or_else(|| node.to_owned());
+            Ok(tree_of(&slot).render(object, &view))
         }
     }
 }

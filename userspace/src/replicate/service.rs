@@ -547,6 +547,46 @@ impl ReplicationHandle {
         changed
     }
 
+    /// Sets single keys of this node's slot of `object`, in order (the rest unchanged; 0 =
+    /// absent): for objects that know what changed (caches), so a write costs O(changed
+    /// keys), not a diff of the whole table. Sent like [`publish`](Self::publish).
+    /// Returns how many keys are now waiting to be sent.
+    pub fn publish_keys(&self, object: &str, changes: Vec<(Key, i64)>) -> usize {
+        if changes.is_empty() {
+            return 0;
+        }
+        let (pending, flush) = {
+            let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let max_pending = st
+                .specs
+                .iter()
+                .find(|s| s.name == object)
+                .map_or(u32::MAX, |s| s.max_pending.max(1));
+            let Some(t) = st.tables.get_mut(object) else {
+                return 0;
+            };
+            for (k, v) in changes {
+                t.own.set(k, v);
+            }
+            let pending = t.own.pending();
+            (pending, pending >= max_pending as usize)
+        };
+        if flush && let Some(h) = self.shared.engine.get() {
+            let _ = h.post(ServiceId::REPLICATION, Box::new(FlushNow));
+        }
+        pending
+    }
+
+    /// Changed keys of this node's slots not sent yet, per object (the replication
+    /// pipeline's queue depth: it drains every `max_delay`).
+    pub fn pending_keys(&self) -> Vec<(String, usize)> {
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.tables
+            .iter()
+            .map(|(n, t)| (n.clone(), t.own.pending()))
+            .collect()
+    }
+
     /// The cluster-wide values of `object`: this node's slot plus the live remote slots.
     pub fn global(&self, object: &str) -> Option<HashMap<Key, i64>> {
         let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
