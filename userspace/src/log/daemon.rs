@@ -13,7 +13,7 @@ use std::{
     os::unix::{fs::PermissionsExt, net::UnixListener, net::UnixStream},
     path::{Path, PathBuf},
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender},
     },
@@ -267,16 +267,118 @@ pub fn init_logging(format: crate::daemon::logging::LogFormat) {
     }
 }
 
+/// Errors applying a reloaded configuration to the log streams.
+#[derive(Debug, thiserror::Error)]
+pub enum LogReloadError {
+    /// Some new destinations could not open; the others were applied, the failed ones are
+    /// absent until the next reload succeeds in opening them.
+    #[error("cannot open {count} cluster:// destination(s), the rest applied: {details}")]
+    Open { count: usize, details: String },
+}
+
+/// The streams as the current configuration names them. Replaced as a whole on reload;
+/// appenders take a snapshot per request, so an append in flight keeps its stream open
+/// until it is acknowledged even if a reload removed that destination meanwhile.
+#[derive(Default)]
+struct Streams {
+    /// One handle per directory: the stream's flock is per open, so a destination that
+    /// stays across a reload must keep its handle, never open the directory again.
+    by_path: BTreeMap<PathBuf, Stream>,
+    /// By the name an appender may use (`logs` keys and logger option names).
+    named: Arc<BTreeMap<String, Stream>>,
+    /// Where the daemon's own paniclog, rejectlog and mainlog lines go.
+    own: Arc<Vec<(Own, Stream)>>,
+    /// The `logs` entries whose stream is open (what the port-4802 service may publish).
+    published: BTreeMap<String, Stream>,
+}
+
+type Shared = Arc<RwLock<Streams>>;
+
+fn read_streams(s: &Shared) -> std::sync::RwLockReadGuard<'_, Streams> {
+    s.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens (or, from `prev`, reuses) every `cluster://` destination of `cfg`'s loggers and
+/// every published log; returns the streams and, for each failure, a line saying which.
+fn resolve(cfg: &Config, prev: &BTreeMap<PathBuf, Stream>) -> (Streams, Vec<String>) {
+    let mut by_path: BTreeMap<PathBuf, Stream> = BTreeMap::new();
+    let mut named: BTreeMap<String, Stream> = BTreeMap::new();
+    let mut own: Vec<(Own, Stream)> = Vec::new();
+    let mut published: BTreeMap<String, Stream> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for l in &cfg.loggers {
+        for (opt, dest) in &l.destinations {
+            let LogDestination::Cluster { path, subscribers } = dest else {
+                continue;
+            };
+            let s = match by_path.get(path).or_else(|| prev.get(path)) {
+                Some(s) => s.clone(),
+                None => match open_stream(path, subscribers) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(logger = l.name, option = opt, error = %e, "cannot open cluster:// log stream");
+                        failed.push(format!("{} {opt}: {e}", l.name));
+                        continue;
+                    }
+                },
+            };
+            by_path.insert(path.clone(), s.clone());
+            named.entry(opt.clone()).or_insert_with(|| s.clone());
+            if l.module.eq_ignore_ascii_case("ec_logger") {
+                match opt.to_ascii_lowercase().as_str() {
+                    "paniclog" => own.push((Own::Panic, s)),
+                    "rejectlog" => own.push((Own::Reject, s)),
+                    "mainlog" => own.push((Own::Main, s)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (name, path) in &cfg.cluster.logs {
+        let s = match by_path.get(path).or_else(|| prev.get(path)) {
+            Some(s) => Some(s.clone()),
+            None => match Stream::open(
+                path,
+                &StreamOptions {
+                    create: false,
+                    ..StreamOptions::default()
+                },
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(log = name, path = %path.display(), error = %e, "published log is not an open cluster:// stream (no logger writes it)");
+                    None
+                }
+            },
+        };
+        if let Some(s) = s {
+            by_path.insert(path.clone(), s.clone());
+            named.insert(name.clone(), s.clone());
+            published.insert(name.clone(), s);
+        }
+    }
+    (
+        Streams {
+            by_path,
+            named: Arc::new(named),
+            own: Arc::new(own),
+            published,
+        },
+        failed,
+    )
+}
+
 /// The running capability.
 pub struct LogDaemon {
-    /// Every open stream by the name an appender may use (`logs` keys and option names).
-    named: Arc<BTreeMap<String, Stream>>,
+    shared: Shared,
     published: Published,
     service: Option<LogService>,
     handle: LogServiceHandle,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    socket: Option<PathBuf>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The local socket's path once it serves (it starts with the first stream, also when
+    /// a reload adds that stream).
+    socket: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl LogDaemon {
@@ -287,65 +389,10 @@ impl LogDaemon {
         cfg: &Config,
         bus: Option<&crate::bus::BusService>,
     ) -> LogDaemon {
-        let mut by_path: BTreeMap<PathBuf, Stream> = BTreeMap::new();
-        let mut named: BTreeMap<String, Stream> = BTreeMap::new();
-        let mut own: Vec<(Own, Stream)> = Vec::new();
-        for l in &cfg.loggers {
-            for (opt, dest) in &l.destinations {
-                let LogDestination::Cluster { path, subscribers } = dest else {
-                    continue;
-                };
-                let s = match by_path.get(path) {
-                    Some(s) => s.clone(),
-                    None => match open_stream(path, subscribers) {
-                        Ok(s) => {
-                            by_path.insert(path.clone(), s.clone());
-                            s
-                        }
-                        Err(e) => {
-                            tracing::error!(logger = l.name, option = opt, error = %e, "cannot open cluster:// log stream");
-                            continue;
-                        }
-                    },
-                };
-                named.entry(opt.clone()).or_insert_with(|| s.clone());
-                if l.module.eq_ignore_ascii_case("ec_logger") {
-                    match opt.to_ascii_lowercase().as_str() {
-                        "paniclog" => own.push((Own::Panic, s)),
-                        "rejectlog" => own.push((Own::Reject, s)),
-                        "mainlog" => own.push((Own::Main, s)),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        let mut published = BTreeMap::new();
-        for (name, path) in &cfg.cluster.logs {
-            let s = match by_path.get(path) {
-                Some(s) => Some(s.clone()),
-                None => match Stream::open(
-                    path,
-                    &StreamOptions {
-                        create: false,
-                        ..StreamOptions::default()
-                    },
-                ) {
-                    Ok(s) => {
-                        by_path.insert(path.clone(), s.clone());
-                        Some(s)
-                    }
-                    Err(e) => {
-                        tracing::warn!(log = name, path = %path.display(), error = %e, "published log is not an open cluster:// stream (no logger writes it)");
-                        None
-                    }
-                },
-            };
-            if let Some(s) = s {
-                named.insert(name.clone(), s.clone());
-                published.insert(name.clone(), s);
-            }
-        }
-        let published: Published = Arc::new(published);
+        let (streams, _failed) = resolve(cfg, &BTreeMap::new());
+        // The port-4802 service publishes what the configuration publishes at start;
+        // `logs` changes on reload reach the local socket, the service after a restart.
+        let published: Published = Arc::new(streams.published.clone());
         let (mut service, handle) = LogService::new(published.clone());
         if let Some(b) = bus {
             let members = b.cluster_members();
@@ -358,50 +405,89 @@ impl LogDaemon {
             }));
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        if !own.is_empty() {
-            let (tx, rx) = mpsc::sync_channel(8192);
-            if TAP.set(tx).is_ok() {
-                let st = stop.clone();
-                match std::thread::Builder::new()
-                    .name("log-own".into())
-                    .spawn(move || own_writer(rx, own, st))
-                {
-                    Ok(t) => threads.push(t),
-                    Err(e) => tracing::error!(error = %e, "cannot start the own-log writer"),
-                }
+        let shared: Shared = Arc::new(RwLock::new(streams));
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        // The own-log writer always runs (a reload may add paniclog/rejectlog/mainlog);
+        // lines for a log that has no stream are not kept.
+        let (tx, rx) = mpsc::sync_channel(8192);
+        if TAP.set(tx).is_ok() {
+            let (st, sh) = (stop.clone(), shared.clone());
+            match std::thread::Builder::new()
+                .name("log-own".into())
+                .spawn(move || own_writer(rx, sh, st))
+            {
+                Ok(t) => lock(&threads).push(t),
+                Err(e) => tracing::error!(error = %e, "cannot start the own-log writer"),
             }
         }
-        let named = Arc::new(named);
-        let path = local_socket_path(&cfg.duraplane.control_socket);
-        let served = if named.is_empty() {
-            Err(LocalLogError::NoStreams)
-        } else {
-            serve_local(&path, named.clone(), stop.clone())
-        };
-        let socket = match served {
-            Err(LocalLogError::NoStreams) => None,
-            Ok(t) => {
-                threads.push(t);
-                tracing::info!(socket = %path.display(), "local log socket");
-                Some(path)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "local log socket is OFF");
-                None
-            }
-        };
         let d = LogDaemon {
-            named,
+            shared,
             published,
             service: Some(service),
             handle,
             stop,
             threads,
-            socket,
+            socket: Arc::new(Mutex::new(None)),
         };
+        d.ensure_socket(cfg);
         d.register(services, cfg);
         d
+    }
+
+    /// Starts the local socket if it is not serving yet and there is a stream to append to.
+    fn ensure_socket(&self, cfg: &Config) {
+        ensure_socket(
+            &self.shared,
+            &self.socket,
+            &self.threads,
+            &self.stop,
+            &local_socket_path(&cfg.duraplane.control_socket),
+        );
+    }
+
+    /// Applies a reloaded configuration: destinations that stay keep their open stream,
+    /// new ones open (created with their subscribers), removed ones are closed once the
+    /// last append in flight on them is acknowledged. Nothing acknowledged is lost: a
+    /// record is acknowledged only once durable, and closing never truncates.
+    fn apply_reload(
+        shared: &Shared,
+        published: &Published,
+        new: &Config,
+    ) -> Result<(usize, usize), LogReloadError> {
+        let prev = read_streams(shared).by_path.clone();
+        // The service keeps serving what it published at start: a destination removed
+        // and added back must get that same handle (its directory is locked by it).
+        let mut held = prev.clone();
+        for s in published.values() {
+            held.entry(s.path().to_owned()).or_insert_with(|| s.clone());
+        }
+        let (streams, failed) = resolve(new, &held);
+        drop(held);
+        let opened = streams
+            .by_path
+            .keys()
+            .filter(|p| !prev.contains_key(*p))
+            .count();
+        let closed = prev
+            .keys()
+            .filter(|p| !streams.by_path.contains_key(*p))
+            .count();
+        let old = std::mem::replace(
+            &mut *shared.write().unwrap_or_else(|p| p.into_inner()),
+            streams,
+        );
+        // Our handles on removed streams go here; appenders holding a snapshot finish.
+        drop(old);
+        drop(prev);
+        tracing::info!(opened, closed, "log streams reloaded");
+        if failed.is_empty() {
+            Ok((opened, closed))
+        } else {
+            Err(LogReloadError::Open {
+                count: failed.len(),
+                details: failed.join("; "),
+            })
+        }
     }
 
     /// The log service for the shared engine (once).
@@ -419,9 +505,9 @@ impl LogDaemon {
         }
     }
 
-    /// Open streams by name (logs keys and logger option names).
-    pub fn streams(&self) -> &BTreeMap<String, Stream> {
-        &self.named
+    /// Open streams by name (logs keys and logger option names), as configured now.
+    pub fn streams(&self) -> Arc<BTreeMap<String, Stream>> {
+        read_streams(&self.shared).named.clone()
     }
 
     fn register(&self, services: &Services, cfg: &Config) {
@@ -440,6 +526,27 @@ impl LogDaemon {
         ) {
             tracing::warn!(error = %e, "cannot register cluster show logs");
         }
+        let published = self.published.clone();
+        let (shared, sock, threads, stop) = (
+            self.shared.clone(),
+            self.socket.clone(),
+            self.threads.clone(),
+            self.stop.clone(),
+        );
+        services.reloader.register(
+            "logs",
+            Arc::new(move |_old, new| {
+                LogDaemon::apply_reload(&shared, &published, new)?;
+                ensure_socket(
+                    &shared,
+                    &sock,
+                    &threads,
+                    &stop,
+                    &local_socket_path(&new.duraplane.control_socket),
+                );
+                Ok(())
+            }),
+        );
         let h = self.handle.clone();
         let sock = self.socket.clone();
         services.info.set_section(
@@ -449,7 +556,8 @@ impl LogDaemon {
                 format!(
                     "Logs: {} published; local socket {}\nLog service: {} subscriptions, {} records sent, {} checkpoints, {} malformed requests, {} refused; own lines dropped {}",
                     h.logs().len(),
-                    sock.as_ref()
+                    lock(&sock)
+                        .as_ref()
                         .map_or("off".to_owned(), |p| p.display().to_string()),
                     c.subscriptions.load(Ordering::Relaxed),
                     c.records_sent.load(Ordering::Relaxed),
@@ -463,17 +571,45 @@ impl LogDaemon {
     }
 
     /// Stops the socket and the own-log writer (after flushing what it holds).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(p) = &self.socket {
+        let socket = lock(&self.socket).clone();
+        if let Some(p) = &socket {
             let _ = UnixStream::connect(p);
         }
-        for t in self.threads.drain(..) {
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for t in threads {
             let _ = t.join();
         }
-        if let Some(p) = &self.socket {
+        if let Some(p) = &socket {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves the local socket at `path` unless it already serves or there is no stream.
+fn ensure_socket(
+    shared: &Shared,
+    socket: &Mutex<Option<PathBuf>>,
+    threads: &Mutex<Vec<JoinHandle<()>>>,
+    stop: &Arc<AtomicBool>,
+    path: &Path,
+) {
+    let mut sock = lock(socket);
+    if sock.is_some() || read_streams(shared).named.is_empty() {
+        return;
+    }
+    match serve_local(path, shared.clone(), stop.clone()) {
+        Ok(t) => {
+            lock(threads).push(t);
+            tracing::info!(socket = %path.display(), "local log socket");
+            *sock = Some(path.to_owned());
+        }
+        Err(e) => tracing::error!(error = %e, "local log socket is OFF"),
     }
 }
 
@@ -500,7 +636,7 @@ fn open_stream(path: &Path, subscribers: &[String]) -> super::Result<Stream> {
     )
 }
 
-fn own_writer(rx: mpsc::Receiver<TapLine>, own: Vec<(Own, Stream)>, stop: Arc<AtomicBool>) {
+fn own_writer(rx: mpsc::Receiver<TapLine>, shared: Shared, stop: Arc<AtomicBool>) {
     let mut pending: Vec<TapLine> = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -514,7 +650,8 @@ fn own_writer(rx: mpsc::Receiver<TapLine>, own: Vec<(Own, Stream)>, stop: Arc<At
                 Err(_) => break,
             }
         }
-        for (which, stream) in &own {
+        let own = read_streams(&shared).own.clone();
+        for (which, stream) in own.iter() {
             let batch: Vec<&[u8]> = pending
                 .iter()
                 .filter(|l| l.own == *which)
@@ -536,7 +673,7 @@ fn own_writer(rx: mpsc::Receiver<TapLine>, own: Vec<(Own, Stream)>, stop: Arc<At
 
 fn serve_local(
     path: &Path,
-    named: Arc<BTreeMap<String, Stream>>,
+    shared: Shared,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, LocalLogError> {
     let io = |source| LocalLogError::Io {
@@ -563,7 +700,7 @@ fn serve_local(
                     continue;
                 }
                 active.fetch_add(1, Ordering::Relaxed);
-                let (n, a, s) = (named.clone(), active.clone(), stop.clone());
+                let (n, a, s) = (shared.clone(), active.clone(), stop.clone());
                 let spawned = std::thread::Builder::new()
                     .name("log-local-conn".into())
                     .spawn(move || {
@@ -613,7 +750,7 @@ fn read_full(c: &mut UnixStream, buf: &mut [u8], stop: &AtomicBool) -> io::Resul
     Ok(true)
 }
 
-fn serve_conn(mut c: UnixStream, named: &BTreeMap<String, Stream>, stop: &AtomicBool) {
+fn serve_conn(mut c: UnixStream, shared: &Shared, stop: &AtomicBool) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
     loop {
         let mut n = [0u8; 1];
@@ -638,7 +775,10 @@ fn serve_conn(mut c: UnixStream, named: &BTreeMap<String, Stream>, stop: &Atomic
             return;
         }
         let name = String::from_utf8_lossy(&name);
-        let r = match named.get(name.as_ref()) {
+        // A snapshot per record: a reload between records takes effect at once, and
+        // the stream this append goes to stays open until the answer is sent.
+        let stream = read_streams(shared).named.get(name.as_ref()).cloned();
+        let r = match stream {
             None => reply_err(&mut c, &format!("no cluster:// stream named {name:?}")),
             Some(s) => match s.append(&rec) {
                 Ok(off) => {

@@ -10,18 +10,18 @@
 //! Configuration and behaviour: `docs/logs.md` ("The manager").
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::{self, File, OpenOptions},
     io::{self, Write},
     net::SocketAddr,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{
@@ -71,6 +71,10 @@ pub struct LogsConfig {
     pub dir_mode: u32,
     pub log_active_interval: Duration,
     pub log_idle_interval: Duration,
+    /// `Max_Open`: consolidated files held open at once (least recently written closed).
+    pub max_open: usize,
+    /// `Max_Idle`: how long a consolidated file stays open without a new record.
+    pub max_idle: Duration,
     /// `Manager "name" { Node "n" { Subscriber = (…) } }`: per manager, per node.
     pub managers: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     /// `duraplane { cluster_key_file }` (or `--key`).
@@ -135,6 +139,8 @@ pub fn logs_config(tree: &Tree, path: &Path) -> Result<LogsConfig, ManagerError>
         dir_mode: 0o755,
         log_active_interval: Duration::from_secs(1),
         log_idle_interval: Duration::from_secs(10),
+        max_open: 128,
+        max_idle: Duration::from_secs(10),
         managers: BTreeMap::new(),
         cluster_key_file: None,
     };
@@ -164,6 +170,15 @@ pub fn logs_config(tree: &Tree, path: &Path) -> Result<LogsConfig, ManagerError>
             "dir_mode" => c.dir_mode = mode(s)?,
             "log_active_interval" => c.log_active_interval = dur(s)?,
             "log_idle_interval" => c.log_idle_interval = dur(s)?,
+            "max_open" => {
+                c.max_open = s
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad(format!("Logs max_open = {s:?}: not a count ≥ 1")))?
+            }
+            "max_idle" => c.max_idle = dur(s)?,
             // Momentum's other Logs options do not apply to this manager.
             _ => tracing::warn!(option = k, "Logs option ignored by duraplane manager"),
         }
@@ -391,9 +406,104 @@ fn make_dirs(dir: &Path, mode: u32) -> Result<(), ManagerError> {
     }
 }
 
+/// The consolidated files held open between batches, shared by every puller: at most
+/// `max_open` (a new one closes the least recently written), none longer than `max_idle`
+/// without a write (so yesterday's files, and those of a node that went quiet, are closed).
+/// A file is taken out while a puller writes it, so no lock is held across an fsync.
+#[derive(Debug)]
+pub struct OpenFiles {
+    max_open: usize,
+    max_idle: Duration,
+    files: Mutex<HashMap<PathBuf, (File, Instant)>>,
+}
+
+impl OpenFiles {
+    pub fn new(max_open: usize, max_idle: Duration) -> OpenFiles {
+        OpenFiles {
+            max_open: max_open.max(1),
+            max_idle,
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (File, Instant)>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open handle of `path`, taken out of the cache, or a fresh one (created with
+    /// `file_mode`, its directories with `dir_mode`).
+    fn take(&self, path: &Path, cfg: &LogsConfig) -> Result<File, ManagerError> {
+        if let Some((f, _)) = self.lock().remove(path) {
+            return Ok(f);
+        }
+        if let Some(d) = path.parent() {
+            make_dirs(d, cfg.dir_mode)?;
+        }
+        let existed = path.exists();
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(cfg.file_mode)
+            .open(path)
+            .map_err(ioe("open", path))?;
+        if !existed {
+            f.set_permissions(fs::Permissions::from_mode(cfg.file_mode))
+                .map_err(ioe("chmod", path))?;
+            if let Some(d) = path.parent() {
+                fsync_dir(d)?;
+            }
+        }
+        Ok(f)
+    }
+
+    /// Puts a handle back after a write; closes the least recently written files beyond
+    /// `max_open` and any idle longer than `max_idle`.
+    fn put(&self, path: PathBuf, f: File) {
+        let mut files = self.lock();
+        files.entry(path).or_insert((f, Instant::now())).1 = Instant::now();
+        Self::close_idle(&mut files, self.max_idle);
+        while files.len() > self.max_open {
+            let Some(oldest) = files
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(p, _)| p.clone())
+            else {
+                break;
+            };
+            files.remove(&oldest);
+            tracing::debug!(file = %oldest.display(), "manager: max_open reached, closed the least recently written file");
+        }
+    }
+
+    fn close_idle(files: &mut HashMap<PathBuf, (File, Instant)>, max_idle: Duration) -> usize {
+        let before = files.len();
+        files.retain(|p, (_, t)| {
+            let keep = t.elapsed() <= max_idle;
+            if !keep {
+                tracing::debug!(file = %p.display(), "manager: closed a file idle longer than max_idle");
+            }
+            keep
+        });
+        before - files.len()
+    }
+
+    /// Closes the files idle longer than `max_idle`; returns how many.
+    pub fn sweep(&self) -> usize {
+        Self::close_idle(&mut self.lock(), self.max_idle)
+    }
+
+    /// The files open now (for `cluster show`-style reports and tests).
+    pub fn open_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
 /// One (node, log) consolidation: the state file and the output.
 struct Sink {
     cfg: Arc<LogsConfig>,
+    files: Arc<OpenFiles>,
     node: String,
     log: String,
     state_path: PathBuf,
@@ -401,7 +511,12 @@ struct Sink {
 }
 
 impl Sink {
-    fn open(cfg: Arc<LogsConfig>, node: &str, log: &str) -> Result<Sink, ManagerError> {
+    fn open(
+        cfg: Arc<LogsConfig>,
+        files: Arc<OpenFiles>,
+        node: &str,
+        log: &str,
+    ) -> Result<Sink, ManagerError> {
         let dir = state_dir(&cfg.logfile);
         make_dirs(&dir, 0o700)?;
         let state_path = dir.join(format!("{node}.{log}.state"));
@@ -423,6 +538,7 @@ impl Sink {
         }
         Ok(Sink {
             cfg,
+            files,
             node: node.into(),
             log: log.into(),
             state_path,
@@ -452,23 +568,7 @@ impl Sink {
                 "default",
                 now,
             ));
-            if let Some(d) = path.parent() {
-                make_dirs(d, self.cfg.dir_mode)?;
-            }
-            let existed = path.exists();
-            let mut f = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(self.cfg.file_mode)
-                .open(&path)
-                .map_err(ioe("open", &path))?;
-            if !existed {
-                f.set_permissions(fs::Permissions::from_mode(self.cfg.file_mode))
-                    .map_err(ioe("chmod", &path))?;
-                if let Some(d) = path.parent() {
-                    fsync_dir(d)?;
-                }
-            }
+            let mut f = self.files.take(&path, &self.cfg)?;
             let len = f.metadata().map_err(ioe("stat", &path))?.len();
             if self.st.file.as_ref() != Some(&path) {
                 // Switching files: commit the new file's current length first so a
@@ -484,9 +584,11 @@ impl Sink {
                     buf.push(b'\n');
                 }
             }
+            // On failure the handle is dropped (closed), never reused.
             f.write_all(&buf)
                 .and_then(|_| f.sync_data())
                 .map_err(ioe("write", &path))?;
+            self.files.put(path, f);
             self.st.len = len + buf.len() as u64;
             fault(Fault::BeforeState);
         }
@@ -528,6 +630,7 @@ pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerEr
         })?;
     let key = ClusterKey::load(&key_file)?;
     make_dirs(&state_dir(&cfg.logfile), 0o700)?;
+    let files = Arc::new(OpenFiles::new(cfg.max_open, cfg.max_idle));
     tracing::info!(
         manager = opts.name,
         nodes = opts.nodes.len(),
@@ -535,6 +638,22 @@ pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerEr
         "manager running"
     );
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    // Closes idle files also while nothing is written.
+    {
+        let (files, stop) = (files.clone(), stop.clone());
+        let every = (cfg.max_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        threads.push(
+            std::thread::Builder::new()
+                .name("mgr-idle".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(every);
+                        files.sweep();
+                    }
+                })
+                .map_err(ioe("spawn thread for", Path::new("max_idle")))?,
+        );
+    }
     let mut started: BTreeMap<String, SocketAddr> = BTreeMap::new();
     let spawn = |node: &str, addr: SocketAddr, threads: &mut Vec<JoinHandle<()>>| {
         let subs = cfg.subscribers(&opts.name, node);
@@ -548,6 +667,7 @@ pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerEr
         tracing::info!(node, %addr, "manager: pulling from node");
         let p = NodePuller {
             cfg: cfg.clone(),
+            files: files.clone(),
             key: key.clone(),
             me: opts.name.clone(),
             node: node.to_owned(),
@@ -614,6 +734,7 @@ pub fn run(opts: &ManagerOptions, stop: Arc<AtomicBool>) -> Result<(), ManagerEr
 #[derive(Clone)]
 struct NodePuller {
     cfg: Arc<LogsConfig>,
+    files: Arc<OpenFiles>,
     key: ClusterKey,
     me: String,
     node: String,
@@ -667,7 +788,7 @@ impl NodePuller {
 
     /// Pulls one log until stopped, reconnecting after failures.
     fn pull(&self, log: &str) {
-        let mut sink = match Sink::open(self.cfg.clone(), &self.node, log) {
+        let mut sink = match Sink::open(self.cfg.clone(), self.files.clone(), &self.node, log) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(node = self.node, log, error = %e, "manager: cannot open the consolidated log state");
@@ -843,6 +964,8 @@ Logs {
   dir_mode = "0750"
   log_active_interval = "250ms"
   log_idle_interval = "2"
+  Max_Open = "3"
+  max_idle = "250ms"
   Manager "eastmgr" {
     Node "west1" { Subscriber = () }
     Node "east1" { Subscriber = ("a", "b") }
@@ -857,10 +980,76 @@ duraplane { cluster_key_file = "/k" }
         assert_eq!((c.file_mode, c.dir_mode), (0o600, 0o750));
         assert_eq!(c.log_active_interval, Duration::from_millis(250));
         assert_eq!(c.log_idle_interval, Duration::from_secs(2));
+        assert_eq!((c.max_open, c.max_idle), (3, Duration::from_millis(250)));
         assert_eq!(c.cluster_key_file, Some(PathBuf::from("/k")));
         assert!(c.subscribers("eastmgr", "west1").is_empty());
         assert_eq!(c.subscribers("eastmgr", "east1"), vec!["a", "b"]);
         assert_eq!(c.subscribers("eastmgr", "east2"), vec!["eastmgr", "master"]);
         assert_eq!(c.subscribers("westmgr", "west1"), vec!["westmgr", "master"]);
+    }
+
+    /// Whether this process has a descriptor open on `path` (what `ls -l /proc/PID/fd`
+    /// shows an operator).
+    fn fd_open(path: &Path) -> bool {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|e| fs::read_link(e.path()).is_ok_and(|t| t == path))
+    }
+
+    fn cfg(dir: &Path) -> LogsConfig {
+        let mut c = logs_config(
+            &crate::config::parser::parse_bytes(b"Logs { }", Path::new("/t")).0,
+            Path::new("/t"),
+        )
+        .unwrap();
+        c.logfile = format!("{}/%{{l}}/%{{n}}", dir.display());
+        c
+    }
+
+    #[test]
+    fn max_open_closes_the_least_recently_written_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let files = OpenFiles::new(2, Duration::from_secs(3600));
+        assert_eq!(files.sweep(), 0);
+        let p: Vec<PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("log/n{i}")))
+            .collect();
+        for path in [&p[0], &p[1], &p[0], &p[2]] {
+            let mut f = files.take(path, &c).unwrap();
+            f.write_all(b"x\n").unwrap();
+            files.put(path.clone(), f);
+        }
+        // n1 was written least recently when n2 opened.
+        assert_eq!(files.open_paths(), vec![p[0].clone(), p[2].clone()]);
+        assert!(fd_open(&p[0]) && fd_open(&p[2]));
+        assert!(!fd_open(&p[1]), "n1 is still open");
+        // Reopened on demand, appending after what was there.
+        let mut f = files.take(&p[1], &c).unwrap();
+        f.write_all(b"y\n").unwrap();
+        files.put(p[1].clone(), f);
+        assert_eq!(fs::read_to_string(&p[1]).unwrap(), "x\ny\n");
+        assert_eq!(files.open_paths().len(), 2);
+        assert_eq!(files.sweep(), 0, "nothing is idle for an hour");
+        assert_eq!(
+            fs::metadata(&p[1]).unwrap().permissions().mode() & 0o777,
+            c.file_mode
+        );
+    }
+
+    #[test]
+    fn max_idle_closes_files_without_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let files = OpenFiles::new(128, Duration::from_millis(50));
+        let a = dir.path().join("log/a");
+        let f = files.take(&a, &c).unwrap();
+        files.put(a.clone(), f);
+        assert!(fd_open(&a));
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(files.sweep(), 1);
+        assert!(files.open_paths().is_empty());
+        assert!(!fd_open(&a), "idle file still open");
     }
 }
