@@ -319,14 +319,17 @@ struct AsyncSlot {
 #[derive(Default)]
 struct AsyncState {
     result: Option<Result<Offset>>,
+    /// When the committer published the result (the durable acknowledgement).
+    done_at: Option<Instant>,
     waiter: Option<std::thread::Thread>,
 }
 
 impl AsyncSlot {
-    fn complete(&self, r: Result<Offset>) {
+    fn complete(&self, r: Result<Offset>, at: Instant) {
         let waiter = {
             let mut st = lock(&self.state);
             st.result = Some(r);
+            st.done_at = Some(at);
             st.waiter.take()
         };
         if let Some(t) = waiter {
@@ -364,6 +367,12 @@ impl AppendTicket {
     /// the error that stopped acknowledgements); `None` while it is still in flight.
     pub fn poll(&self) -> Option<Result<Offset>> {
         lock(&self.slot.state).result.clone()
+    }
+
+    /// When the record was acknowledged (its commit finished), for latency accounting that
+    /// does not depend on when the producer looked; `None` while in flight.
+    pub fn completed_at(&self) -> Option<Instant> {
+        lock(&self.slot.state).done_at
     }
 
     /// Blocks until the record is durable (its offset) or its commit failed.
@@ -934,10 +943,11 @@ impl Stream {
             t.unpark();
         }
         let mut sync = Vec::new();
+        let done_at = Instant::now();
         for (w, r) in results.into_iter().chain(failed) {
             match w {
                 Waiter::Sync(s) => sync.push((s, r)),
-                Waiter::Async(a) => a.complete(r.and_then(|offs| first_offset(&offs))),
+                Waiter::Async(a) => a.complete(r.and_then(|offs| first_offset(&offs)), done_at),
             }
         }
         if !sync.is_empty() {

@@ -270,3 +270,47 @@ mod tests {
         }
     }
 }
+
+/// Not a test: `cargo test -p duraplane --release --lib log::uring::compare_paths --
+/// --ignored --nocapture` prints the cost of one small write + fdatasync on each path,
+/// interleaved so both see the same disk load (`DURAPLANE_BENCH_DIR`, default /var/tmp).
+#[cfg(test)]
+#[test]
+#[ignore = "measurement, prints timings"]
+fn compare_paths() {
+    let base = std::env::var_os("DURAPLANE_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into());
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let p = dir.path().join("f");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    f.write_all_at(&vec![0u8; 8 << 20], 0).unwrap();
+    f.sync_all().unwrap();
+    let buf = [0x41u8; 300];
+    let mut paths = [
+        ("blocking", Io::new(Choice::Blocking).unwrap(), 0.0f64, 0u32),
+        ("io_uring", Io::new(Choice::IoUring).unwrap(), 0.0, 0),
+    ];
+    let mut pos = 0u64;
+    for _round in 0..10 {
+        for (_, io, total, n) in paths.iter_mut() {
+            let t = std::time::Instant::now();
+            for _ in 0..200 {
+                io.write_sync(&f, &buf, pos).unwrap();
+                pos += buf.len() as u64;
+            }
+            *total += t.elapsed().as_secs_f64();
+            *n += 200;
+        }
+    }
+    for (name, _, total, n) in &paths {
+        eprintln!(
+            "{name}: {:.1} µs per write + fdatasync",
+            total / *n as f64 * 1e6
+        );
+    }
+}
