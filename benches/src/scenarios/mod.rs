@@ -9,6 +9,7 @@ mod replication;
 mod scrape;
 mod util;
 mod veth_flood;
+mod vip_scale;
 
 use crate::harness::Scenario;
 
@@ -22,5 +23,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(membership::MembershipDetection),
         Box::new(logs::LogAppends),
         Box::new(failover::Failover),
+        Box::new(vip_scale::VipScale),
     ]
 }

@@ -199,7 +199,15 @@ fn run_inner(
     let poller = inbound.as_ref().map(|i| i.start(&services)).transpose()?;
     let bus = crate::bus::BusService::start(&services, &loaded.config)?;
     let duravip = duravip_prepared
-        .map(|p| crate::duravip::daemon::DuravipService::start(p, &services, &loaded.config, &bus))
+        .map(|p| {
+            crate::duravip::daemon::DuravipService::start(
+                p,
+                &services,
+                &loaded.config,
+                &bus,
+                inbound.as_ref(),
+            )
+        })
         .transpose()?;
     let mut logs = crate::log::daemon::LogDaemon::start(&services, &loaded.config, Some(&bus));
     // One port-4802 engine for replication (service 1) and the log service (service 2).

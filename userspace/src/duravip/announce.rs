@@ -3,8 +3,8 @@
 //! advertisements (override flag, to ff02::1), the schedule they are sent on, and an
 //! AF_PACKET sender.
 //!
-//! The frame builders are plain byte builders so the XDP live-frames sender (later work)
-//! can reuse them. Schedule: at once, then ~1 s, ~2 s, ~5 s after the VIP was plumbed
+//! The frame builders are plain byte builders shared by the XDP live-frames sender
+//! ([`crate::bpf::Datapath::announce`]) and the AF_PACKET fallback. Schedule: at once, then ~1 s, ~2 s, ~5 s after the VIP was plumbed
 //! (catching switches that were busy learning), then a periodic refresh (default
 //! [`DEFAULT_REFRESH`]) so caches that missed a burst converge anyway.
 //! `arp_all_hosts = false`: unicast to a known-hosts list instead of broadcast.
@@ -30,6 +30,12 @@ pub const BURST: [Duration; 4] = [
 /// Periodic refresh after the burst: below the usual 30 s ARP reachable time so a cache
 /// that missed the burst is refreshed before it goes stale for long.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
+
+/// Announcement pacing: at most [`PACE_VIPS`] VIPs per [`PACE`] (two ARP frames each), so
+/// a takeover of 4,096 VIPs leaves as 8 bursts of ≤ 1,024 frames over ~140 ms instead of
+/// one 8,192-frame burst that overflows switch and host queues.
+pub const PACE_VIPS: usize = 512;
+pub const PACE: Duration = Duration::from_millis(20);
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -207,10 +213,29 @@ impl Scheduler {
 
     /// VIPs to announce now. Steps missed during a stall are sent once, not replayed.
     pub fn due(&mut self, now: Instant) -> Vec<IpAddr> {
+        self.due_at_most(now, usize::MAX)
+    }
+
+    /// As [`due`](Self::due), but at most `max` VIPs, the longest-waiting first; the rest
+    /// stay due for the next call. Paces a takeover of thousands of VIPs so the first
+    /// announcements leave in bounded bursts instead of one unbounded one.
+    pub fn due_at_most(&mut self, now: Instant, max: usize) -> Vec<IpAddr> {
+        let mut waiting: Vec<(Instant, IpAddr)> = self
+            .vips
+            .iter()
+            .filter(|(_, t)| t.next <= now)
+            .map(|(v, t)| (t.next, *v))
+            .collect();
+        if waiting.len() > max {
+            waiting.select_nth_unstable(max);
+            waiting.truncate(max);
+        }
+        let picked: std::collections::BTreeSet<IpAddr> =
+            waiting.into_iter().map(|(_, v)| v).collect();
         let mut out = Vec::new();
         let mut done = Vec::new();
         for (vip, t) in &mut self.vips {
-            if t.next > now {
+            if t.next > now || !picked.contains(vip) {
                 continue;
             }
             out.push(*vip);
@@ -487,6 +512,39 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(at(230_000)));
         s.stop(&v);
         assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn paced_schedule_sends_every_vip_once_in_bounded_batches() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Some(Duration::from_secs(30)));
+        let vips: Vec<IpAddr> = (0..4096u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(0xc633_0000 | i)))
+            .collect();
+        for v in &vips {
+            s.start(*v, t0);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut batches = 0;
+        loop {
+            let b = s.due_at_most(t0, 512);
+            if b.is_empty() {
+                break;
+            }
+            assert!(b.len() <= 512);
+            for v in b {
+                assert!(
+                    seen.insert(v),
+                    "{v} announced twice in the first burst step"
+                );
+            }
+            batches += 1;
+        }
+        assert_eq!(seen.len(), 4096);
+        assert_eq!(batches, 8);
+        // The rest of the burst is still scheduled for every VIP.
+        assert_eq!(s.next_deadline(), Some(t0 + BURST[1]));
+        assert_eq!(s.due_at_most(t0 + BURST[1], usize::MAX).len(), 4096);
     }
 
     #[test]

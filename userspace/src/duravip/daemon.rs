@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -22,16 +23,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 
 use super::{
-    announce::{PacketSocket, Scheduler, Targets, frames},
+    announce::{PACE, PACE_VIPS, PacketSocket, Scheduler, Targets, frames},
     assign::{AssignInput, Assignment, MemberDecls, MoveReason, VipDecl, assign},
     decl::{DeclError, topology_for, validate},
     plumb::{PlumbError, Plumber, Reconciler, Trigger},
     show::{ShowContext, render},
 };
 use crate::{
+    bpf::AnnounceMethod,
     bus::{
         BusService, ClusterHandle, ClusterNotice, MemberId,
         membership::{AnnouncedVip, BusMessage},
@@ -39,6 +41,7 @@ use crate::{
     config::{Config, model::Topology},
     console::{ConsoleError, RegisterError},
     daemon::Services,
+    inbound::InboundService,
 };
 
 /// Loop period: hung members and maturity are judged on the clock, not on events.
@@ -46,6 +49,9 @@ const TICK: Duration = Duration::from_millis(20);
 /// A loop gap longer than this means this process was stopped: release-only for a while.
 const STALL: Duration = Duration::from_millis(500);
 const STALL_GRACE: Duration = Duration::from_secs(1);
+/// Shortest NIC lease: renewals come from a loop that may lag by a tick or two under load,
+/// and a lease that flaps would make the NIC drop ARP for a healthy owner.
+const MIN_LEASE: Duration = Duration::from_millis(200);
 
 /// Why DuraVIP could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,83 @@ pub enum DuravipError {
 /// Startup work done before joining the cluster: a clean slate and a valid configuration.
 pub struct Prepared {
     plumber: Plumber,
+    /// Write end of the reaper's pipe: held for the life of the service (see [`spawn_reaper`]).
+    reaper: Option<OwnedFd>,
+}
+
+/// Forks a small process that waits for this one to end and then removes every tagged
+/// DuraVIP address of the namespace. After a kill -9 the XDP link closes with the daemon
+/// (nothing answers at the NIC any more) but the kernel would keep answering ARP/NS for
+/// the still-plumbed VIPs, claiming addresses another node has taken over. After a clean
+/// stop there is nothing left to remove. Returns the pipe end to hold.
+///
+/// Must run before any thread exists (it forks). The child keeps only CAP_NET_ADMIN, closes
+/// every other descriptor, and leaves the process group so a signal to the daemon's group
+/// (a SIGSTOP of the daemon, a group kill) does not stop its cleanup.
+fn spawn_reaper() -> std::io::Result<OwnedFd> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors we own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fork; the child only makes plain syscalls, netlink requests and `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        drop(rd);
+        return Ok(wr);
+    }
+    // Child.
+    drop(wr);
+    let r = rd.as_raw_fd();
+    // SAFETY: plain syscalls on descriptors this process owns; `_exit` never returns.
+    unsafe {
+        libc::setsid();
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        for fd in 0..r {
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, r + 1, u32::MAX, 0);
+        // Nor the daemon's stdio: whoever reads the daemon's output sees EOF when it ends.
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        let name = b"duraplane-vip\0";
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
+    let keep: caps::CapsHashSet = [caps::Capability::CAP_NET_ADMIN].into_iter().collect();
+    let _ = caps::set(None, caps::CapSet::Effective, &keep);
+    let _ = caps::set(None, caps::CapSet::Permitted, &keep);
+    let _ = caps::set(None, caps::CapSet::Inheritable, &caps::CapsHashSet::new());
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: one-byte read into a valid buffer.
+        let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+        if n == 0
+            || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted)
+        {
+            break;
+        }
+    }
+    if let Ok(mut p) = Plumber::new() {
+        let _ = p.remove_orphans();
+    }
+    // SAFETY: ends the child without running the parent's atexit handlers or destructors.
+    unsafe { libc::_exit(0) }
 }
 
 impl Prepared {
@@ -97,7 +180,14 @@ impl Prepared {
         if !errors.is_empty() {
             return Err(DuravipError::Invalid { errors });
         }
-        Ok(Some(Prepared { plumber }))
+        let reaper = if cfg.duravips.is_empty() {
+            None
+        } else {
+            spawn_reaper()
+                .inspect_err(|e| tracing::warn!(error = %e, "DuraVIP: no reaper process: after a crash the VIPs stay plumbed until the next start"))
+                .ok()
+        };
+        Ok(Some(Prepared { plumber, reaper }))
     }
 }
 
@@ -112,6 +202,20 @@ struct Settings {
     down_limit: u32,
     arp_all_hosts: bool,
     hb_timeout: Duration,
+    /// How long the NIC answers ARP/NS for our VIPs without a renewal (see `start`).
+    lease: Duration,
+}
+
+/// What `cluster info` and the metrics say about where DuraVIP meets the NIC.
+#[derive(Default)]
+struct NicStatus {
+    /// Interfaces with `xdp_ingress` attached that are Topology interfaces.
+    xdp_ifaces: Vec<String>,
+    /// VIPs in the program's `VIPS` map (answered at the NIC while the lease is fresh).
+    answered: usize,
+    /// How the latest announcement left.
+    method: Option<AnnounceMethod>,
+    last_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -128,6 +232,11 @@ struct Counters {
     moves: Counter<u64, AtomicU64>,
     announcements: Counter<u64, AtomicU64>,
     plumb_errors: Counter<u64, AtomicU64>,
+    /// Announcement frames by method (`xdp_live_frames`, `af_packet`).
+    frames_by_method: Family<Vec<(String, String)>, Counter>,
+    /// VIPs answered at the NIC (in `VIPS`).
+    nic_vips: Gauge<i64, AtomicI64>,
+    nic_errors: Counter<u64, AtomicU64>,
 }
 
 struct Shared {
@@ -135,8 +244,11 @@ struct Shared {
     set: Settings,
     show: Mutex<ShowState>,
     reannounce: AtomicBool,
+    /// A configuration reload happened: re-announce and drop pins that no longer apply.
+    reloaded: AtomicBool,
     stop: AtomicBool,
     counters: Counters,
+    nic: Mutex<NicStatus>,
 }
 
 /// The running capability; [`DuravipService::stop`] unplumbs everything this node owns.
@@ -146,16 +258,20 @@ pub struct DuravipService {
 }
 
 impl DuravipService {
-    /// Starts following `bus`, registers the console commands and metrics.
+    /// Starts following `bus`, registers the console commands and metrics. With `inbound`
+    /// (the attached XDP datapath) VIPs on its interfaces are answered and announced at the
+    /// NIC under a lease; without it the kernel answers and AF_PACKET announces.
     pub fn start(
         prepared: Prepared,
         services: &Services,
         cfg: &Config,
         bus: &BusService,
+        inbound: Option<&InboundService>,
     ) -> Result<DuravipService, DuravipError> {
         let handle = bus.cluster_handle();
         let notices = handle.watch();
         let c = &cfg.cluster;
+        let hb_timeout = Duration::from_secs_f64(3.0 / f64::from(c.heartbeats_per_sec.max(1)));
         let set = Settings {
             nodename: services.identity.nodename.clone(),
             topology: c.topology.clone(),
@@ -165,22 +281,56 @@ impl DuravipService {
             check_interval: c.if_check_interval.max(Duration::from_millis(100)),
             down_limit: c.if_down_limit,
             arp_all_hosts: c.arp_all_hosts,
-            hb_timeout: Duration::from_secs_f64(3.0 / f64::from(c.heartbeats_per_sec.max(1))),
+            hb_timeout,
+            // Three heartbeat intervals: the time after which the others judge this node
+            // hung and take its VIPs over. Shorter would make a loaded but healthy owner go
+            // silent at the NIC before anyone replaces it; longer would leave two nodes
+            // answering ARP after a takeover.
+            lease: hb_timeout.max(MIN_LEASE),
         };
+        let nic = inbound
+            .map(|i| {
+                let attached: BTreeSet<&str> =
+                    i.attachments().iter().map(|(n, _)| n.as_str()).collect();
+                let ifaces: BTreeSet<String> = c
+                    .topology
+                    .iter()
+                    .filter(|t| attached.contains(t.interface.as_str()))
+                    .map(|t| t.interface.clone())
+                    .collect();
+                (i.clone(), ifaces)
+            })
+            .filter(|(_, ifaces)| !ifaces.is_empty());
         let shared = Arc::new(Shared {
             handle,
             set: set.clone(),
             show: Mutex::new(ShowState::default()),
             reannounce: AtomicBool::new(false),
+            reloaded: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            nic: Mutex::new(NicStatus {
+                xdp_ifaces: nic
+                    .as_ref()
+                    .map(|(_, f)| f.iter().cloned().collect())
+                    .unwrap_or_default(),
+                ..NicStatus::default()
+            }),
         });
         register(services, &shared)?;
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("duravip".into())
             .spawn(move || {
+                // Held until this thread ends: the reaper cleans up only once it is gone.
+                let _reaper = prepared.reaper;
                 let mut w = Worker::new(s, prepared.plumber, notices);
+                w.nic = nic.map(|(inbound, ifaces)| Nic {
+                    inbound,
+                    ifaces,
+                    entries: BTreeMap::new(),
+                    next_renew: Instant::now(),
+                });
                 w.run();
             })
             .map_err(|source| DuravipError::Spawn { source })?;
@@ -261,8 +411,25 @@ struct Worker {
     next_balance: Instant,
     next_check: Instant,
     stalled_until: Option<Instant>,
-    sockets: BTreeMap<String, (PacketSocket, [u8; 6], u32)>,
+    sockets: BTreeMap<String, PacketSocket>,
     decls_seen: BTreeMap<IpAddr, Vec<VipDecl>>,
+    /// The attached XDP datapath, when a Topology interface runs it.
+    nic: Option<Nic>,
+    /// Interface name → (MAC, ifindex), looked up once per interface.
+    links: BTreeMap<String, ([u8; 6], u32)>,
+    /// No announcement before this (pacing).
+    next_pace: Instant,
+}
+
+/// DuraVIP at the NIC: the inbound datapath answers ARP/NS for owned VIPs from `VIPS` while
+/// the lease this loop renews is fresh, and transmits announcements as live frames.
+struct Nic {
+    inbound: InboundService,
+    /// Topology interfaces the program is attached to.
+    ifaces: BTreeSet<String>,
+    /// What we put into `VIPS`: address → ifindex.
+    entries: BTreeMap<IpAddr, u32>,
+    next_renew: Instant,
 }
 
 impl Worker {
@@ -283,6 +450,9 @@ impl Worker {
             stalled_until: None,
             sockets: BTreeMap::new(),
             decls_seen: BTreeMap::new(),
+            nic: None,
+            links: BTreeMap::new(),
+            next_pace: now,
             sh,
             plumber,
             notices,
@@ -296,6 +466,7 @@ impl Worker {
             let wait = self
                 .sched
                 .next_deadline()
+                .map(|d| d.max(self.next_pace))
                 .map_or(TICK, |d| d.saturating_duration_since(now).min(TICK));
             match self.notices.recv_timeout(wait) {
                 Ok(n) => self.on_notice(n),
@@ -315,11 +486,116 @@ impl Worker {
             }
             last = now;
             self.step(now);
+            self.renew_lease(now);
             self.announce_due(now);
         }
-        // Orderly stop: release everything at once.
+        // Orderly stop: release everything at once, and the NIC stops answering now
+        // rather than when the lease runs out.
         self.apply(&BTreeSet::new(), Trigger::Election, Instant::now());
+        if let Some(n) = &self.nic
+            && let Err(e) = n.inbound.with_datapath(|dp| dp.revoke_lease())
+        {
+            tracing::warn!(error = %e, "DuraVIP: cannot revoke the NIC lease");
+        }
         self.send(&BusMessage::DuravipClaim { owned: Vec::new() });
+    }
+
+    /// Keeps the NIC answering for our VIPs: renewed every quarter lease, never while this
+    /// process is catching up after a stall (then its VIPs may already be someone else's;
+    /// answers resume once the loop has re-decided what it owns).
+    fn renew_lease(&mut self, now: Instant) {
+        let stalled = self.stalled_until.is_some_and(|t| now < t);
+        let lease = self.sh.set.lease;
+        let Some(n) = &mut self.nic else { return };
+        if stalled || now < n.next_renew {
+            return;
+        }
+        n.next_renew = now + lease / 4;
+        if let Err(e) = n.inbound.with_datapath(|dp| dp.renew_lease(lease)) {
+            tracing::warn!(error = %e, "DuraVIP: cannot renew the NIC lease");
+            self.sh.counters.nic_errors.inc();
+        }
+    }
+
+    /// Interface MAC and ifindex, cached.
+    fn link(&mut self, ifname: &str) -> Result<([u8; 6], u32), String> {
+        if let Some(l) = self.links.get(ifname) {
+            return Ok(*l);
+        }
+        let link = self
+            .plumber
+            .link(ifname)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no interface {ifname}"))?;
+        let mut mac = [0u8; 6];
+        if link.mac.len() == 6 {
+            mac.copy_from_slice(&link.mac);
+        }
+        self.links.insert(ifname.to_owned(), (mac, link.index));
+        Ok((mac, link.index))
+    }
+
+    /// Makes `VIPS` hold exactly the owned VIPs on XDP interfaces (interface MAC, ifindex).
+    fn sync_nic(&mut self) {
+        let Some(ifaces) = self.nic.as_ref().map(|n| n.ifaces.clone()) else {
+            return;
+        };
+        let mut want: BTreeMap<IpAddr, ([u8; 6], u32)> = BTreeMap::new();
+        for a in self.owned.clone() {
+            let Some(t) = topology_for(&self.sh.set.topology, &a) else {
+                continue;
+            };
+            if !ifaces.contains(&t.interface) {
+                continue;
+            }
+            let ifname = t.interface.clone();
+            match self.link(&ifname) {
+                Ok(l) => {
+                    want.insert(a, l);
+                }
+                Err(e) => tracing::warn!(addr = %a, error = %e, "DuraVIP: no NIC answers"),
+            }
+        }
+        let Some(n) = &mut self.nic else { return };
+        let c = &self.sh.counters;
+        let mut errors = Vec::new();
+        n.inbound.with_datapath(|dp| {
+            let gone: Vec<IpAddr> = n
+                .entries
+                .keys()
+                .filter(|a| !want.contains_key(a))
+                .copied()
+                .collect();
+            for a in gone {
+                match dp.remove_vip(a) {
+                    Ok(_) => {
+                        n.entries.remove(&a);
+                    }
+                    Err(e) => errors.push((a, e.to_string())),
+                }
+            }
+            for (a, (mac, ix)) in &want {
+                if n.entries.get(a) == Some(ix) {
+                    continue;
+                }
+                match dp.set_vip_on(*a, *mac, Some(*ix)) {
+                    Ok(()) => {
+                        n.entries.insert(*a, *ix);
+                    }
+                    Err(e) => errors.push((*a, e.to_string())),
+                }
+            }
+        });
+        for (a, e) in &errors {
+            tracing::warn!(addr = %a, error = %e, "DuraVIP: cannot update the NIC's VIP table");
+            c.nic_errors.inc();
+        }
+        c.nic_vips.set(n.entries.len() as i64);
+        let mut st = self.sh.nic.lock().unwrap_or_else(|p| p.into_inner());
+        st.answered = n.entries.len();
+        if let Some((a, e)) = errors.last() {
+            st.last_error = Some(format!("{a}: {e}"));
+        }
     }
 
     fn send(&self, msg: &BusMessage) {
@@ -379,8 +655,34 @@ impl Worker {
         }
     }
 
+    /// Drops `duravip move` pins that no longer apply: no live member declares the VIP any
+    /// more, or the pinned node is live and no longer declares it. Decided from agreed
+    /// state only (the live declarations), so every node drops the same pins and the
+    /// assignment stays identical everywhere; a reload thus clears the pins of VIPs it
+    /// removed once the node's new declarations are on the bus.
+    fn prune_pins(&mut self, snap: &Snapshot) {
+        if self.pins.is_empty() {
+            return;
+        }
+        let declared: BTreeSet<IpAddr> = snap
+            .live
+            .iter()
+            .flat_map(|(_, _, vips)| vips.iter().map(|v| v.addr))
+            .collect();
+        self.pins.retain(|addr, to| {
+            let target = snap.live.iter().find(|(_, name, _)| name == to);
+            let keep = declared.contains(addr)
+                && target.is_none_or(|(_, _, vips)| vips.iter().any(|v| v.addr == *addr));
+            if !keep {
+                tracing::info!(%addr, to = %to, "DuraVIP: move pin dropped: the VIP is no longer declared there");
+            }
+            keep
+        });
+    }
+
     fn step(&mut self, now: Instant) {
         let snap = snapshot(&self.sh.handle, now);
+        self.prune_pins(&snap);
         self.claims.retain(|id, _| snap.view.contains(id));
         self.claim_owner.retain(|_, id| snap.view.contains(id));
         let me = &self.sh.set.nodename;
@@ -479,7 +781,8 @@ impl Worker {
             let d = self.owned.clone();
             self.apply(&d, Trigger::Maintenance, now);
         }
-        if self.sh.reannounce.swap(false, Ordering::Relaxed) {
+        let reloaded = self.sh.reloaded.swap(false, Ordering::Relaxed);
+        if self.sh.reannounce.swap(false, Ordering::Relaxed) || reloaded {
             for v in &self.owned {
                 self.sched.start(*v, now);
             }
@@ -494,14 +797,16 @@ impl Worker {
             self.last_claim = Some(claim);
         }
 
-        // Console state.
+        // Console state. Declarations grouped per address in one pass (thousands of VIPs).
+        let mut by_addr: BTreeMap<IpAddr, Vec<VipDecl>> = BTreeMap::new();
+        for m in &input.members {
+            for v in &m.vips {
+                by_addr.entry(v.addr).or_default().push(v.clone());
+            }
+        }
         let mut show = self.sh.show.lock().unwrap_or_else(|p| p.into_inner());
         for st in a.states.values() {
-            let decls: Vec<VipDecl> = input
-                .members
-                .iter()
-                .flat_map(|m| m.vips.iter().filter(|v| v.addr == st.addr).cloned())
-                .collect();
+            let decls = by_addr.remove(&st.addr).unwrap_or_default();
             if self.decls_seen.get(&st.addr) != Some(&decls) {
                 self.decls_seen.insert(st.addr, decls);
                 show.config_since.insert(st.addr, now);
@@ -554,10 +859,18 @@ impl Worker {
             }
         }
         c.owned.set(self.owned.len() as i64);
+        self.sync_nic();
     }
 
     fn announce_due(&mut self, now: Instant) {
-        for vip in self.sched.due(now) {
+        if now < self.next_pace {
+            return;
+        }
+        let due = self.sched.due_at_most(now, PACE_VIPS);
+        if due.len() == PACE_VIPS {
+            self.next_pace = now + PACE;
+        }
+        for vip in due {
             if !self.owned.contains(&vip) {
                 self.sched.stop(&vip);
                 continue;
@@ -568,42 +881,58 @@ impl Worker {
         }
     }
 
+    /// Sends `vip`'s announcement frames: as XDP live frames through the inbound datapath
+    /// when its interface runs it (AF_PACKET where the kernel refuses live frames), with
+    /// an AF_PACKET socket otherwise.
     fn announce(&mut self, vip: IpAddr) -> Result<(), String> {
         let t =
             topology_for(&self.sh.set.topology, &vip).ok_or_else(|| "no Topology".to_owned())?;
         let ifname = t.interface.clone();
-        if !self.sockets.contains_key(&ifname) {
-            let link = self
-                .plumber
-                .link(&ifname)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no interface {ifname}"))?;
-            let mut mac = [0u8; 6];
-            if link.mac.len() == 6 {
-                mac.copy_from_slice(&link.mac);
-            }
-            let sock = PacketSocket::open(link.index, 0).map_err(|e| e.to_string())?;
-            self.sockets.insert(ifname.clone(), (sock, mac, link.index));
-        }
+        let (mac, index) = self.link(&ifname)?;
         let targets = if self.sh.set.arp_all_hosts {
             Targets::Broadcast
         } else {
             Targets::Hosts(hosts_on(&ifname))
         };
-        let Some((sock, mac, _)) = self.sockets.get(&ifname) else {
-            return Err("socket vanished".into());
-        };
-        // TODO(xdp): Datapath::announce (live frames) once InboundService shares its
-        // Datapath; AF_PACKET meanwhile.
-        let fs = frames(*mac, vip, &targets);
-        for f in &fs {
-            if let Err(e) = sock.send(f) {
-                self.sockets.remove(&ifname);
-                return Err(e.to_string());
-            }
-            self.sh.counters.announcements.inc();
+        let fs = frames(mac, vip, &targets);
+        if fs.is_empty() {
+            return Ok(());
         }
-        tracing::debug!(%vip, frames = fs.len(), "DuraVIP: announced");
+        let nic = self.nic.as_ref().filter(|n| n.ifaces.contains(&ifname));
+        let method = match nic {
+            Some(n) => n
+                .inbound
+                .with_datapath(|dp| dp.announce(index, &fs, 1))
+                .map_err(|e| {
+                    self.links.remove(&ifname);
+                    e.to_string()
+                })?,
+            None => {
+                if !self.sockets.contains_key(&ifname) {
+                    let sock = PacketSocket::open(index, 0).map_err(|e| e.to_string())?;
+                    self.sockets.insert(ifname.clone(), sock);
+                }
+                let Some(sock) = self.sockets.get(&ifname) else {
+                    return Err("socket vanished".into());
+                };
+                for f in &fs {
+                    if let Err(e) = sock.send(f) {
+                        self.sockets.remove(&ifname);
+                        self.links.remove(&ifname);
+                        return Err(e.to_string());
+                    }
+                }
+                AnnounceMethod::Packet
+            }
+        };
+        let c = &self.sh.counters;
+        let n = fs.len() as u64;
+        c.announcements.inc_by(n);
+        c.frames_by_method
+            .get_or_create(&vec![("method".to_owned(), method.name().to_owned())])
+            .inc_by(n);
+        self.sh.nic.lock().unwrap_or_else(|p| p.into_inner()).method = Some(method);
+        tracing::debug!(%vip, frames = fs.len(), method = method.name(), "DuraVIP: announced");
         Ok(())
     }
 }
@@ -819,7 +1148,7 @@ fn duravip_command(sh: &Shared, words: &[&str]) -> Result<String, ConsoleError> 
                     message: format!("cannot send the move on the cluster bus: {e}"),
                 })?;
             Ok(format!(
-                "Moving {addr} to {node} (pinned there until the next configuration reload).\n"
+                "Moving {addr} to {node} (pinned there while {node} declares it).\n"
             ))
         }
         ["announce", "view"] => {
@@ -865,5 +1194,56 @@ fn register(services: &Services, shared: &Arc<Shared>) -> Result<(), DuravipErro
         "Failed or refused DuraVIP plumbing operations",
         c.plumb_errors.clone(),
     );
+    m.register(
+        "duraplane_duravip_announcement_frames",
+        "Announcement frames sent, by method (xdp_live_frames, af_packet)",
+        c.frames_by_method.clone(),
+    );
+    m.register(
+        "duraplane_duravip_nic_vips",
+        "Owned DuraVIPs answered at the NIC by xdp_ingress (VIPS map, under the lease)",
+        c.nic_vips.clone(),
+    );
+    m.register(
+        "duraplane_duravip_nic_errors",
+        "Failed updates of the NIC's VIP table or lease",
+        c.nic_errors.clone(),
+    );
+    let s = Arc::clone(shared);
+    services
+        .info
+        .set_section("duravip", Arc::new(move || nic_info(&s)));
+    let s = Arc::clone(shared);
+    services.reloader.register(
+        "duravip",
+        Arc::new(move |_, _| {
+            s.reloaded.store(true, Ordering::Relaxed);
+            Ok(())
+        }),
+    );
     Ok(())
+}
+
+/// The `cluster info` line: how VIPs are answered and announced here.
+fn nic_info(sh: &Shared) -> String {
+    let st = sh.nic.lock().unwrap_or_else(|p| p.into_inner());
+    let method = st.method.map_or("none yet", AnnounceMethod::name);
+    let mut out = if st.xdp_ifaces.is_empty() {
+        format!(
+            "DuraVIP: {} owned; ARP/NS answered by the kernel (no XDP on the Topology interfaces); announcing with {method}\n",
+            sh.counters.owned.get()
+        )
+    } else {
+        format!(
+            "DuraVIP: {} owned; ARP/NS answered at the NIC for {} (xdp_ingress on {}, lease {} ms); announcing with {method}\n",
+            sh.counters.owned.get(),
+            st.answered,
+            st.xdp_ifaces.join(", "),
+            sh.set.lease.as_millis()
+        )
+    };
+    if let Some(e) = &st.last_error {
+        out.push_str(&format!("DuraVIP: last NIC error: {e}\n"));
+    }
+    out
 }

@@ -140,6 +140,17 @@ impl InboundService {
         Ok(())
     }
 
+    /// Runs `f` with the loaded data plane locked: DuraVIP fills `VIPS`, renews the lease
+    /// and announces through the very program the interfaces run.
+    pub fn with_datapath<R>(&self, f: impl FnOnce(&mut Datapath) -> R) -> R {
+        let mut dp = self
+            .inner
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        f(&mut dp)
+    }
+
     /// Interfaces and the XDP mode each got.
     pub fn attachments(&self) -> &[(String, AttachedMode)] {
         &self.inner.attachments

@@ -436,3 +436,47 @@ proptest! {
         prop_assert!(a.states.values().all(|s| s.owner.is_none()));
     }
 }
+
+/// 4,096 VIPs declared by every one of three nodes: every VIP owned once, ⌈4096/3⌉ at
+/// most per node, the same answer whatever the member order, and a departure moves only
+/// the departed node's VIPs.
+#[test]
+fn four_thousand_and_ninety_six_vips_on_three_nodes() {
+    let decls: Vec<VipDecl> = (0..4096u32)
+        .map(|k| VipDecl {
+            addr: IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 1, 0, 0, 0, 1, k as u16,
+            )),
+            bindings: BTreeSet::from([format!("b{k}")]),
+            services: BTreeSet::from(["Binding".to_owned()]),
+            preference: None,
+            follow: None,
+        })
+        .collect();
+    let m = |n: &str| MemberDecls {
+        nodename: n.into(),
+        vips: decls.clone(),
+    };
+    let a = assign(&input(vec![m("n1"), m("n2"), m("n3")]));
+    assert_eq!(a.owners.len(), 4096);
+    let l = loads(&a);
+    assert_eq!(l.values().sum::<usize>(), 4096);
+    assert!(l.values().all(|n| *n <= 4096usize.div_ceil(3)), "{l:?}");
+    let b = assign(&input(vec![m("n3"), m("n1"), m("n2")]));
+    assert_eq!(a.owners, b.owners, "same answer in any member order");
+
+    // n2 leaves: only its VIPs move, at once.
+    let gone: BTreeSet<IpAddr> = a.owned_by("n2");
+    let mut i = input(vec![m("n1"), m("n3")]);
+    i.current = a.owners.clone();
+    let c = assign(&i);
+    assert_eq!(c.owners.len(), 4096);
+    for (addr, o) in &a.owners {
+        if o != "n2" {
+            assert_eq!(&c.owners[addr], o, "{addr} moved without reason");
+        } else {
+            assert!(gone.contains(addr));
+        }
+    }
+    assert_eq!(c.moves.len(), gone.len());
+}
