@@ -21,6 +21,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
 use tracing::{Event, Level, Subscriber, field::Field};
 use tracing_subscriber::{Layer, layer::Context};
 
@@ -547,6 +552,9 @@ impl LogDaemon {
                 Ok(())
             }),
         );
+        services
+            .metrics
+            .register_collector(Box::new(LogCollector(self.shared.clone())));
         let h = self.handle.clone();
         let sock = self.socket.clone();
         services.info.set_section(
@@ -584,6 +592,87 @@ impl LogDaemon {
         if let Some(p) = &socket {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// The append pipelines' counters and queue depths at scrape time, one series per open
+/// stream (label `stream`: its directory), for `cargo xtask profile perf` and dashboards.
+#[derive(Debug)]
+struct LogCollector(Shared);
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams")
+            .field("paths", &self.by_path.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Collector for LogCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats: Vec<(String, super::AppendStats)> = read_streams(&self.0)
+            .by_path
+            .iter()
+            .map(|(p, s)| (p.display().to_string(), s.stats()))
+            .collect();
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        type Pick = fn(&super::AppendStats) -> u64;
+        let gauges: [(&str, &str, Pick); 4] = [
+            (
+                "duraplane_log_queued_records",
+                "Records waiting for the next group commit (queue depth)",
+                |s| s.queued_records,
+            ),
+            (
+                "duraplane_log_committing_records",
+                "Records in the commit being written and synced now",
+                |s| s.committing_records,
+            ),
+            (
+                "duraplane_log_last_batch_records",
+                "Records the last finished commit carried",
+                |s| s.last_batch_records,
+            ),
+            (
+                "duraplane_log_max_batch_records",
+                "Largest number of records one commit carried since open",
+                |s| s.max_batch_records,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let mut me =
+                enc.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            for (path, st) in &stats {
+                let labels = [("stream".to_owned(), path.clone())];
+                ConstGauge::new(clamp(pick(st))).encode(me.encode_family(&labels)?)?;
+            }
+        }
+        let counters: [(&str, &str, Pick); 3] = [
+            (
+                "duraplane_log_syncs",
+                "fdatasyncs that acknowledged records",
+                |s| s.syncs,
+            ),
+            (
+                "duraplane_log_records",
+                "Records acknowledged (durable)",
+                |s| s.records,
+            ),
+            (
+                "duraplane_log_dropped_bytes",
+                "Bytes dropped by the drop_oldest disk policy",
+                |s| s.dropped_bytes,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let mut me =
+                enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            for (path, st) in &stats {
+                let labels = [("stream".to_owned(), path.clone())];
+                ConstCounter::new(pick(st)).encode(me.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -824,5 +913,35 @@ mod tests {
             local_socket_path(Path::new("/run/duraplane/control.sock")),
             PathBuf::from("/run/duraplane/control.log.sock")
         );
+    }
+
+    #[test]
+    fn append_pipeline_is_exported_per_stream() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("main.cluster");
+        let s = open_stream(&p, &["master".into()]).unwrap();
+        s.append_batch(&[b"a".as_slice(), b"b"]).unwrap();
+        let mut streams = Streams::default();
+        streams.by_path.insert(p.clone(), s);
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(LogCollector(Arc::new(RwLock::new(streams)))));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let series = format!("{{stream=\"{}\"}}", p.display());
+        assert!(
+            text.contains(&format!("duraplane_log_records_total{series} 2")),
+            "{text}"
+        );
+        for g in [
+            "queued_records",
+            "committing_records",
+            "last_batch_records",
+            "max_batch_records",
+        ] {
+            assert!(
+                text.contains(&format!("duraplane_log_{g}{series} ")),
+                "{g}: {text}"
+            );
+        }
     }
 }
