@@ -6,8 +6,14 @@
 //!
 //! Heartbeats ("byzantine" detection): a member whose corosync is alive but whose daemon is
 //! hung (SIGSTOP, a deadlock) stays in Corosync's view; it is excluded from the *effective*
-//! view used for ownership once it missed [`MISSED_HEARTBEATS`] intervals, and readmitted
-//! by its next heartbeat.
+//! view used for ownership once it has been silent for [`HeartbeatPolicy::hung_after`]
+//! while the bus kept delivering, and readmitted by its next heartbeat.
+//!
+//! Silence is measured on the *bus clock* (when the latest `cluster_group` message was
+//! delivered), not the local clock: when any node's corosync dies, the token stops and
+//! nobody's heartbeats are delivered until the ring re-forms, so by the local clock every
+//! survivor would judge every other member hung (and itself too) at once. A stalled ring is
+//! Corosync's to judge; heartbeats only judge a daemon that is silent while others talk.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,8 +25,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{BusEvent, MemberId};
 
-/// Heartbeat intervals a member may miss before it is considered hung.
+/// Heartbeat intervals a member may miss before it is considered hung…
 pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// …plus this much more: a daemon stalled this long (a 300 ms SIGSTOP, a long page-fault
+/// or scheduling hiccup on a loaded box) plus delivery jitter must never be judged hung,
+/// or its VIPs move for nothing. At 10 heartbeats/s the threshold is 700 ms: a 300 ms stall
+/// shows as a gap of at most one interval + 300 ms, leaving 300 ms for jitter.
+pub const STALL_TOLERANCE: Duration = Duration::from_millis(400);
 
 /// What a daemon says about itself when a view changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,8 +121,9 @@ impl HeartbeatPolicy {
         Duration::from_secs_f64(1.0 / f64::from(self.per_sec.max(1)))
     }
 
-    fn timeout(&self) -> Duration {
-        self.interval() * MISSED_HEARTBEATS
+    /// How long a member may be silent on a moving bus before it is judged hung.
+    pub fn hung_after(&self) -> Duration {
+        self.interval() * MISSED_HEARTBEATS + STALL_TOLERANCE
     }
 }
 
@@ -136,6 +149,9 @@ pub struct Membership {
     views: BTreeMap<String, Vec<MemberId>>,
     announces: HashMap<MemberId, Announce>,
     last_heartbeat: HashMap<MemberId, Instant>,
+    /// When the latest `cluster_group` message or view was delivered: the bus clock that
+    /// silence is measured against.
+    bus_progress: Instant,
     view_changed: Instant,
     views_seen: u64,
 }
@@ -153,6 +169,7 @@ impl Membership {
             views: BTreeMap::new(),
             announces: HashMap::new(),
             last_heartbeat: HashMap::new(),
+            bus_progress: now,
             view_changed: now,
             views_seen: 0,
         }
@@ -214,13 +231,21 @@ impl Membership {
                 }
                 self.views.insert(group.clone(), members.clone());
                 if *group == self.cluster_group {
+                    self.bus_progress = now;
                     self.view_changed = now;
                     self.views_seen += 1;
                     return true;
                 }
                 false
             }
-            BusEvent::Message { from, payload, .. } => {
+            BusEvent::Message {
+                group,
+                from,
+                payload,
+            } => {
+                if *group == self.cluster_group {
+                    self.bus_progress = now;
+                }
                 match BusMessage::decode(payload) {
                     Some(BusMessage::Announce(a)) => {
                         self.announces.insert(*from, a);
@@ -241,18 +266,20 @@ impl Membership {
         now.duration_since(self.started) >= self.policy.start_delay
     }
 
-    /// Members of `cluster_group` whose daemon stopped heartbeating.
+    /// Members of `cluster_group` whose daemon stopped heartbeating while the bus kept
+    /// delivering (silence is counted up to the latest delivery, not up to `now`).
     pub fn hung(&self, now: Instant) -> Vec<MemberId> {
         if !self.heartbeats_active(now) {
             return Vec::new();
         }
-        let timeout = self.policy.timeout();
+        let timeout = self.policy.hung_after();
+        let bus_now = self.bus_progress.min(now);
         self.cluster_view()
             .iter()
             .filter(|m| {
                 self.last_heartbeat
                     .get(m)
-                    .is_none_or(|t| now.duration_since(*t) > timeout)
+                    .is_none_or(|t| bus_now.saturating_duration_since(*t) > timeout)
             })
             .copied()
             .collect()
@@ -443,6 +470,15 @@ mod tests {
         assert_eq!(ms.views_seen(), 2);
     }
 
+    /// Heartbeats from `who` every 100 ms in `(from, to]` (ms after `t0`).
+    fn beat(ms: &mut Membership, t0: Instant, who: &[u32], from: u64, to: u64) {
+        for t in (from + 100..=to).step_by(100) {
+            for n in who {
+                ms.on_event(&hb(*n), 101, t0 + Duration::from_millis(t));
+            }
+        }
+    }
+
     #[test]
     fn a_member_without_heartbeats_is_excluded_then_readmitted() {
         let t0 = Instant::now();
@@ -452,18 +488,75 @@ mod tests {
         // Before heartbeat_start_delay nobody is judged.
         let t_early = t0 + Duration::from_millis(900);
         assert!(ms.hung(t_early).is_empty());
-        // Nodes 1 and 3 heartbeat; node 2 is silent for > 3 intervals (300 ms).
-        let t1 = t0 + Duration::from_millis(1200);
-        ms.on_event(&hb(1), 101, t1);
-        ms.on_event(&hb(3), 101, t1);
-        let t2 = t1 + Duration::from_millis(100);
-        assert_eq!(ms.hung(t2), vec![m(2)]);
-        assert_eq!(ms.effective_view(t2), vec![m(1), m(3)]);
-        assert!(ms.render(t2).contains("Duraplane (hung: no heartbeat)"));
+        // Nodes 1 and 3 heartbeat; node 2 last did at 1000 ms.
+        beat(&mut ms, t0, &[1, 2, 3], 900, 1000);
+        beat(&mut ms, t0, &[1, 3], 1000, 1700);
+        let at = |ms_after: u64| t0 + Duration::from_millis(ms_after);
+        assert_eq!(policy().hung_after(), Duration::from_millis(700));
+        assert!(
+            ms.hung(at(1700)).is_empty(),
+            "silent exactly 700 ms: not yet"
+        );
+        beat(&mut ms, t0, &[1, 3], 1700, 1800);
+        assert_eq!(ms.hung(at(1800)), vec![m(2)]);
+        assert_eq!(ms.effective_view(at(1800)), vec![m(1), m(3)]);
+        assert!(
+            ms.render(at(1800))
+                .contains("Duraplane (hung: no heartbeat)")
+        );
         // It heartbeats again: readmitted at once.
-        ms.on_event(&hb(2), 101, t2);
-        assert!(ms.hung(t2).is_empty());
-        assert_eq!(ms.effective_view(t2).len(), 3);
+        ms.on_event(&hb(2), 101, at(1810));
+        assert!(ms.hung(at(1810)).is_empty());
+        assert_eq!(ms.effective_view(at(1810)).len(), 3);
+    }
+
+    #[test]
+    fn a_300ms_daemon_stall_is_never_judged_hung() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
+        ms.on_event(&view(&[1, 2, 3], &[]), 101, t0);
+        beat(&mut ms, t0, &[1, 2, 3], 1000, 2000);
+        // Worst case: node 2 is stopped right after its heartbeat at 2000 ms, for 300 ms,
+        // just before its next one would have gone out (one interval late), and its first
+        // heartbeat after SIGCONT is delayed by 250 ms more of scheduling and delivery.
+        let resumed = 2000 + 100 + 300 + 250;
+        for t in (2000..resumed).step_by(10) {
+            if t % 100 == 0 && t > 2000 {
+                ms.on_event(&hb(1), 101, t0 + Duration::from_millis(t));
+                ms.on_event(&hb(3), 101, t0 + Duration::from_millis(t));
+            }
+            let now = t0 + Duration::from_millis(t);
+            assert!(ms.hung(now).is_empty(), "judged hung {} ms after", t - 2000);
+        }
+        ms.on_event(&hb(2), 101, t0 + Duration::from_millis(resumed));
+        assert!(ms.hung(t0 + Duration::from_millis(resumed)).is_empty());
+        // A real hang (no heartbeat for a second while the others talk) is still caught.
+        beat(&mut ms, t0, &[1, 3], resumed, resumed + 1000);
+        assert_eq!(
+            ms.hung(t0 + Duration::from_millis(resumed + 1000)),
+            vec![m(2)]
+        );
+    }
+
+    #[test]
+    fn a_stalled_ring_judges_nobody() {
+        // A node's corosync dies: the token stops and no member's heartbeats are delivered
+        // until the ring re-forms. By the local clock every member (the local one too)
+        // would be hung after 700 ms; on the bus clock nobody is, until the new view.
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
+        ms.on_event(&view(&[1, 2, 3], &[]), 101, t0);
+        beat(&mut ms, t0, &[1, 2], 1000, 2000);
+        beat(&mut ms, t0, &[3], 1000, 1950);
+        let stalled = t0 + Duration::from_millis(2000 + 3000);
+        assert!(ms.hung(stalled).is_empty());
+        assert_eq!(ms.effective_view(stalled).len(), 3);
+        assert_eq!(ms.leader(stalled), Some(m(1)));
+        // The new view drops node 3; the survivors are fresh.
+        ms.on_event(&view(&[1, 2], &[3]), 101, stalled);
+        assert_eq!(ms.effective_view(stalled), vec![m(1), m(2)]);
     }
 
     #[test]
@@ -473,21 +566,18 @@ mod tests {
         ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
         ms.on_event(&view(&[1, 2, 3], &[]), 101, t0);
         // Node 3 is partitioned away for a while (no heartbeats), then the views merge.
+        beat(&mut ms, t0, &[1, 2], 0, 5000);
         let t1 = t0 + Duration::from_secs(5);
-        ms.on_event(&hb(1), 101, t1);
-        ms.on_event(&hb(2), 101, t1);
         ms.on_event(&view(&[1, 2], &[3]), 101, t1);
-        let t2 = t1 + Duration::from_secs(5);
-        ms.on_event(&hb(1), 101, t2);
-        ms.on_event(&hb(2), 101, t2);
+        beat(&mut ms, t0, &[1, 2], 5000, 10_000);
+        let t2 = t0 + Duration::from_secs(10);
         ms.on_event(&view(&[1, 2, 3], &[]), 101, t2);
         // Right after the merge nobody is hung, though node 3's last heartbeat is old…
+        beat(&mut ms, t0, &[1, 2], 10_000, 10_100);
         assert!(ms.hung(t2 + Duration::from_millis(100)).is_empty());
         // …but it must heartbeat within one timeout like everyone else.
-        let t3 = t2 + Duration::from_millis(400);
-        ms.on_event(&hb(1), 101, t3);
-        ms.on_event(&hb(2), 101, t3);
-        assert_eq!(ms.hung(t3), vec![m(3)]);
+        beat(&mut ms, t0, &[1, 2], 10_100, 10_800);
+        assert_eq!(ms.hung(t2 + Duration::from_millis(800)), vec![m(3)]);
     }
 
     #[test]
