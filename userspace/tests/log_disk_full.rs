@@ -159,6 +159,9 @@ fn failed_write_poisons_the_stream_for_good() {
         assert!(matches!(e, LogError::Poisoned { .. }), "{e}");
         assert!(e.to_string().contains("paniclog.cluster"), "{e}");
     }
+    // Pipelined appends are refused the same way.
+    let e = s.append_async(b"x").unwrap_err();
+    assert!(matches!(e, LogError::Poisoned { .. }), "{e}");
     assert!(s.poisoned().is_some());
     assert!(s.summary().unwrap().poisoned.is_some());
     drop(s);
