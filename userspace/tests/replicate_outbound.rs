@@ -2,7 +2,8 @@
 //! each node's eth0): connections from node1 and node2 to a server namespace are seen as
 //! one cluster-wide total on all three nodes (console tree in Momentum's format, local
 //! API "outbound connections to this /24"), closes bring it down everywhere, and a clean
-//! stop detaches the classifier.
+//! stop detaches the classifier. node3 has no interfaces: it counts nothing and still
+//! answers with the cluster's figures.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
@@ -23,7 +24,13 @@ use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 
+/// node3 has no interfaces: it counts nothing but shows the cluster's tree.
 fn config(i: usize, socket: &Path, key: &Path) -> String {
+    let interfaces = if i == 3 {
+        ""
+    } else {
+        "interfaces = ( \"eth0\" )"
+    };
     format!(
         r#"ECCluster_Listener {{
   Listen "192.0.2.1{i}:4802" {{}}
@@ -38,7 +45,7 @@ cluster {{
 duraplane {{
   control_socket = "{}"
   metrics = "off"
-  interfaces = ( "eth0" )
+  {interfaces}
   ports = ( 25 )
   poll_interval = "20ms"
   cluster_key_file = "{}"
@@ -159,6 +166,13 @@ fn outbound_connections_are_one_cluster_wide_total() {
     );
     let info = ask(&nodes[0], "cluster info");
     assert!(info.contains("TC egress (outbound_cidr): eth0 ("), "{info}");
+    assert!(
+        nodes[2]
+            .log()
+            .contains("needs duraplane.interfaces to count on"),
+        "{}",
+        nodes[2].log()
+    );
 
     // node1: 2 to .20; node2: 3 to .20 and 1 to .21; node3: none.
     let h1 = cluster.host(0).to_owned();

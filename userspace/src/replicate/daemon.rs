@@ -204,6 +204,11 @@ impl Replication {
             "replication running"
         );
         register(services, &handle, engine.handle());
+        if handle.objects().iter().any(|o| o == super::OUTBOUND_CIDR)
+            && let Err(e) = super::outbound::register_show(services, handle.clone())
+        {
+            tracing::warn!(error = %e, "replication: cannot register cluster shared show outbound_cidr");
+        }
         Replication {
             handle,
             applier,

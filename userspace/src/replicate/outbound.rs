@@ -48,6 +48,29 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// only the outbound maps of this copy are ever written.
 const UNUSED_CAPACITY: u32 = 1024;
 
+const SHOW_HELP: &str = "cluster shared show outbound_cidr [from NODE]: the cluster-wide tree of outbound connections by destination, or one node's slot";
+
+/// `[]` or `["from", NODE]`.
+fn show_args<'a>(args: &[&'a str]) -> Result<Option<&'a str>, ConsoleError> {
+    match args {
+        [] => Ok(None),
+        [kw, node] if kw.eq_ignore_ascii_case("from") => Ok(Some(*node)),
+        _ => Err(ConsoleError::Usage {
+            usage: "cluster shared show outbound_cidr [from NODE]".into(),
+        }),
+    }
+}
+
+/// `cluster shared show outbound_cidr [from NODE]` from replication: registered whenever
+/// the object is replicated, also on a node that counts nothing itself (no interfaces).
+pub fn register_show(services: &Services, repl: ReplicationHandle) -> Result<(), RegisterError> {
+    services.console.register(
+        &["cluster", "shared", "show", OUTBOUND_CIDR],
+        SHOW_HELP,
+        Arc::new(move |args| render_tree_show(&repl, OUTBOUND_CIDR, show_args(args)?)),
+    )
+}
+
 /// Whether the configuration asks for `outbound_cidr`.
 pub fn wanted(cfg: &Config) -> bool {
     cfg.cluster
@@ -214,12 +237,14 @@ impl OutboundService {
     /// poller thread.
     pub fn start(&self, services: &Services) -> Result<JoinHandle<()>, OutboundError> {
         let _ = self.inner.nodename.set(services.identity.nodename.clone());
-        let me = self.clone();
-        services.console.register(
-            &["cluster", "shared", "show", OUTBOUND_CIDR],
-            "cluster shared show outbound_cidr [from NODE]: the cluster-wide tree of outbound connections by destination, or one node's slot",
-            Arc::new(move |args| me.render_show(args)),
-        )?;
+        if self.inner.replication.get().is_none() {
+            let me = self.clone();
+            services.console.register(
+                &["cluster", "shared", "show", OUTBOUND_CIDR],
+                SHOW_HELP,
+                Arc::new(move |args| me.render_show(args)),
+            )?;
+        }
         let me = self.clone();
         services
             .info
@@ -257,19 +282,9 @@ impl OutboundService {
         self.inner.stop.store(true, Ordering::Relaxed);
     }
 
+    /// The view without replication (with it, [`register_show`] answers).
     fn render_show(&self, args: &[&str]) -> Result<String, ConsoleError> {
-        let from = match args {
-            [] => None,
-            [kw, node] if kw.eq_ignore_ascii_case("from") => Some(*node),
-            _ => {
-                return Err(ConsoleError::Usage {
-                    usage: "cluster shared show outbound_cidr [from NODE]".into(),
-                });
-            }
-        };
-        if let Some(r) = self.inner.replication.get() {
-            return render_tree_show(r, OUTBOUND_CIDR, from);
-        }
+        let from = show_args(args)?;
         // Replication off: only this node's counts are known.
         let me = self.inner.nodename.get().map_or("", String::as_str);
         let view = match from {
