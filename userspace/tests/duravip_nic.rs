@@ -1,0 +1,377 @@
+//! DuraVIP at the NIC, on a real daemon with `xdp_ingress` attached to its Topology
+//! interface (one corosync node plus an observer namespace on the same bridge):
+//! - the observer's ARP requests for an owned VIP are answered; SIGSTOP the daemon and,
+//!   once its lease has run out, they are not (the kernel still has the VIP plumbed: the
+//!   program drops them); SIGCONT and they are answered again;
+//! - kill -9 the daemon: its node stops answering (the reaper unplumbs the VIP);
+//! - many declared VIPs are all plumbed, put into the NIC's VIP table and shown; the
+//!   datapath pieces handle the full 4,096.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use duraplane::{
+    bpf::{Datapath, DatapathConfig, XdpMode},
+    config::model::{Cidr, Topology},
+    duravip::{
+        announce::{PacketSocket, Targets, frames},
+        plumb::{Plumber, Reconciler, Trigger},
+    },
+    testbed::{Testbed, corosync::CorosyncCluster, corosync::CorosyncTiming, daemons::DaemonNode},
+};
+use nix::sys::signal::Signal;
+
+const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
+const OBS: &str = "obs";
+const OBS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+fn config(socket: &Path, bindings: &str) -> String {
+    format!(
+        r#"ECCluster_Listener {{
+  Listen "192.0.2.11:4802" {{}}
+}}
+cluster {{
+  nodename = "node1"
+  nodeaddr = "192.0.2.11"
+  heartbeats_per_sec = 10
+  heartbeat_start_delay = 0
+  view_mature_time = 1
+  if_check_interval = 1
+  Topology "198.51.100.0/24" {{
+    cidrmask = "32"
+    interface = "eth0"
+  }}
+  Topology "2001:db8:1::/64" {{
+    cidrmask = "128"
+    interface = "eth0"
+  }}
+}}
+{bindings}duraplane {{
+  control_socket = "{}"
+  metrics = "off"
+  interfaces = ( eth0 )
+  xdp_mode = generic
+}}
+"#,
+        socket.display()
+    )
+}
+
+fn binding(k: usize, addr: &str) -> String {
+    format!("Binding \"vip{k}\" {{\n  Enable_Duravip = true\n  Bind_Address = \"{addr}\"\n}}\n")
+}
+
+/// Fields drop in order: daemon, corosync, namespaces, files.
+struct Node {
+    daemon: DaemonNode,
+    _corosync: CorosyncCluster,
+    tb: Testbed,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(bindings: &str) -> Node {
+        let mut tb = Testbed::new().expect("testbed");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let corosync = CorosyncCluster::start(
+            &mut tb,
+            1,
+            dir.path().to_path_buf(),
+            CorosyncTiming::default(),
+        )
+        .expect("corosync");
+        tb.add_host(OBS).expect("observer");
+        tb.attach(OBS, &["192.0.2.100/24", "198.51.100.200/24"])
+            .expect("attach observer");
+        let socket = dir.path().join("node1.sock");
+        let daemon = DaemonNode::start(
+            &tb,
+            Path::new(BIN),
+            corosync.host(0),
+            dir.path(),
+            socket.clone(),
+            &config(&socket, bindings),
+        )
+        .expect("daemon");
+        Node {
+            daemon,
+            _corosync: corosync,
+            tb,
+            _dir: dir,
+        }
+    }
+
+    fn ask(&self, cmd: &str) -> String {
+        self.daemon
+            .console(Path::new(BIN), cmd)
+            .unwrap_or_else(|e| panic!("{cmd}: {e}\nlog:\n{}", self.daemon.log()))
+    }
+
+    /// Tagged DuraVIP addresses plumbed on the node's eth0.
+    fn plumbed(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            let o = self
+                .tb
+                .exec("node1", &["ip", fam, "-o", "addr", "show", "dev", "eth0"])
+                .unwrap_or_default();
+            for l in o.lines() {
+                let mut w = l.split_whitespace();
+                if w.any(|x| x == "inet" || x == "inet6")
+                    && let Some(a) = w.next()
+                {
+                    let a = a.split('/').next().unwrap_or_default();
+                    if a.starts_with("198.51.100.") || a.starts_with("2001:db8:1:") {
+                        out.push(a.to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn node_mac(&self) -> [u8; 6] {
+        mac(&self.tb, "node1")
+    }
+
+    /// Sends ARP requests for `vip` from the observer; the sender MAC of the first reply.
+    fn arp(&self, vip: Ipv4Addr) -> Option<[u8; 6]> {
+        let obs_mac = mac(&self.tb, OBS);
+        self.tb
+            .run_in(OBS, move || {
+                // SAFETY: a NUL-terminated name.
+                let ix = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+                let s = PacketSocket::open(ix, 0x0806).expect("packet socket");
+                let req = arp_request(obs_mac, OBS_V4, vip);
+                for _ in 0..3 {
+                    s.send(&req).expect("send ARP request");
+                    let until = Instant::now() + Duration::from_millis(200);
+                    while let Some(left) = until.checked_duration_since(Instant::now()) {
+                        let Ok(Some(f)) = s.recv(left) else { break };
+                        if f.len() >= 42
+                            && f[12..14] == [0x08, 0x06]
+                            && f[20..22] == [0, 2]
+                            && f[28..32] == vip.octets()
+                            && f[38..42] == OBS_V4.octets()
+                        {
+                            let mut m = [0u8; 6];
+                            m.copy_from_slice(&f[22..28]);
+                            return Some(m);
+                        }
+                    }
+                }
+                None
+            })
+            .expect("run_in observer")
+    }
+}
+
+fn mac(tb: &Testbed, host: &str) -> [u8; 6] {
+    let s = tb
+        .exec(host, &["cat", "/sys/class/net/eth0/address"])
+        .expect("mac");
+    let mut m = [0u8; 6];
+    for (i, b) in s.trim().split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(b, 16).expect("hex");
+    }
+    m
+}
+
+fn arp_request(mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa.octets());
+    f.resize(60, 0);
+    f
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
+    let mut n = Node::start(&binding(0, "198.51.100.1"));
+    let vip = VIP.to_string();
+    wait_until("the VIP is plumbed", 20, || {
+        n.plumbed() == vec![vip.clone()]
+    });
+    wait_until("the VIP is in the NIC's table", 5, || {
+        n.ask("cluster info")
+            .contains("ARP/NS answered at the NIC for 1 (xdp_ingress on eth0")
+    });
+    let info = n.ask("cluster info");
+    assert!(
+        info.contains("announcing with xdp_live_frames")
+            || info.contains("announcing with af_packet"),
+        "{info}"
+    );
+    let node_mac = n.node_mac();
+    assert_eq!(n.arp(VIP), Some(node_mac), "answered while the daemon runs");
+
+    // A stopped daemon renews nothing: once the lease (300 ms here) ran out, the program
+    // drops the requests although the kernel still has the VIP plumbed.
+    n.daemon.signal(Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_millis(600));
+    wait_until("no ARP answer from the stopped daemon's node", 10, || {
+        n.arp(VIP).is_none()
+    });
+    assert_eq!(
+        n.plumbed(),
+        vec![vip.clone()],
+        "still plumbed in the kernel"
+    );
+    n.daemon.signal(Signal::SIGCONT).expect("SIGCONT");
+    wait_until("answers again after SIGCONT", 15, || {
+        n.arp(VIP) == Some(node_mac)
+    });
+
+    // kill -9: the XDP link closes with the process, the reaper unplumbs the VIP, and the
+    // kernel has nothing to answer for.
+    n.daemon.kill();
+    wait_until("the VIP is unplumbed after kill -9", 10, || {
+        n.plumbed().is_empty()
+    });
+    assert_eq!(
+        n.arp(VIP),
+        None,
+        "a killed daemon's node answers no ARP for its VIP"
+    );
+}
+
+/// Through the daemon: as many VIPs as its cluster bus carries today (the announce is one
+/// bus message of at most 64 KiB; 4,096 declarations need ~400 KiB, see docs/duravip.md).
+#[test]
+fn five_hundred_and_twelve_vips_through_the_daemon_are_plumbed_answered_and_shown() {
+    const N: usize = 512;
+    let mut b = String::new();
+    for k in 0..N {
+        b.push_str(&binding(k, &format!("2001:db8:1::1:{k:x}")));
+    }
+    let n = Node::start(&b);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = n.plumbed().len();
+        if got == N {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = n.daemon.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{got} of {N} VIPs plumbed; daemon log tail (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until("every VIP in the NIC's table", 10, || {
+        n.ask("cluster info")
+            .contains(&format!("ARP/NS answered at the NIC for {N} "))
+    });
+    let show = n.ask("cluster duravip show");
+    let owned = show.lines().filter(|l| l.contains("(owned,safe)")).count();
+    assert_eq!(owned, N, "{}", &show[..show.len().min(2000)]);
+}
+
+/// The datapath pieces the daemon uses, at the full 4,096: netlink plumbing (tagged, one
+/// round trip each), the NIC's VIP table (sized for exactly that many), the announcements
+/// (live frames or AF_PACKET), and the NIC answering a neighbour solicitation for the last
+/// VIP from a peer namespace.
+#[test]
+fn four_thousand_and_ninety_six_vips_plumb_fill_the_vip_table_and_announce() {
+    const N: u32 = 4096;
+    let mut tb = Testbed::new().expect("testbed");
+    tb.add_host("vip").expect("host");
+    tb.add_host("peer").expect("host");
+    let pair = tb
+        .veth_pair(
+            "vip",
+            "peer",
+            &["192.0.2.1/24", "2001:db8:1::1/64"],
+            &["192.0.2.2/24", "2001:db8:1::2/64"],
+        )
+        .expect("veth");
+    let (a_if, b_if) = (pair.a_if.clone(), pair.b_if.clone());
+    tb.enable_gro("peer", &b_if).expect("gro");
+    let vips: Vec<IpAddr> = (0..N)
+        .map(|k| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 1, k as u16)))
+        .collect();
+    let last = vips[vips.len() - 1];
+    let v = vips.clone();
+    let (mac, dp) = tb
+        .run_in("vip", move || {
+            let topology = vec![Topology {
+                network: Cidr {
+                    addr: "2001:db8:1::".parse().expect("net"),
+                    prefix: 64,
+                },
+                cidrmask: 128,
+                interface: a_if.clone(),
+            }];
+            let mut p = Plumber::new().expect("netlink");
+            let desired: BTreeSet<IpAddr> = v.iter().copied().collect();
+            let r = Reconciler::new(1)
+                .reconcile(&mut p, &desired, &topology, Trigger::Election)
+                .expect("reconcile");
+            assert_eq!(
+                r.added.len(),
+                N as usize,
+                "refused: {:?}",
+                r.refused.first()
+            );
+            let plumbed = p.plumbed().expect("plumbed");
+            assert_eq!(plumbed.len(), N as usize);
+            assert!(plumbed.iter().all(|a| a.is_duravip()));
+            let link = p.link(&a_if).expect("link").expect("exists");
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&link.mac);
+
+            let mut dp = Datapath::load(&DatapathConfig::default()).expect("load");
+            dp.attach(&a_if, XdpMode::Generic).expect("attach");
+            for a in &v {
+                dp.set_vip_on(*a, mac, Some(link.index))
+                    .expect("VIPS insert");
+            }
+            // The table is sized for exactly the 4,096 a node may own.
+            let extra = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1));
+            assert!(dp.set_vip_on(extra, mac, Some(link.index)).is_err());
+            assert_eq!(dp.vips().expect("vips").len(), N as usize);
+            dp.renew_lease(Duration::from_secs(60)).expect("lease");
+            let mut sent = 0usize;
+            for a in &v {
+                let fs = frames(mac, *a, &Targets::Broadcast);
+                dp.announce(link.index, &fs, 1).expect("announce");
+                sent += fs.len();
+            }
+            assert_eq!(sent, N as usize, "one unsolicited NA per IPv6 VIP");
+            (mac, dp)
+        })
+        .expect("run_in vip");
+    // The peer resolves the last VIP: answered by the NIC with the VIP's MAC.
+    let out = tb
+        .exec(
+            "peer",
+            &["ping", "-6", "-c", "1", "-W", "1", &last.to_string()],
+        )
+        .unwrap_or_default();
+    let neigh = tb
+        .exec("peer", &["ip", "-6", "neigh", "show", &last.to_string()])
+        .unwrap_or_default();
+    let want: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(neigh.contains(&want.join(":")), "{neigh} / {out}");
+    drop(dp);
+}
