@@ -447,7 +447,9 @@ fn truncated_headers_at_every_length_pass() {
 
 #[test]
 fn flow_map_full_passes_uncounted_and_says_so() {
-    const CAP: u32 = 16;
+    // One set of 8 ways: every flow hashes into it, so "full" is exact here (with more
+    // sets, a SYN whose own set is full is counted the same way).
+    const CAP: u32 = 8;
     let mut dp = load(DatapathConfig {
         flow_capacity: CAP,
         ..DatapathConfig::default()
@@ -498,15 +500,16 @@ fn flow_map_full_passes_uncounted_and_says_so() {
 }
 
 #[test]
-fn source_lru_eviction_is_counted() {
+fn source_table_full_is_counted_and_active_sources_stay() {
     const SOURCES: u32 = 8;
     let mut dp = load(DatapathConfig {
         source_capacity: SOURCES,
         ..DatapathConfig::default()
     });
     let d = ip("203.0.113.1");
-    // Far more distinct sources than the LRU holds: early ones get evicted. No inserts
-    // happen during the close loop, so no entry disappears while closes are summed.
+    // Far more distinct sources than the table holds, all with an open connection: the
+    // first 8 keep their slots (active sources are never evicted), the rest are counted
+    // as source_map_insert_failed at open and as source_evicted at close.
     let n = 200u16;
     for i in 0..n {
         let s = IpAddr::from([198, 51, 100, i as u8]);
@@ -521,9 +524,24 @@ fn source_lru_eviction_is_counted() {
     assert!(sources.len() <= 2 * SOURCES as usize, "{}", sources.len());
     // Every close is either recorded on a live source entry or counted as evicted.
     let closed_on_entries: u64 = sources.iter().map(|s| s.closed).sum();
-    assert!(st.get(SourceEvicted) > 0);
+    assert_eq!(sources.len(), SOURCES as usize);
+    assert!(sources.iter().all(|s| s.current == 0 && s.opened == 1));
+    assert_eq!(
+        st.get(SourceMapInsertFailed),
+        u64::from(n) - u64::from(SOURCES)
+    );
+    assert_eq!(st.get(SourceEvicted), st.get(SourceMapInsertFailed));
     assert_eq!(closed_on_entries + st.get(SourceEvicted), u64::from(n));
     assert_eq!(st.get(FinRstClosed), u64::from(n));
     assert_eq!(st.get(Opened), u64::from(n));
     assert_eq!(nb0(&mut dp).local, 0);
+    // Idle sources are re-used: a new source gets a slot again.
+    run(&dp, &tcp(ip("192.0.2.9"), d, None, 999, 25, f::SYN));
+    let sources = dp.read_sources().unwrap();
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.addr == ip("192.0.2.9") && s.current == 1)
+    );
+    assert_eq!(nb0(&mut dp).local, 1);
 }

@@ -8,11 +8,11 @@
 //! * repeat: one call with `repeat = R`, the kernel reports the mean; medians of several
 //!   interleaved rounds. Used where every repetition takes the same path: a non-SYN to a
 //!   counted port, and a hot SYN (the same 5-tuple every time, so every run after the
-//!   first is a *retransmit*: one FLOWS lookup that hits).
+//!   first is a *retransmit*: one flow-set scan that hits).
 //! * single: `repeat = 1` per call, kernel-reported durations averaged over many calls,
 //!   each paired with one baseline call. Used where the map state must change between
 //!   packets: a hot SYN that is really counted every time (SYN then client RST of the same
-//!   flow, alternating), and SYNs of 1M distinct flows (new FLOWS and SOURCES entries each
+//!   flow, alternating), and SYNs of 1M distinct flows (new flow and source slots each
 //!   time).
 
 use std::{
@@ -165,7 +165,7 @@ impl Scenario for PacketCost {
             o,
             Some(goal_le(50.0)),
             format!(
-                "repeat method; only the first of {} runs opens the flow, the rest hit FLOWS (syn_retransmit={}); xdp_ingress {o:.0} ns, empty {b:.0} ns",
+                "repeat method; only the first of {} runs opens the flow, the rest find their flow slot (syn_retransmit={}); xdp_ingress {o:.0} ns, empty {b:.0} ns",
                 u64::from(repeat) * rounds as u64,
                 st.get(Stat::SynRetransmit)
             ),
@@ -196,7 +196,7 @@ impl Scenario for PacketCost {
             o1,
             Some(goal_le(50.0)),
             format!(
-                "single method: {singles} × (empty, SYN, RST) with repeat=1, kernel durations averaged; every SYN opens (FLOWS insert, LOCAL atomic add, SOURCES hit), every RST closes; xdp_ingress {o1:.1} ns, empty {b1:.1} ns (repeat=1 includes ~fixed per-call timer cost, cancelled by the pairing)"
+                "single method: {singles} × (empty, SYN, RST) with repeat=1, kernel durations averaged; every SYN opens (flow slot claimed by CAS, source count CAS, LOCAL atomic add), every RST closes (slot freed by CAS); xdp_ingress {o1:.1} ns, empty {b1:.1} ns (repeat=1 includes ~fixed per-call timer cost, cancelled by the pairing)"
             ),
         ));
         out.push(row(
@@ -248,11 +248,11 @@ impl Scenario for PacketCost {
             let (b, o) = (tb as f64 / n, to as f64 / n);
             let what = if family == "IPv6" {
                 format!(
-                    "{randoms} SYNs from {randoms} random sources in 2001:db8::/32 (distinct sources: a new FLOWS and a new SOURCES entry each)"
+                    "{randoms} SYNs from {randoms} random sources in 2001:db8::/32 (distinct sources: a new flow slot and a new source slot each)"
                 )
             } else {
                 format!(
-                    "{randoms} SYNs, 256 sources of 198.51.100.0/24 × 4096 ports, all flows distinct (a new FLOWS entry each; SOURCES hits: a /24 has only 256 addresses)"
+                    "{randoms} SYNs, 256 sources of 198.51.100.0/24 × 4096 ports, all flows distinct (a new flow slot each; source hits: a /24 has only 256 addresses)"
                 )
             };
             out.push(row(

@@ -1,10 +1,10 @@
 //! Issue 3, goal 4: scraping 64k per-source counters in ≤ 30 ms.
 //!
-//! SOURCES (LRU per-CPU hash, key = source address) is filled with 65,536 distinct IPv6
+//! SOURCES (an ARRAY of 8-way sets of source slots) is filled with 65,536 distinct IPv6
 //! sources by running one SYN per source through `xdp_ingress` (`BPF_PROG_TEST_RUN`: the
 //! program's own insert path). Then `Datapath::read_sources()` (BPF_MAP_LOOKUP_BATCH,
-//! per-CPU values summed, decoded into `SourceCount`s) is timed against the one-key-at-a-
-//! time reader (`BPF_MAP_GET_NEXT_KEY` + `BPF_MAP_LOOKUP_ELEM` per key, same decoding),
+//! slots decoded and merged into `SourceCount`s) is timed against the one-key-at-a-
+//! time reader (`BPF_MAP_GET_NEXT_KEY` + `BPF_MAP_LOOKUP_ELEM` per set, same decoding),
 //! interleaved, each scrape recorded in an HDR histogram.
 
 use std::{
@@ -18,7 +18,7 @@ use duraplane::bpf::{
     Datapath, DatapathConfig,
     frames::{Frame, tcp_flags},
 };
-use duraplane_common::{AF_INET, SourceCounts, SourceKey, map_names};
+use duraplane_common::{AF_INET, SOURCE_CURRENT_MASK, SOURCE_PENDING, SourceSet, map_names};
 use hdrhistogram::Histogram;
 use zerocopy::FromBytes;
 
@@ -38,30 +38,33 @@ struct Row {
     closed: u64,
 }
 
-fn per_key(map: std::os::fd::BorrowedFd<'_>, cpus: usize) -> Result<Vec<Row>> {
-    let stride = size_of::<SourceCounts>().next_multiple_of(8);
+/// SOURCES is an ARRAY of 8-way sets: one lookup per set (key = set index), live slots
+/// decoded the same way `read_sources` does (without its merge of duplicate slots).
+fn per_key(map: std::os::fd::BorrowedFd<'_>, _cpus: usize) -> Result<Vec<Row>> {
     let mut out = Vec::with_capacity(ENTRIES as usize);
-    crate::scenarios::rawbpf::dump_per_key(map, size_of::<SourceKey>(), stride * cpus, |k, v| {
-        let Ok(k) = SourceKey::read_from_bytes(k) else {
+    crate::scenarios::rawbpf::dump_per_key(map, 4, size_of::<SourceSet>(), |_, v| {
+        let Ok(set) = SourceSet::ref_from_bytes(v) else {
             return;
         };
-        let (mut opened, mut closed) = (0, 0);
-        for c in v.chunks_exact(stride) {
-            if let Ok((c, _)) = SourceCounts::read_from_prefix(c) {
-                opened += c.opened;
-                closed += c.closed;
+        for slot in &set.slots {
+            if slot.state == 0 || slot.state == SOURCE_PENDING {
+                continue;
             }
+            if slot.opened == 0 && slot.state & SOURCE_CURRENT_MASK == 0 {
+                continue;
+            }
+            let k = slot.key;
+            let addr = if k.family == AF_INET {
+                IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(k.addr))
+            };
+            out.push(Row {
+                addr,
+                opened: slot.opened,
+                closed: slot.closed,
+            });
         }
-        let addr = if k.family == AF_INET {
-            IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(k.addr))
-        };
-        out.push(Row {
-            addr,
-            opened,
-            closed,
-        });
     })?;
     Ok(out)
 }
@@ -83,7 +86,7 @@ impl Scenario for Scrape {
         let scrapes = if quick { 5 } else { 100 };
         let mut dp = Datapath::load(&DatapathConfig {
             flow_capacity: 2 * ENTRIES,
-            // LRU headroom: the per-CPU free lists evict before a map is completely full.
+            // Set-associative headroom: 8-way sets, two candidate sets per source.
             source_capacity: 2 * ENTRIES,
             ..DatapathConfig::default()
         })

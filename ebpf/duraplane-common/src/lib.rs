@@ -23,11 +23,14 @@ pub const MAX_NETBLOCKS: u32 = 4096;
 /// The netblock id of sources no configured netblock covers.
 pub const NETBLOCK_UNCLASSIFIED: u32 = 0;
 
-/// Default capacity of each of [`map_names::FLOWS_V4`] and [`map_names::FLOWS_V6`]: concurrent
-/// tracked connections per node and address family. Userspace may override it before load
-/// (`EbpfLoader::set_max_entries`).
+/// Default capacity of each of [`map_names::FLOWS_V4`] and [`map_names::FLOWS_V6`]: flow slots
+/// per node and address family (rounded up to a power of two, in sets of [`WAYS`]). A SYN
+/// whose set is full counts as `flow_map_full` even if other sets have room: size for about
+/// twice the expected concurrent connections. Userspace may override it before load.
 pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
-/// Default capacity of [`map_names::SOURCES`] (distinct source addresses; LRU).
+/// Default capacity of [`map_names::SOURCES`]: source slots (distinct source addresses),
+/// rounded up to a power of two, in sets of [`WAYS`]; idle sources are re-used, active ones
+/// never evicted.
 pub const SOURCES_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of each LPM trie ([`map_names::NETBLOCKS_V4`], [`map_names::NETBLOCKS_V6`]).
 pub const NETBLOCK_PREFIXES_MAX_ENTRIES: u32 = 4096;
@@ -43,12 +46,14 @@ pub const DESTINATIONS_MAX_ENTRIES: u32 = 65_536;
 
 /// Names of the maps in the eBPF object (the `static` names in `duraplane-ebpf`).
 pub mod map_names {
-    /// `HASH` [`crate::FlowKeyV4`] → [`crate::FlowValue`]: open IPv4 connections.
+    /// `ARRAY` set index → [`crate::FlowSetV4`]: open IPv4 connections.
     pub const FLOWS_V4: &str = "FLOWS_V4";
-    /// `HASH` [`crate::FlowKeyV6`] → [`crate::FlowValue`]: open IPv6 connections.
+    /// `ARRAY` set index → [`crate::FlowSetV6`]: open IPv6 connections.
     pub const FLOWS_V6: &str = "FLOWS_V6";
-    /// `LRU_PERCPU_HASH` [`crate::SourceKey`] → [`crate::SourceCounts`].
+    /// `ARRAY` set index → [`crate::SourceSet`]: per-source counts and cached netblock.
     pub const SOURCES: &str = "SOURCES";
+    /// `ARRAY`, one entry → [`crate::Runtime`]: clock, hash seed, netblock generation.
+    pub const RUNTIME: &str = "RUNTIME";
     /// `LPM_TRIE` `{prefixlen u32, [u8; 4]}` → netblock id `u32`.
     pub const NETBLOCKS_V4: &str = "NETBLOCKS_V4";
     /// `LPM_TRIE` `{prefixlen u32, [u8; 16]}` → netblock id `u32`.
@@ -152,6 +157,120 @@ pub struct SourceKey {
 pub struct SourceCounts {
     pub opened: u64,
     pub closed: u64,
+}
+
+/// Ways per set of the flow tables ([`FlowSetV4`], [`FlowSetV6`]) and of [`SourceSet`].
+pub const WAYS: usize = 8;
+/// [`FlowSlotV4::source`] of a flow whose source has no [`SourceSlot`] (its set was full of
+/// sources with open connections): the open counted `source_map_insert_failed`.
+pub const NO_SOURCE: u32 = u32::MAX;
+/// [`SourceSlot::state`] while one CPU initialises a slot it just claimed.
+pub const SOURCE_PENDING: u64 = u64::MAX;
+/// Low bits of [`SourceSlot::state`] holding the source's open connections.
+pub const SOURCE_CURRENT_BITS: u32 = 24;
+/// Mask of the open-connection count in [`SourceSlot::state`].
+pub const SOURCE_CURRENT_MASK: u64 = (1 << SOURCE_CURRENT_BITS) - 1;
+
+/// One open inbound IPv4 connection in a set-associative flow table (a BPF `ARRAY` of
+/// [`FlowSetV4`]): claimed with one compare-and-swap, no kernel hash map on the SYN path.
+///
+/// `state`: 0 = free; an even, non-zero 64-bit tag (a seeded hash of the key) = live; the
+/// tag + 1 = being written by the CPU that claimed it (a concurrent SYN of the same flow
+/// treats that as a retransmit). A close wins the slot by swapping its tag back to 0, so
+/// it counts exactly once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowSlotV4 {
+    pub state: u64,
+    pub key: FlowKeyV4,
+    /// Netblock id the SYN was classified into (the one whose LOCAL count it holds).
+    pub netblock: u32,
+    /// `set × WAYS + way` of the [`SourceSlot`] holding this flow's count, or [`NO_SOURCE`].
+    pub source: u32,
+    pub _pad: u32,
+    /// [`Runtime::clock_ns`] when the SYN was accepted (userspace's CLOCK_MONOTONIC as of
+    /// its last refresh: never after the real open time).
+    pub opened_ns: u64,
+}
+
+/// One set of the IPv4 flow table: [`WAYS`] slots, 320 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowSetV4 {
+    pub slots: [FlowSlotV4; WAYS],
+}
+
+/// One open inbound IPv6 connection (see [`FlowSlotV4`]); 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowSlotV6 {
+    pub state: u64,
+    pub key: FlowKeyV6,
+    pub netblock: u32,
+    pub source: u32,
+    pub _pad: u32,
+    pub opened_ns: u64,
+}
+
+/// One set of the IPv6 flow table: [`WAYS`] slots, 512 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FlowSetV6 {
+    pub slots: [FlowSlotV6; WAYS],
+}
+
+/// One source address in the set-associative source table (a BPF `ARRAY` of
+/// [`SourceSet`], each source hashed to two candidate sets).
+///
+/// `state`: 0 = free; [`SOURCE_PENDING`] = being initialised; otherwise a 39-bit tag of the
+/// address above [`SOURCE_CURRENT_BITS`] bits of open connections, changed only by
+/// compare-and-swap on open (so a slot is never re-claimed under an open) and by an atomic
+/// decrement on close. Only slots with no open connection are ever re-used: an active source
+/// is never evicted. The cached classification saves the LPM trie walk on every SYN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SourceSlot {
+    pub state: u64,
+    pub key: SourceKey,
+    pub _pad: u32,
+    /// `generation << 32 | netblock id`: the source's classification, valid while the
+    /// generation equals [`Runtime::netblock_gen`] (bumped by every netblock reload).
+    pub class: u64,
+    /// Connections opened since the slot was claimed (cumulative).
+    pub opened: u64,
+    /// Connections closed since the slot was claimed (cumulative).
+    pub closed: u64,
+    pub _pad2: u64,
+}
+
+/// One set of the source table: [`WAYS`] slots, 512 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SourceSet {
+    pub slots: [SourceSlot; WAYS],
+}
+
+/// Written by userspace, read by every SYN/FIN/RST (map `RUNTIME`, one entry): the clock
+/// flows are stamped with (a helper call per SYN cost more than everything else on the
+/// path), the netblock generation, and the table geometry.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct Runtime {
+    /// CLOCK_MONOTONIC ns as of userspace's last refresh.
+    pub clock_ns: u64,
+    /// Seed of the flow and source hashes (random per load: sets cannot be aimed at).
+    pub seed: u64,
+    /// Bumped on every netblock reload; invalidates [`SourceSlot::class`].
+    pub netblock_gen: u32,
+    /// Number of flow sets − 1 (a power of two − 1), both families.
+    pub flow_set_mask: u32,
+    /// Number of source sets − 1 (a power of two − 1).
+    pub source_set_mask: u32,
+    /// Always 0. The program adds it to a way index it found: the verifier then sees one
+    /// unknown way in 0..WAYS instead of one state per way (which multiplied to E2BIG).
+    pub zero: u32,
 }
 
 /// [`NetblockLimit::action`]: count only.
@@ -461,6 +580,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceCounts {}
+    unsafe impl aya::Pod for super::FlowSetV4 {}
+    unsafe impl aya::Pod for super::FlowSetV6 {}
+    unsafe impl aya::Pod for super::SourceSet {}
+    unsafe impl aya::Pod for super::Runtime {}
     unsafe impl aya::Pod for super::NetblockLimit {}
     unsafe impl aya::Pod for super::NetblockStats {}
     unsafe impl aya::Pod for super::PortSet {}
@@ -482,6 +605,12 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 16);
         assert_eq!(size_of::<SourceKey>(), 20);
         assert_eq!(size_of::<SourceCounts>(), 16);
+        assert_eq!(size_of::<FlowSlotV4>(), 40);
+        assert_eq!(size_of::<FlowSetV4>(), 320);
+        assert_eq!(size_of::<FlowSlotV6>(), 64);
+        assert_eq!(size_of::<SourceSlot>(), 64);
+        assert_eq!(size_of::<SourceSet>(), 512);
+        assert_eq!(size_of::<Runtime>(), 32);
         assert_eq!(size_of::<NetblockLimit>(), 16);
         assert_eq!(size_of::<NetblockStats>(), 40);
         assert_eq!(size_of::<PortSet>(), 8192);

@@ -7,7 +7,9 @@
 //! loads and no copies; a TCP segment without FIN, RST or a bare SYN (ACKs, data, SYN+ACK)
 //! is passed right there, with no map access at all. Everything else takes the slow path:
 //! one per-CPU STATS lookup (verifier-inlined), the port bitmap, and — only for SYN/FIN/RST
-//! to a counted port — the addresses and the hash maps. No byte-wise zeroing or copying:
+//! to a counted port — the addresses and the flow and source tables (set-associative ARRAYs
+//! with compare-and-swap slots: no kernel hash map, LRU, LPM walk or time helper on the
+//! path of a SYN from a known source). No byte-wise zeroing or copying:
 //! keys are built field by field from word loads (check with `bpftool prog dump xlated`:
 //! no calls to `memset`/`memcpy` subprograms).
 //!
@@ -25,15 +27,16 @@
 //! `tc_egress` — counts outbound connections per destination (`outbound_cidr`); never drops.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there;
-// the intrinsic lowers to the BPF atomic add (RUSTC_BOOTSTRAP is set by build.rs).
+// Rust's BPF target declares no compare-and-swap, so `AtomicU64` has no RMW methods there;
+// the intrinsics lower to BPF atomic add, cmpxchg and xchg (RUSTC_BOOTSTRAP is set by
+// build.rs; cmpxchg/xchg need kernel 5.12).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use core::{
-        intrinsics::{AtomicOrdering, atomic_xadd},
+        intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg},
         mem::MaybeUninit,
     };
 
@@ -46,33 +49,44 @@ mod programs {
     };
     use duraplane_common::{
         ACTION_DROP, AF_INET, AF_INET6, DESTINATIONS_MAX_ENTRIES, DROP_EVENTS_BYTES, DropEvent,
-        EXPIRE_MAGIC, ExpireMeta, FLOWS_MAX_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, Lease,
-        MAX_NETBLOCKS, NETBLOCK_PREFIXES_MAX_ENTRIES, NetblockLimit, NetblockStats,
-        OUT_FLOWS_MAX_ENTRIES, PortSet, SOURCES_MAX_ENTRIES, SourceCounts, SourceKey, Stat,
-        StatsBlock, VIPS_MAX_ENTRIES, VipKey, VipValue,
+        EXPIRE_MAGIC, ExpireMeta, FLOWS_MAX_ENTRIES, FlowKeyV4, FlowKeyV6, FlowSetV4, FlowSetV6,
+        FlowSlotV4, FlowSlotV6, FlowValue, Lease, MAX_NETBLOCKS, NETBLOCK_PREFIXES_MAX_ENTRIES,
+        NO_SOURCE, NetblockLimit, NetblockStats, OUT_FLOWS_MAX_ENTRIES, PortSet, Runtime,
+        SOURCE_CURRENT_MASK, SOURCE_PENDING, SOURCES_MAX_ENTRIES, SourceCounts, SourceKey,
+        SourceSet, SourceSlot, Stat, StatsBlock, VIPS_MAX_ENTRIES, VipKey, VipValue, WAYS,
     };
 
     // Map definitions. Sizes are the defaults of duraplane-common; userspace may override
     // FLOWS_*/SOURCES before load. Minimum kernels: ARRAY/HASH 3.19, PERCPU_ARRAY 4.6,
-    // LPM_TRIE 4.11, LRU_PERCPU_HASH 4.10, RINGBUF 5.8, bpf_ktime_get_coarse_ns 5.11; the
-    // program uses only v1 instructions (atomic add, no fetch).
+    // LPM_TRIE 4.11, LRU_PERCPU_HASH 4.10, RINGBUF 5.8, bpf_ktime_get_coarse_ns 5.11, and
+    // 5.12 for the atomic compare-and-swap / exchange the flow and source tables use.
+    //
+    // Why the inbound tables are ARRAYs and not hash maps: measured with BPF_PROG_TEST_RUN
+    // (repeat=1, over the parse alone) a HASH insert+delete costs ~240 ns, an LRU_PERCPU_HASH
+    // hit ~46 ns, an LPM lookup ~29 ns and a `bpf_ktime_get_coarse_ns` call ~28 ns, while an
+    // inlined ARRAY lookup plus a compare-and-swap costs ~3 ns.
 
-    /// Open IPv4 connections; plain HASH (not LRU) so a flow is never evicted behind our
-    /// back: when full, new SYNs pass uncounted and `flow_map_full` counts them.
+    /// Open IPv4 connections: a set-associative table (`WAYS` slots per set, set chosen by
+    /// a seeded hash of the 4-tuple), a slot claimed by compare-and-swap. Never evicts: a
+    /// SYN whose set is full passes uncounted and `flow_map_full` counts it.
     #[map]
-    static FLOWS_V4: HashMap<FlowKeyV4, FlowValue> =
-        HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+    static FLOWS_V4: Array<FlowSetV4> = Array::with_max_entries(FLOWS_MAX_ENTRIES / WAYS as u32, 0);
 
     /// Open IPv6 connections (as FLOWS_V4).
     #[map]
-    static FLOWS_V6: HashMap<FlowKeyV6, FlowValue> =
-        HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+    static FLOWS_V6: Array<FlowSetV6> = Array::with_max_entries(FLOWS_MAX_ENTRIES / WAYS as u32, 0);
 
-    /// Per-source opened/closed, per CPU. LRU: spoofed sources may evict real ones; a close
-    /// that finds its source gone is counted as `source_evicted`.
+    /// Per-source open connections (exact: changed only by compare-and-swap / atomic add),
+    /// cumulative opened/closed, and the source's cached netblock. Each source has two
+    /// candidate sets; only slots without open connections are re-used (an active source is
+    /// never evicted); a source finding no slot is counted as `source_map_insert_failed`.
     #[map]
-    static SOURCES: LruPerCpuHashMap<SourceKey, SourceCounts> =
-        LruPerCpuHashMap::with_max_entries(SOURCES_MAX_ENTRIES, 0);
+    static SOURCES: Array<SourceSet> =
+        Array::with_max_entries(SOURCES_MAX_ENTRIES / WAYS as u32, 0);
+
+    /// Clock, hash seed, netblock generation and table geometry (written by userspace).
+    #[map]
+    static RUNTIME: Array<Runtime> = Array::with_max_entries(1, 0);
 
     /// Source IPv4 prefix → policy netblock id (longest match).
     #[map]
@@ -458,32 +472,6 @@ mod programs {
         unsafe { core::ptr::read_unaligned(meta as *const u32) == EXPIRE_MAGIC }
     }
 
-    #[inline(always)]
-    fn key_v4(s: &Seg) -> FlowKeyV4 {
-        FlowKeyV4 {
-            saddr: load_raw32(s.ip + 12).to_ne_bytes(),
-            daddr: load_raw32(s.ip + 16).to_ne_bytes(),
-            sport: load_be16(s.th),
-            dport: load_be16(s.th + 2),
-        }
-    }
-
-    #[inline(always)]
-    fn key_v6(s: &Seg) -> FlowKeyV6 {
-        let mut k = MaybeUninit::<FlowKeyV6>::uninit();
-        let w = k.as_mut_ptr() as *mut u32;
-        // SAFETY: FlowKeyV6 is 36 bytes, 4-aligned, no padding: saddr and daddr (adjacent
-        // in the IPv6 header, checked inside the packet by `parse`), then the two ports.
-        unsafe {
-            copy16(w, s.ip + 8);
-            copy16(w.add(4), s.ip + 24);
-            let p = w.add(8) as *mut u16;
-            p.write(load_be16(s.th));
-            p.add(1).write(load_be16(s.th + 2));
-            k.assume_init()
-        }
-    }
-
     /// Writes the source as a 16-byte address (IPv4 in the first 4 bytes, the rest zero).
     ///
     /// # Safety
@@ -500,20 +488,6 @@ mod programs {
                 dst.add(2).write(0);
                 dst.add(3).write(0);
             }
-        }
-    }
-
-    #[inline(always)]
-    fn source_key(s: &Seg) -> SourceKey {
-        let mut k = MaybeUninit::<SourceKey>::uninit();
-        let w = k.as_mut_ptr() as *mut u32;
-        let family = if s.v6 { AF_INET6 } else { AF_INET };
-        // SAFETY: SourceKey is 20 bytes, 4-aligned: `family` and three zero `_pad` bytes
-        // are the first little-endian word (the BPF target here is bpfel), then the address.
-        unsafe {
-            w.write(u32::from(family));
-            write_saddr16(w.add(1), s);
-            k.assume_init()
         }
     }
 
@@ -541,26 +515,404 @@ mod programs {
         }
     }
 
-    /// Netblock id of a tracked flow, if any.
+    // ---- Flow and source tables (set-associative ARRAYs, see the map definitions) ----
+
+    const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+    const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+
+    /// One round of a multiply-rotate hash (64-bit multiplies are single JIT instructions).
     #[inline(always)]
-    fn flow_netblock(s: &Seg) -> Option<u32> {
-        let v = if s.v6 {
-            FLOWS_V6.get_ptr(key_v6(s))
+    fn mix(h: u64, v: u64) -> u64 {
+        (h ^ v).wrapping_mul(K1).rotate_left(31)
+    }
+
+    #[inline(always)]
+    fn finish(h: u64) -> u64 {
+        let h = h.wrapping_mul(K2);
+        h ^ (h >> 29)
+    }
+
+    /// A flow's tag: even and non-zero (0 = free slot, tag + 1 = being written).
+    #[inline(always)]
+    fn flow_tag(h: u64) -> u64 {
+        (h | 2) & !1
+    }
+
+    /// Way `i`, laundered through [`Runtime::zero`] so the verifier cannot tell the ways
+    /// apart: the paths of a search that found different ways then merge into one state.
+    #[inline(always)]
+    fn way(i: usize, rt: &Runtime) -> usize {
+        (i + rt.zero as usize) & (WAYS - 1)
+    }
+
+    #[inline(always)]
+    fn load64(p: *const u64) -> u64 {
+        // SAFETY: callers pass 8-aligned pointers into live map values.
+        unsafe { core::ptr::read_volatile(p) }
+    }
+
+    /// Compare-and-swap (BPF_CMPXCHG, fully ordered); returns (previous value, swapped).
+    #[inline(always)]
+    fn cas(p: *mut u64, old: u64, new: u64) -> (u64, bool) {
+        // SAFETY: callers pass 8-aligned pointers into live map values.
+        unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new)
+        }
+    }
+
+    /// Stores `v` with a fully ordered exchange: the slot's other fields, written before,
+    /// are visible to any CPU that sees `v`.
+    #[inline(always)]
+    fn publish(p: *mut u64, v: u64) {
+        // SAFETY: as `cas`.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(p, v) };
+    }
+
+    #[inline(always)]
+    fn atomic_add(p: *mut u64, v: u64) {
+        // SAFETY: as `cas`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+    }
+
+    /// Client and server ports as the flow key's last word (host order, client first).
+    #[inline(always)]
+    fn ports_word(s: &Seg) -> u32 {
+        u32::from(load_be16(s.th)) | (u32::from(load_be16(s.th + 2)) << 16)
+    }
+
+    /// A flow table slot; `state` is its first field in both families.
+    trait FlowSlot {
+        /// The set holding the segment's flow (its first slot) and the flow's tag.
+        fn set_of(s: &Seg, rt: &Runtime) -> Option<(*mut Self, u64)>
+        where
+            Self: Sized;
+        /// Whether the slot holds the segment's 4-tuple.
+        fn key_is(p: *const Self, s: &Seg) -> bool;
+        /// Writes key, owner and open time (the slot is claimed by this CPU).
+        fn fill(p: *mut Self, s: &Seg, netblock: u32, source: u32, now: u64);
+        /// (netblock, source) of a live slot.
+        fn owner(p: *const Self) -> (u32, u32);
+    }
+
+    impl FlowSlot for FlowSlotV4 {
+        #[inline(always)]
+        fn set_of(s: &Seg, rt: &Runtime) -> Option<(*mut Self, u64)> {
+            let addrs = (u64::from(load_raw32(s.ip + 12)) << 32) | u64::from(load_raw32(s.ip + 16));
+            let h = finish(mix(mix(rt.seed, addrs), u64::from(ports_word(s))));
+            let set = FLOWS_V4.get_ptr_mut((h >> 32) as u32 & rt.flow_set_mask)?;
+            // SAFETY: a live map value.
+            Some((unsafe { &raw mut (*set).slots } as *mut Self, flow_tag(h)))
+        }
+
+        #[inline(always)]
+        fn key_is(p: *const Self, s: &Seg) -> bool {
+            // SAFETY: a live map value; the key is 3 words at a 4-aligned offset.
+            unsafe {
+                let k = &raw const (*p).key as *const u32;
+                k.read() == load_raw32(s.ip + 12)
+                    && k.add(1).read() == load_raw32(s.ip + 16)
+                    && k.add(2).read() == ports_word(s)
+            }
+        }
+
+        #[inline(always)]
+        fn fill(p: *mut Self, s: &Seg, netblock: u32, source: u32, now: u64) {
+            // SAFETY: a live map value claimed by this CPU.
+            unsafe {
+                let k = &raw mut (*p).key as *mut u32;
+                k.write(load_raw32(s.ip + 12));
+                k.add(1).write(load_raw32(s.ip + 16));
+                k.add(2).write(ports_word(s));
+                (*p).netblock = netblock;
+                (*p).source = source;
+                (*p).opened_ns = now;
+            }
+        }
+
+        #[inline(always)]
+        fn owner(p: *const Self) -> (u32, u32) {
+            // SAFETY: a live map value.
+            unsafe { ((*p).netblock, (*p).source) }
+        }
+    }
+
+    impl FlowSlot for FlowSlotV6 {
+        #[inline(always)]
+        fn set_of(s: &Seg, rt: &Runtime) -> Option<(*mut Self, u64)> {
+            let w = |o: usize| {
+                // SAFETY: the addresses (ip + 8 .. ip + 40) are inside the packet (`parse`).
+                unsafe { core::ptr::read_unaligned((s.ip + o) as *const u64) }
+            };
+            let mut h = mix(rt.seed, w(8));
+            h = mix(h, w(16));
+            h = mix(h, w(24));
+            h = mix(h, w(32));
+            let h = finish(mix(h, u64::from(ports_word(s))));
+            let set = FLOWS_V6.get_ptr_mut((h >> 32) as u32 & rt.flow_set_mask)?;
+            // SAFETY: a live map value.
+            Some((unsafe { &raw mut (*set).slots } as *mut Self, flow_tag(h)))
+        }
+
+        #[inline(always)]
+        fn key_is(p: *const Self, s: &Seg) -> bool {
+            // SAFETY: a live map value; the key is 9 words at a 4-aligned offset.
+            unsafe {
+                let k = &raw const (*p).key as *const u32;
+                let mut diff = k.add(8).read() ^ ports_word(s);
+                let mut i = 0;
+                while i < 8 {
+                    diff |= k.add(i).read() ^ load_raw32(s.ip + 8 + 4 * i);
+                    i += 1;
+                }
+                diff == 0
+            }
+        }
+
+        #[inline(always)]
+        fn fill(p: *mut Self, s: &Seg, netblock: u32, source: u32, now: u64) {
+            // SAFETY: a live map value claimed by this CPU; addresses inside the packet.
+            unsafe {
+                let k = &raw mut (*p).key as *mut u32;
+                let mut i = 0;
+                while i < 8 {
+                    k.add(i).write(load_raw32(s.ip + 8 + 4 * i));
+                    i += 1;
+                }
+                k.add(8).write(ports_word(s));
+                (*p).netblock = netblock;
+                (*p).source = source;
+                (*p).opened_ns = now;
+            }
+        }
+
+        #[inline(always)]
+        fn owner(p: *const Self) -> (u32, u32) {
+            // SAFETY: a live map value.
+            unsafe { ((*p).netblock, (*p).source) }
+        }
+    }
+
+    /// A source's slot as the SYN path found or claimed it.
+    #[derive(Clone, Copy)]
+    struct Src {
+        slot: *mut SourceSlot,
+        /// `set × WAYS + way`.
+        index: u32,
+        /// The tag bits of the slot's state.
+        tag: u64,
+    }
+
+    /// The source's state tag (39 bits above the count; bit 63 clear, so never PENDING),
+    /// and its two candidate sets.
+    #[inline(always)]
+    fn source_hash(s: &Seg, rt: &Runtime) -> (u64, u32, u32) {
+        let h = if s.v6 {
+            let w = |o: usize| {
+                // SAFETY: the source (ip + 8 .. ip + 24) is inside the packet (`parse`).
+                unsafe { core::ptr::read_unaligned((s.ip + o) as *const u64) }
+            };
+            finish(mix(mix(rt.seed ^ K2, w(8)), w(16)))
         } else {
-            FLOWS_V4.get_ptr(key_v4(s))
-        }?;
-        // SAFETY: a live entry, read before any delete.
-        Some(unsafe { (*v).netblock })
+            finish(mix(rt.seed, u64::from(load_raw32(s.ip + 12))))
+        };
+        let tag = (((h >> 25) & ((1 << 39) - 1)) | 1) << 24;
+        let m = rt.source_set_mask;
+        (tag, h as u32 & m, (h >> 12) as u32 & m)
+    }
+
+    /// Whether a source slot holds the segment's source address.
+    #[inline(always)]
+    fn source_is(p: *const SourceSlot, s: &Seg) -> bool {
+        // SAFETY: a live map value; the key (family word + 4 address words) is 4-aligned.
+        unsafe {
+            let k = &raw const (*p).key as *const u32;
+            if s.v6 {
+                k.read() == u32::from(AF_INET6)
+                    && (k.add(1).read() ^ load_raw32(s.ip + 8))
+                        | (k.add(2).read() ^ load_raw32(s.ip + 12))
+                        | (k.add(3).read() ^ load_raw32(s.ip + 16))
+                        | (k.add(4).read() ^ load_raw32(s.ip + 20))
+                        == 0
+            } else {
+                k.read() == u32::from(AF_INET)
+                    && k.add(1).read() == load_raw32(s.ip + 12)
+                    && k.add(2).read() | k.add(3).read() | k.add(4).read() == 0
+            }
+        }
+    }
+
+    /// The live slot of the segment's source in set `set`, if any.
+    #[inline(always)]
+    fn source_find(set: u32, tag: u64, s: &Seg, rt: &Runtime) -> Option<Src> {
+        let v = SOURCES.get_ptr_mut(set)?;
+        // SAFETY: a live map value.
+        let slots = unsafe { &raw mut (*v).slots } as *mut SourceSlot;
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            let st = load64(p as *const u64);
+            if st != SOURCE_PENDING && st & !SOURCE_CURRENT_MASK == tag && source_is(p, s) {
+                let w = way(i, rt);
+                return Some(Src {
+                    // SAFETY: w < WAYS.
+                    slot: unsafe { slots.add(w) },
+                    index: set * WAYS as u32 + w as u32,
+                    tag,
+                });
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Claims a free slot, or one whose source has no open connection, in set `set` for the
+    /// segment's source (count 0), with classification `class`.
+    #[inline(always)]
+    fn source_claim(set: u32, tag: u64, s: &Seg, class: u64, rt: &Runtime) -> Option<Src> {
+        let v = SOURCES.get_ptr_mut(set)?;
+        // SAFETY: a live map value.
+        let slots = unsafe { &raw mut (*v).slots } as *mut SourceSlot;
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            let st = load64(p as *const u64);
+            if st != SOURCE_PENDING
+                && st & SOURCE_CURRENT_MASK == 0
+                && cas(p as *mut u64, st, SOURCE_PENDING).1
+            {
+                // SAFETY: this CPU owns the slot until it publishes the state.
+                unsafe {
+                    let k = &raw mut (*p).key as *mut u32;
+                    k.write(u32::from(if s.v6 { AF_INET6 } else { AF_INET }));
+                    write_saddr16(k.add(1), s);
+                    (*p)._pad = 0;
+                    (*p).class = class;
+                    (*p).opened = 0;
+                    (*p).closed = 0;
+                    (*p)._pad2 = 0;
+                }
+                publish(p as *mut u64, tag);
+                let w = way(i, rt);
+                return Some(Src {
+                    // SAFETY: w < WAYS.
+                    slot: unsafe { slots.add(w) },
+                    index: set * WAYS as u32 + w as u32,
+                    tag,
+                });
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The SYN's netblock — cached in the source's slot while the netblock generation holds,
+    /// else from the LPM trie — and the source's slot, found or newly claimed (None: both
+    /// candidate sets are full of sources with open connections).
+    #[inline(always)]
+    fn classify_source(s: &Seg, rt: &Runtime) -> (u32, Option<Src>) {
+        let (tag, set1, set2) = source_hash(s, rt);
+        let generation = u64::from(rt.netblock_gen) << 32;
+        let found = match source_find(set1, tag, s, rt) {
+            Some(f) => Some(f),
+            None if set2 != set1 => source_find(set2, tag, s, rt),
+            None => None,
+        };
+        if let Some(f) = found {
+            // SAFETY: a live map value.
+            let cp = unsafe { &raw mut (*f.slot).class } as *mut u64;
+            let class = load64(cp);
+            if class & !0xffff_ffff == generation && (class as u32) < MAX_NETBLOCKS {
+                return (class as u32, Some(f));
+            }
+            let nb = classify(s);
+            // A CAS, not a store: a slot re-claimed meanwhile keeps its new owner's class.
+            cas(cp, class, generation | u64::from(nb));
+            return (nb, Some(f));
+        }
+        let nb = classify(s);
+        let class = generation | u64::from(nb);
+        let claimed = match source_claim(set1, tag, s, class, rt) {
+            Some(c) => Some(c),
+            None if set2 != set1 => source_claim(set2, tag, s, class, rt),
+            None => None,
+        };
+        (nb, claimed)
+    }
+
+    /// Adds one open connection to the source (compare-and-swap, so a slot being re-claimed
+    /// is never counted into); the slot index, or NO_SOURCE if the slot changed owner.
+    #[inline(always)]
+    fn source_take(src: Option<Src>, stats: Stats) -> u32 {
+        if let Some(c) = src {
+            let sp = c.slot as *mut u64;
+            let mut tries = 0;
+            while tries < 4 {
+                let st = load64(sp);
+                if st & !SOURCE_CURRENT_MASK != c.tag
+                    || st & SOURCE_CURRENT_MASK == SOURCE_CURRENT_MASK
+                {
+                    break;
+                }
+                if cas(sp, st, st + 1).1 {
+                    // SAFETY: a live map value (pinned by the count just taken).
+                    atomic_add(unsafe { &raw mut (*c.slot).opened }, 1);
+                    return c.index;
+                }
+                tries += 1;
+            }
+        }
+        bump(stats, Stat::SourceMapInsertFailed);
+        NO_SOURCE
     }
 
     #[inline(always)]
     fn syn(s: &Seg, stats: Stats) -> u32 {
         bump(stats, Stat::Syn);
-        if flow_netblock(s).is_some() {
-            bump(stats, Stat::SynRetransmit);
+        let Some(rt) = RUNTIME.get(0) else {
+            bump(stats, Stat::FlowInsertFailed);
             return xdp_action::XDP_PASS;
+        };
+        if s.v6 {
+            match FlowSlotV6::set_of(s, rt) {
+                Some((slots, tag)) => syn_in(slots, tag, s, rt, stats),
+                None => {
+                    bump(stats, Stat::FlowInsertFailed);
+                    xdp_action::XDP_PASS
+                }
+            }
+        } else {
+            match FlowSlotV4::set_of(s, rt) {
+                Some((slots, tag)) => syn_in(slots, tag, s, rt, stats),
+                None => {
+                    bump(stats, Stat::FlowInsertFailed);
+                    xdp_action::XDP_PASS
+                }
+            }
         }
-        let nb = classify(s);
+    }
+
+    /// Whether slot state `st` is the segment's flow (live with its key, or being written
+    /// with its tag: a concurrent copy of the same SYN).
+    #[inline(always)]
+    fn is_same_flow<S: FlowSlot>(p: *const S, st: u64, tag: u64, s: &Seg) -> bool {
+        st & !1 == tag && (st & 1 != 0 || S::key_is(p, s))
+    }
+
+    #[inline(always)]
+    fn syn_in<S: FlowSlot>(slots: *mut S, tag: u64, s: &Seg, rt: &Runtime, stats: Stats) -> u32 {
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            if is_same_flow(p, load64(p as *const u64), tag, s) {
+                bump(stats, Stat::SynRetransmit);
+                return xdp_action::XDP_PASS;
+            }
+            i += 1;
+        }
+        let (nb, src) = classify_source(s, rt);
         let nbs = NB_STATS.get_ptr_mut(nb);
         if let Some(n) = nbs {
             // SAFETY: this CPU's value of an existing array slot.
@@ -573,8 +925,7 @@ mod programs {
             && lim.limit != 0
         {
             // SAFETY: array values are 8-byte aligned and live as long as the map.
-            // A plain aligned 8-byte load is atomic on every BPF JIT; BPF load-acquire
-            // needs cpu v4, which bpf-linker's `generic` cpu does not emit.
+            // A plain aligned 8-byte load is atomic on every BPF JIT.
             let l = unsafe { core::ptr::read_volatile(local) };
             let r = REMOTE.get(nb).copied().unwrap_or(0);
             // Check-then-add is not one atomic step: concurrent SYNs on different CPUs
@@ -598,67 +949,44 @@ mod programs {
                 }
             }
         }
-        let value = FlowValue {
-            netblock: nb,
-            _pad: 0,
-            // SAFETY: helper without preconditions.
-            opened_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        };
-        let inserted = if s.v6 {
-            FLOWS_V6.insert(key_v6(s), value, BPF_NOEXIST as u64)
-        } else {
-            FLOWS_V4.insert(key_v4(s), value, BPF_NOEXIST as u64)
-        };
-        match inserted {
-            Ok(()) => {}
-            Err(e) if e == -EEXIST => {
-                // The same SYN raced on another CPU and won.
+        // Claim a free way; a copy of this SYN racing on another CPU is seen by its tag.
+        let mut claimed: Option<usize> = None;
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            let mut st = load64(p as *const u64);
+            if st == 0 {
+                let (prev, ok) = cas(p as *mut u64, 0, tag | 1);
+                if ok {
+                    claimed = Some(way(i, rt));
+                    break;
+                }
+                st = prev;
+            }
+            if is_same_flow(p, st, tag, s) {
                 bump(stats, Stat::SynRetransmit);
                 return xdp_action::XDP_PASS;
             }
-            Err(e) if e == -E2BIG => {
-                bump(stats, Stat::FlowMapFull);
-                return xdp_action::XDP_PASS;
-            }
-            Err(_) => {
-                bump(stats, Stat::FlowInsertFailed);
-                return xdp_action::XDP_PASS;
-            }
+            i += 1;
         }
-        // SAFETY: see above.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(local, 1) };
+        let Some(w) = claimed else {
+            bump(stats, Stat::FlowMapFull);
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: w < WAYS.
+        let p = unsafe { slots.add(w) };
+        let source = source_take(src, stats);
+        S::fill(p, s, nb, source, rt.clock_ns);
+        publish(p as *mut u64, tag);
+        atomic_add(local, 1);
         bump(stats, Stat::Opened);
         if let Some(n) = nbs {
             // SAFETY: as above.
             unsafe { (*n).opened += 1 };
         }
-        source_opened(s, stats);
         xdp_action::XDP_PASS
     }
-
-    #[inline(always)]
-    fn source_opened(s: &Seg, stats: Stats) {
-        let skey = source_key(s);
-        if let Some(c) = SOURCES.get_ptr_mut(&skey) {
-            // SAFETY: this CPU's value of a live entry.
-            unsafe { (*c).opened += 1 };
-            return;
-        }
-        let first = SourceCounts {
-            opened: 1,
-            closed: 0,
-        };
-        match SOURCES.insert(&skey, &first, BPF_NOEXIST as u64) {
-            Ok(()) => {}
-            Err(e) if e == -EEXIST => match SOURCES.get_ptr_mut(&skey) {
-                // SAFETY: as above.
-                Some(c) => unsafe { (*c).opened += 1 },
-                None => bump(stats, Stat::SourceMapInsertFailed),
-            },
-            Err(_) => bump(stats, Stat::SourceMapInsertFailed),
-        }
-    }
-
     /// Reports a dropped SYN, unless the ring is full: then only `ringbuf_full` counts it,
     /// without the (locked, failing) reserve — under a flood nobody may be reading.
     #[inline(always)]
@@ -685,23 +1013,23 @@ mod programs {
         }
     }
 
-    /// Client FIN/RST (or userspace expiry): forget the flow; only the CPU whose delete
-    /// succeeded decrements, so a close counts exactly once.
+    /// Client FIN/RST (or userspace expiry): free the flow's slot; only the CPU whose
+    /// compare-and-swap frees it decrements, so a close counts exactly once.
     #[inline(always)]
     fn close(s: &Seg, stats: Stats, expiry: bool) {
-        let Some(nb) = flow_netblock(s) else {
+        let Some(rt) = RUNTIME.get(0) else {
             bump(stats, Stat::FinRstNoFlow);
             return;
         };
-        let removed = if s.v6 {
-            FLOWS_V6.remove(key_v6(s))
+        let owner = if s.v6 {
+            FlowSlotV6::set_of(s, rt).and_then(|(p, tag)| close_in(p, tag, s))
         } else {
-            FLOWS_V4.remove(key_v4(s))
+            FlowSlotV4::set_of(s, rt).and_then(|(p, tag)| close_in(p, tag, s))
         };
-        if removed.is_err() {
+        let Some((nb, source)) = owner else {
             bump(stats, Stat::FinRstNoFlow);
             return;
-        }
+        };
         bump(
             stats,
             if expiry {
@@ -711,27 +1039,61 @@ mod programs {
             },
         );
         if let Some(local) = LOCAL.get_ptr_mut(nb) {
-            // bpf-linker targets cpu `generic` (v1): atomic add exists, fetch-add does not,
-            // so underflow is checked with a plain read first (only a reset map or a bug
-            // can get here with 0; the read/add window cannot make a correct count wrap).
+            // Underflow is checked with a plain read first (only a reset map or a bug can
+            // get here with 0; the read/add window cannot make a correct count wrap).
             // SAFETY: array values are 8-byte aligned and live as long as the map.
             if unsafe { core::ptr::read_volatile(local) } == 0 {
                 bump(stats, Stat::LocalUnderflow);
             } else {
                 // Adding 2^64 − 1 is subtracting 1.
-                // SAFETY: as above.
-                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(local, u64::MAX) };
+                atomic_add(local, u64::MAX);
             }
         }
         if let Some(n) = NB_STATS.get_ptr_mut(nb) {
             // SAFETY: this CPU's value of an existing array slot.
             unsafe { (*n).closed += 1 };
         }
-        match SOURCES.get_ptr_mut(source_key(s)) {
-            // SAFETY: this CPU's value of a live entry.
-            Some(c) => unsafe { (*c).closed += 1 },
-            None => bump(stats, Stat::SourceEvicted),
+        let slot = if source == NO_SOURCE {
+            None
+        } else {
+            SOURCES.get_ptr_mut(source / WAYS as u32).map(|v| {
+                // SAFETY: a live map value; the way is < WAYS.
+                unsafe { (&raw mut (*v).slots as *mut SourceSlot).add(source as usize % WAYS) }
+            })
+        };
+        let Some(p) = slot else {
+            // The open found no source slot (counted then as source_map_insert_failed).
+            bump(stats, Stat::SourceEvicted);
+            return;
+        };
+        // SAFETY: a live map value, pinned by this flow's count.
+        atomic_add(unsafe { &raw mut (*p).closed }, 1);
+        if load64(p as *const u64) & SOURCE_CURRENT_MASK == 0 {
+            bump(stats, Stat::LocalUnderflow);
+        } else {
+            atomic_add(p as *mut u64, u64::MAX);
         }
+    }
+
+    /// Frees the segment's live flow slot; its (netblock, source) if this CPU freed it.
+    #[inline(always)]
+    fn close_in<S: FlowSlot>(slots: *mut S, tag: u64, s: &Seg) -> Option<(u32, u32)> {
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            if load64(p as *const u64) == tag && S::key_is(p, s) {
+                // Read before the slot is freed (it may be re-claimed right after).
+                let owner = S::owner(p);
+                return if cas(p as *mut u64, tag, 0).1 {
+                    Some(owner)
+                } else {
+                    None
+                };
+            }
+            i += 1;
+        }
+        None
     }
 
     #[inline(always)]

@@ -36,8 +36,9 @@ use aya::{
 };
 use duraplane_common::{
     ACTION_COUNT, ACTION_DROP, AF_INET, DropEvent, EXPIRE_MAGIC, FLOWS_MAX_ENTRIES, FlowKeyV4,
-    FlowKeyV6, FlowValue, Lease, MAX_NETBLOCKS, NetblockLimit, NetblockStats, PortSet,
-    SOURCES_MAX_ENTRIES, STAT_COUNT, SourceCounts, SourceKey, Stat, StatsBlock, VipKey, VipValue,
+    FlowKeyV6, FlowSetV4, FlowSetV6, FlowValue, Lease, MAX_NETBLOCKS, NetblockLimit, NetblockStats,
+    PortSet, Runtime, SOURCE_CURRENT_MASK, SOURCE_PENDING, SOURCES_MAX_ENTRIES, STAT_COUNT,
+    SourceCounts, SourceKey, SourceSet, Stat, StatsBlock, VipKey, VipValue, WAYS,
     map_names as names, program_names,
 };
 use zerocopy::FromBytes;
@@ -177,10 +178,12 @@ pub struct DatapathConfig {
     /// Counted TCP destination ports.
     pub ports: Vec<u16>,
     pub netblocks: Vec<NetblockSpec>,
-    /// Capacity of each flow map (concurrent tracked connections per address family);
-    /// fixed at load.
+    /// Slots of each flow table (per address family), rounded up to a power of two ≥ 8;
+    /// fixed at load. A SYN whose 8-way set is full counts as `flow_map_full` even if other
+    /// sets have room: size for about twice the concurrent connections expected.
     pub flow_capacity: u32,
-    /// SOURCES capacity (distinct sources, LRU); fixed at load.
+    /// Slots of the source table (distinct source addresses), rounded up to a power of two
+    /// ≥ 8; fixed at load. Idle sources are re-used, active ones never evicted.
     pub source_capacity: u32,
 }
 
@@ -260,8 +263,7 @@ pub struct SourceCount {
     pub addr: IpAddr,
     pub opened: u64,
     pub closed: u64,
-    /// `opened − closed`, saturating: an LRU eviction and re-creation can leave more
-    /// closes than opens in the new entry.
+    /// Open connections (exact: kept by the program with compare-and-swap).
     pub current: u64,
 }
 
@@ -273,7 +275,8 @@ pub struct FlowEntry {
     pub dst: IpAddr,
     pub dport: u16,
     pub netblock: u32,
-    /// CLOCK_MONOTONIC ns when the SYN was accepted.
+    /// CLOCK_MONOTONIC ns as of the last clock refresh before the SYN was accepted (the
+    /// program reads userspace's clock instead of calling a time helper on every SYN).
     pub opened_ns: u64,
 }
 
@@ -335,9 +338,12 @@ struct Assigned {
 /// The loaded data plane: program, maps and attachments. Detaches on drop.
 pub struct Datapath {
     ebpf: Ebpf,
-    flows_v4: HashMap<MapData, FlowKeyV4, FlowValue>,
-    flows_v6: HashMap<MapData, FlowKeyV6, FlowValue>,
-    sources: PerCpuHashMap<MapData, SourceKey, SourceCounts>,
+    flows_v4: Array<MapData, FlowSetV4>,
+    flows_v6: Array<MapData, FlowSetV6>,
+    sources: Array<MapData, SourceSet>,
+    runtime_map: Array<MapData, Runtime>,
+    /// The last value written to RUNTIME (userspace is its only writer).
+    runtime: Runtime,
     nb_v4: LpmTrie<MapData, [u8; 4], u32>,
     nb_v6: LpmTrie<MapData, [u8; 16], u32>,
     limits: Array<MapData, NetblockLimit>,
@@ -433,6 +439,17 @@ fn monotonic_ns() -> Result<u64, BpfError> {
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// Number of `WAYS`-slot sets for a table of `capacity` slots (rounded up to a power of
+/// two, at least one set): the program picks a set with `hash & (sets − 1)`.
+fn sets_for(capacity: u32) -> u32 {
+    (capacity
+        .max(1)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
+        / WAYS as u32)
+        .max(1)
+}
+
 /// Sums per-CPU values laid out as the kernel copies them (`round_up(size, 8)` per CPU).
 fn sum_percpu<V: FromBytes + Copy>(bytes: &[u8], add: impl Fn(&mut V, &V), mut acc: V) -> V {
     let stride = size_of::<V>().next_multiple_of(8);
@@ -442,6 +459,11 @@ fn sum_percpu<V: FromBytes + Copy>(bytes: &[u8], add: impl Fn(&mut V, &V), mut a
         }
     }
     acc
+}
+
+/// A flow slot state that is live (not free, not being written).
+fn live_flow(state: u64) -> bool {
+    state != 0 && state & 1 == 0
 }
 
 fn add_nb(a: &mut NetblockStats, b: &NetblockStats) {
@@ -461,10 +483,12 @@ impl Datapath {
         }
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| BpfError::PossibleCpus { path, source })?;
+        let flow_sets = sets_for(config.flow_capacity);
+        let source_sets = sets_for(config.source_capacity);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FLOWS_V4, config.flow_capacity)
-            .map_max_entries(names::FLOWS_V6, config.flow_capacity)
-            .map_max_entries(names::SOURCES, config.source_capacity)
+            .map_max_entries(names::FLOWS_V4, flow_sets)
+            .map_max_entries(names::FLOWS_V6, flow_sets)
+            .map_max_entries(names::SOURCES, source_sets)
             .load(crate::EBPF_OBJECT)
             .map_err(|source| BpfError::Load {
                 flow_capacity: config.flow_capacity,
@@ -488,6 +512,15 @@ impl Datapath {
             flows_v4: take(&mut ebpf, names::FLOWS_V4)?,
             flows_v6: take(&mut ebpf, names::FLOWS_V6)?,
             sources: take(&mut ebpf, names::SOURCES)?,
+            runtime_map: take(&mut ebpf, names::RUNTIME)?,
+            runtime: Runtime {
+                clock_ns: 0,
+                seed: rand::random(),
+                netblock_gen: 0,
+                flow_set_mask: flow_sets - 1,
+                source_set_mask: source_sets - 1,
+                zero: 0,
+            },
             nb_v4: take(&mut ebpf, names::NETBLOCKS_V4)?,
             nb_v6: take(&mut ebpf, names::NETBLOCKS_V6)?,
             limits: take(&mut ebpf, names::LIMITS)?,
@@ -510,9 +543,31 @@ impl Datapath {
             batch_ok: true,
             live_frames_ok: true,
         };
+        dp.refresh_clock()?;
         dp.set_ports(&config.ports)?;
         dp.set_netblocks(&config.netblocks)?;
         Ok(dp)
+    }
+
+    /// Writes [`Self::runtime`] to the RUNTIME map.
+    fn write_runtime(&mut self) -> Result<(), BpfError> {
+        self.runtime_map
+            .set(0, self.runtime, 0)
+            .map_err(map_err(names::RUNTIME, "set"))
+    }
+
+    /// Advances the clock new flows are stamped with to now. Called by every periodic read
+    /// (the daemon polls every poll interval), so a flow's stamp is at most one poll
+    /// interval before its real open time, never after it.
+    fn refresh_clock(&mut self) -> Result<(), BpfError> {
+        self.runtime.clock_ns = monotonic_ns()?;
+        self.write_runtime()
+    }
+
+    /// Invalidates every source's cached classification (after the tries changed).
+    fn bump_netblock_gen(&mut self) -> Result<(), BpfError> {
+        self.runtime.netblock_gen = self.runtime.netblock_gen.wrapping_add(1);
+        self.write_runtime()
     }
 
     /// The loaded `xdp_ingress` program (for [`testrun`] and benches).
@@ -718,6 +773,10 @@ impl Datapath {
             self.lpm_remove(c)?;
             self.netblocks.remove(c);
         }
+        // Sources cached into a removed prefix re-classify before its id can be reused.
+        if !removed.is_empty() {
+            self.bump_netblock_gen()?;
+        }
         // 2. New ids start from zero.
         for id in &fresh {
             let zeros = PerCpuValues::try_from(vec![NetblockStats::default(); self.cpus]).map_err(
@@ -761,7 +820,7 @@ impl Datapath {
             }
         }
         self.netblocks = next;
-        Ok(())
+        self.bump_netblock_gen()
     }
 
     /// The id of each configured netblock.
@@ -881,6 +940,7 @@ impl Datapath {
     /// Current and cumulative counts of id 0, every configured netblock, and every removed
     /// id that still holds open flows.
     pub fn read_netblocks(&mut self) -> Result<Vec<NetblockCounters>, BpfError> {
+        self.refresh_clock()?;
         // LOCAL is dumped whole (a removed netblock may still hold flows); REMOTE only
         // matters for the ids listed, so it is read per id (the poller runs this every
         // poll_interval: a whole-array copy of REMOTE was a measurable share of an idle
@@ -932,10 +992,41 @@ impl Datapath {
             .map_err(map_err(names::LOCAL, "lookup"))
     }
 
-    /// Per-source counts of every source the LRU still holds (batch read).
+    /// Per-source counts of every source that opened a connection since its slot was
+    /// claimed (one batch read of the whole table; a source claimed on two CPUs at once may
+    /// hold two slots, which are summed here).
     pub fn read_sources(&mut self) -> Result<Vec<SourceCount>, BpfError> {
-        let fd = dup_fd(self.sources.map(), names::SOURCES)?;
-        self.read_address_counts(names::SOURCES, fd)
+        self.refresh_clock()?;
+        let name = names::SOURCES;
+        let l = self.layout::<u32, SourceSet>(false);
+        let fd = dup_fd(self.sources.map(), name)?;
+        let d = self.dump(name, fd.as_fd(), &l)?;
+        let mut by_key: BTreeMap<(u8, [u8; 16]), SourceCount> = BTreeMap::new();
+        for (_, v) in d.entries(&l) {
+            let Ok(set) = SourceSet::ref_from_bytes(v) else {
+                continue;
+            };
+            for slot in &set.slots {
+                let current = slot.state & SOURCE_CURRENT_MASK;
+                if slot.state == 0 || slot.state == SOURCE_PENDING {
+                    continue;
+                }
+                if slot.opened == 0 && current == 0 {
+                    continue;
+                }
+                let k = slot.key;
+                let e = by_key.entry((k.family, k.addr)).or_insert(SourceCount {
+                    addr: key_addr(k.family, &k.addr),
+                    opened: 0,
+                    closed: 0,
+                    current: 0,
+                });
+                e.opened += slot.opened;
+                e.closed += slot.closed;
+                e.current += current;
+            }
+        }
+        Ok(by_key.into_values().collect())
     }
 
     /// Counts per address of a per-CPU LRU keyed by [`SourceKey`] (SOURCES, and
@@ -970,24 +1061,48 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Every open flow, IPv4 then IPv6 (batch reads).
+    /// Every open flow, IPv4 then IPv6 (batch reads of both tables; slots being written
+    /// at that instant are skipped).
     pub fn read_flows(&mut self) -> Result<Vec<FlowEntry>, BpfError> {
-        let fds = [
-            dup_fd(self.flows_v4.map(), names::FLOWS_V4)?,
-            dup_fd(self.flows_v6.map(), names::FLOWS_V6)?,
-        ];
-        Ok(self
-            .read_flow_maps([names::FLOWS_V4, names::FLOWS_V6], fds)?
-            .into_iter()
-            .map(|f| FlowEntry {
-                src: f.saddr,
-                sport: f.sport,
-                dst: f.daddr,
-                dport: f.dport,
-                netblock: f.value.netblock,
-                opened_ns: f.value.opened_ns,
-            })
-            .collect())
+        self.refresh_clock()?;
+        let mut out = Vec::new();
+        let l4 = self.layout::<u32, FlowSetV4>(false);
+        let fd = dup_fd(self.flows_v4.map(), names::FLOWS_V4)?;
+        let d4 = self.dump(names::FLOWS_V4, fd.as_fd(), &l4)?;
+        for (_, v) in d4.entries(&l4) {
+            let Ok(set) = FlowSetV4::ref_from_bytes(v) else {
+                continue;
+            };
+            for f in set.slots.iter().filter(|f| live_flow(f.state)) {
+                out.push(FlowEntry {
+                    src: IpAddr::V4(Ipv4Addr::from(f.key.saddr)),
+                    sport: f.key.sport,
+                    dst: IpAddr::V4(Ipv4Addr::from(f.key.daddr)),
+                    dport: f.key.dport,
+                    netblock: f.netblock,
+                    opened_ns: f.opened_ns,
+                });
+            }
+        }
+        let l6 = self.layout::<u32, FlowSetV6>(false);
+        let fd = dup_fd(self.flows_v6.map(), names::FLOWS_V6)?;
+        let d6 = self.dump(names::FLOWS_V6, fd.as_fd(), &l6)?;
+        for (_, v) in d6.entries(&l6) {
+            let Ok(set) = FlowSetV6::ref_from_bytes(v) else {
+                continue;
+            };
+            for f in set.slots.iter().filter(|f| live_flow(f.state)) {
+                out.push(FlowEntry {
+                    src: IpAddr::V6(Ipv6Addr::from(f.key.saddr)),
+                    sport: f.key.sport,
+                    dst: IpAddr::V6(Ipv6Addr::from(f.key.daddr)),
+                    dport: f.key.dport,
+                    netblock: f.netblock,
+                    opened_ns: f.opened_ns,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The entries of a v4/v6 flow map pair (FLOWS_*, OUT_FLOWS_*), addresses widened.
@@ -1044,12 +1159,13 @@ impl Datapath {
     /// userspace.
     pub fn expire_flows(&mut self, older_than: Duration) -> Result<u64, BpfError> {
         let older = u64::try_from(older_than.as_nanos()).unwrap_or(u64::MAX);
-        let cutoff = monotonic_ns()?.saturating_sub(older);
+        self.refresh_clock()?;
+        let cutoff = self.runtime.clock_ns.saturating_sub(older);
         self.expire_opened_before(cutoff)
     }
 
     /// Expires flows whose `opened_ns` ≤ `cutoff_ns` (CLOCK_MONOTONIC; flows are stamped
-    /// with the coarse clock, at most one tick behind it).
+    /// with userspace's clock as of its last refresh, at most one poll interval behind).
     pub fn expire_opened_before(&mut self, cutoff_ns: u64) -> Result<u64, BpfError> {
         let flows = self.read_flows()?;
         let before = self.read_stats()?.get(Stat::Expired);
@@ -1127,7 +1243,7 @@ mod tests {
     }
 
     /// Needs root (loads the program): the batch reader and the per-key fallback must see
-    /// the same entries, for a hash, a per-CPU LRU hash and a per-CPU array.
+    /// the same entries, for the set-associative arrays and a per-CPU array.
     #[test]
     fn batch_and_per_key_reads_agree() {
         let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
@@ -1146,9 +1262,9 @@ mod tests {
             assert_eq!(dp.test_run(&fr, 1).unwrap().verdict, testrun::Verdict::Pass);
         }
         let cases: [(&MapData, Layout); 4] = [
-            (dp.flows_v4.map(), dp.layout::<FlowKeyV4, FlowValue>(false)),
-            (dp.flows_v6.map(), dp.layout::<FlowKeyV6, FlowValue>(false)),
-            (dp.sources.map(), dp.layout::<SourceKey, SourceCounts>(true)),
+            (dp.flows_v4.map(), dp.layout::<u32, FlowSetV4>(false)),
+            (dp.flows_v6.map(), dp.layout::<u32, FlowSetV6>(false)),
+            (dp.sources.map(), dp.layout::<u32, SourceSet>(false)),
             (dp.nb_stats.map(), dp.layout::<u32, NetblockStats>(true)),
         ];
         for (map, l) in cases {
