@@ -3,6 +3,7 @@
 //! - the observer's ARP requests for an owned VIP are answered; SIGSTOP the daemon and,
 //!   once its lease has run out, they are not (the kernel still has the VIP plumbed: the
 //!   program drops them); SIGCONT and they are answered again;
+//! - a reload (SIGHUP) re-announces the owned VIP;
 //! - kill -9 the daemon: its node stops answering (the reaper unplumbs the VIP);
 //! - many declared VIPs are all plumbed, put into the NIC's VIP table and shown; the
 //!   datapath pieces handle the full 4,096.
@@ -221,6 +222,35 @@ fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
     );
     let node_mac = n.node_mac();
     assert_eq!(n.arp(VIP), Some(node_mac), "answered while the daemon runs");
+
+    // A configuration reload re-announces the owned VIP (gratuitous ARP) long after its
+    // burst (0, 1, 2, 5 s) and before the 30 s refresh.
+    std::thread::sleep(Duration::from_secs(6));
+    let cap =
+        n.tb.run_in(OBS, || {
+            // SAFETY: a NUL-terminated name.
+            let ix = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+            PacketSocket::open(ix, 0x0806).expect("capture socket")
+        })
+        .expect("run_in observer");
+    while let Ok(Some(_)) = cap.recv(Duration::from_millis(10)) {}
+    n.daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut garp = false;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(Some(f)) = cap.recv(left) else { break };
+        if f.len() >= 42
+            && f[12..14] == [0x08, 0x06]
+            && f[6..12] == node_mac
+            && f[28..32] == VIP.octets()
+            && f[38..42] == VIP.octets()
+        {
+            garp = true;
+            break;
+        }
+    }
+    assert!(garp, "no gratuitous ARP for {VIP} after SIGHUP");
+    drop(cap);
 
     // A stopped daemon renews nothing: once the lease (300 ms here) ran out, the program
     // drops the requests although the kernel still has the VIP plumbed.

@@ -33,7 +33,7 @@ use super::{
     show::{ShowContext, render},
 };
 use crate::{
-    bpf::AnnounceMethod,
+    bpf::{AnnounceMethod, AttachedMode},
     bus::{
         BusService, ClusterHandle, ClusterNotice, MemberId,
         membership::{AnnouncedVip, BusMessage},
@@ -290,13 +290,19 @@ impl DuravipService {
         };
         let nic = inbound
             .map(|i| {
-                let attached: BTreeSet<&str> =
-                    i.attachments().iter().map(|(n, _)| n.as_str()).collect();
-                let ifaces: BTreeSet<String> = c
+                let attached: BTreeMap<&str, AttachedMode> = i
+                    .attachments()
+                    .iter()
+                    .map(|(n, m)| (n.as_str(), *m))
+                    .collect();
+                let ifaces: BTreeMap<String, AttachedMode> = c
                     .topology
                     .iter()
-                    .filter(|t| attached.contains(t.interface.as_str()))
-                    .map(|t| t.interface.clone())
+                    .filter_map(|t| {
+                        attached
+                            .get(t.interface.as_str())
+                            .map(|m| (t.interface.clone(), *m))
+                    })
                     .collect();
                 (i.clone(), ifaces)
             })
@@ -312,7 +318,7 @@ impl DuravipService {
             nic: Mutex::new(NicStatus {
                 xdp_ifaces: nic
                     .as_ref()
-                    .map(|(_, f)| f.iter().cloned().collect())
+                    .map(|(_, f)| f.keys().cloned().collect())
                     .unwrap_or_default(),
                 ..NicStatus::default()
             }),
@@ -425,8 +431,8 @@ struct Worker {
 /// the lease this loop renews is fresh, and transmits announcements as live frames.
 struct Nic {
     inbound: InboundService,
-    /// Topology interfaces the program is attached to.
-    ifaces: BTreeSet<String>,
+    /// Topology interfaces the program is attached to, with the mode it got.
+    ifaces: BTreeMap<String, AttachedMode>,
     /// What we put into `VIPS`: address → ifindex.
     entries: BTreeMap<IpAddr, u32>,
     next_renew: Instant,
@@ -545,7 +551,7 @@ impl Worker {
             let Some(t) = topology_for(&self.sh.set.topology, &a) else {
                 continue;
             };
-            if !ifaces.contains(&t.interface) {
+            if !ifaces.contains_key(&t.interface) {
                 continue;
             }
             let ifname = t.interface.clone();
@@ -898,7 +904,13 @@ impl Worker {
         if fs.is_empty() {
             return Ok(());
         }
-        let nic = self.nic.as_ref().filter(|n| n.ifaces.contains(&ifname));
+        // Live frames only where the driver runs XDP natively: it then transmits XDP
+        // frames (ndo_xdp_xmit). In generic mode the driver has no XDP; a veth, typically,
+        // silently drops XDP frames unless its peer runs NAPI — AF_PACKET reaches the wire.
+        let nic = self
+            .nic
+            .as_ref()
+            .filter(|n| n.ifaces.get(&ifname) == Some(&AttachedMode::Native));
         let method = match nic {
             Some(n) => n
                 .inbound
