@@ -1,10 +1,11 @@
 //! `cargo xtask profile …`: where Duraplane spends its time and what to tune (docs/profiling.md).
 //!
-//! Works against the README's demo (`--demo`: every `/tmp/duraplane-demo-*/node*.sock`) or
+//! Works against the README's demo (`--demo`: every `/tmp/duraplane-demo-*/node*/node*.sock`) or
 //! one daemon (`--socket PATH`); eBPF figures also without either (programs are global).
 
 pub mod bpf;
 pub mod kernel;
+pub mod load;
 pub mod node;
 pub mod perf;
 pub mod tune;
@@ -36,7 +37,7 @@ pub struct Target {
     /// One daemon, by its control socket.
     #[arg(long, value_name = "PATH", conflicts_with = "demo")]
     socket: Option<PathBuf>,
-    /// Every node of the running demo (`cargo xtask run`): /tmp/duraplane-demo-*/node*.sock.
+    /// Every node of the running demo (`cargo xtask run`): /tmp/duraplane-demo-*/node*/node*.sock.
     #[arg(long)]
     demo: bool,
 }

@@ -63,14 +63,17 @@ impl Node {
 
     /// `corosync.conf` next to a demo node's files, else the system one.
     pub fn corosync_conf(&self) -> Option<PathBuf> {
-        let demo = self
-            .socket
-            .parent()
-            .map(|d| d.join(&self.name).join("corosync.conf"));
-        [demo, Some(PathBuf::from("/etc/corosync/corosync.conf"))]
-            .into_iter()
-            .flatten()
-            .find(|p| p.is_file())
+        let dir = self.socket.parent();
+        let demo = dir.map(|d| d.join(&self.name).join("corosync.conf"));
+        let own_dir = dir.map(|d| d.join("corosync.conf"));
+        [
+            demo,
+            own_dir,
+            Some(PathBuf::from("/etc/corosync/corosync.conf")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
     }
 
     /// The Prometheus text of the node's metrics endpoint, fetched from inside the daemon's
@@ -110,7 +113,7 @@ pub fn resolve(socket: Option<&Path>, demo: bool) -> Result<Vec<Node>> {
             let s = demo_sockets();
             if s.is_empty() {
                 bail!(
-                    "no demo is running (no {DEMO_GLOB_DIR}/{DEMO_PREFIX}*/node*.sock): start one with \
+                    "no demo is running (no {DEMO_GLOB_DIR}/{DEMO_PREFIX}*/node*/node*.sock): start one with \
                      `cargo xtask run` or `cargo xtask run -- --duration 120`"
                 );
             }
@@ -121,7 +124,7 @@ pub fn resolve(socket: Option<&Path>, demo: bool) -> Result<Vec<Node>> {
     sockets.iter().map(|s| Node::open(s)).collect()
 }
 
-/// Every `/tmp/duraplane-demo-*/node*.sock`, sorted.
+/// Every `/tmp/duraplane-demo-*/node*/node*.sock`, sorted.
 pub fn demo_sockets() -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(dirs) = std::fs::read_dir(DEMO_GLOB_DIR) else {
@@ -136,8 +139,17 @@ pub fn demo_sockets() -> Vec<PathBuf> {
         };
         for f in files.flatten() {
             let n = f.file_name().to_string_lossy().into_owned();
-            if n.starts_with("node") && n.ends_with(".sock") {
+            if !n.starts_with("node") {
+                continue;
+            }
+            if n.ends_with(".sock") {
                 out.push(f.path());
+            } else {
+                // Each node's own directory (its local API socket is `<dir>/api.sock`).
+                let s = f.path().join(format!("{n}.sock"));
+                if s.exists() {
+                    out.push(s);
+                }
             }
         }
     }

@@ -42,9 +42,22 @@ pub struct PerfArgs {
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     /// Put load on while recording: run this bench scenario (`duraplane-bench --quick NAME`;
-    /// see `cargo xtask bench -- --list`).
-    #[arg(long, value_name = "NAME")]
+    /// see `cargo xtask bench -- --list`). Its load goes to daemons the bench starts itself;
+    /// to load the profiled daemon use --load.
+    #[arg(long, value_name = "NAME", conflicts_with = "load")]
     pub scenario: Option<String>,
+    /// Put load on the profiled daemon itself while recording (needs --socket): `api`
+    /// (local API gauge/throttle churn), `syn` (dp-syngen SYNs at its address from the
+    /// demo's client namespace), `log` (appends through its local log socket). Open loop
+    /// at --rate, bounded by --count and --seconds.
+    #[arg(long, value_enum, requires = "socket")]
+    pub load: Option<super::load::LoadKind>,
+    /// Operations (or SYNs) per second of --load.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// At most this many operations of --load.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
     /// Where to write the flame graph.
     #[arg(long, default_value = "target/profile/flamegraph.svg")]
     pub out: PathBuf,
@@ -321,6 +334,18 @@ pub fn run(a: &PerfArgs, stop: &AtomicBool) -> Result<()> {
     };
 
     let mut load = a.scenario.as_deref().map(start_scenario).transpose()?;
+    let own_load = match (a.load, &node) {
+        (Some(kind), Some(n)) => {
+            let l = super::load::Load::start(kind, n, a.rate, a.count, a.seconds)?;
+            eprintln!(
+                "xtask: load: {kind:?} on pid {} at {}/s, at most {} operations",
+                n.pid, a.rate, a.count
+            );
+            Some(l)
+        }
+        (Some(_), None) => bail!("--load needs --socket (the daemon to load)"),
+        (None, _) => None,
+    };
     let metrics_before = node
         .as_ref()
         .map(|n| n.metrics().map(|t| node::parse_prometheus(&t)));
@@ -360,6 +385,7 @@ pub fn run(a: &PerfArgs, stop: &AtomicBool) -> Result<()> {
     if let Some(child) = load.as_mut() {
         finish_load(child);
     }
+    let load_report = own_load.map(super::load::Load::finish);
     if !status.success() {
         bail!(
             "perf record failed ({status}): see its message above (kernel.perf_event_paranoid={paranoid})"
@@ -380,11 +406,17 @@ pub fn run(a: &PerfArgs, stop: &AtomicBool) -> Result<()> {
         a.scenario
             .as_deref()
             .map(|s| format!(", under bench scenario {s}"))
+            .or_else(|| a
+                .load
+                .map(|l| format!(", under --load {l:?} at {}/s", a.rate)))
             .unwrap_or_default()
     );
     let folded = flamegraph(&script.stdout, &title, &out)?;
     // Folded counts are weighted by the event period (ns for cpu-clock): print shares.
     let weight: u64 = top_functions(&folded, usize::MAX).iter().map(|f| f.1).sum();
+    if let Some(r) = &load_report {
+        print!("{}", r.render());
+    }
     println!(
         "Flame graph: {} ({} samples)",
         out.display(),
