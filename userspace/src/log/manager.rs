@@ -1052,4 +1052,19 @@ duraplane { cluster_key_file = "/k" }
         assert!(files.open_paths().is_empty());
         assert!(!fd_open(&a), "idle file still open");
     }
+
+    #[test]
+    fn the_example_manager_config_loads() {
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster-3node/eccluster.conf");
+        let c = load(&p).unwrap();
+        assert_eq!(c.logfile, "/var/log/eccluster/%Y/%m/%d/%{l}/%{s}/%{n}");
+        assert_eq!((c.file_mode, c.dir_mode), (0o640, 0o755));
+        assert_eq!((c.max_open, c.max_idle), (128, Duration::from_secs(10)));
+        assert_eq!(
+            c.cluster_key_file,
+            Some(PathBuf::from("/etc/duraplane/cluster.key"))
+        );
+        assert_eq!(c.subscribers("mgr", "node1"), vec!["mgr", "master"]);
+    }
 }
