@@ -561,6 +561,12 @@ fn main() -> Result<()> {
                 bail!("duraplane on {} exited unexpectedly ({status})", n.host);
             }
         }
+        if let Ok(Some(status)) = manager.try_wait() {
+            bail!(
+                "duraplane manager exited unexpectedly ({status}):\n{}",
+                manager.lines(duraplane::testbed::Stream::Stderr).join("\n")
+            );
+        }
     }
     drop(held_a);
     drop(held_b);
