@@ -468,6 +468,18 @@ impl LogDaemon {
         }
         let (streams, failed) = resolve(new, &held);
         drop(held);
+        let now: BTreeMap<&String, &Path> = streams
+            .published
+            .iter()
+            .map(|(k, s)| (k, s.path()))
+            .collect();
+        let served: BTreeMap<&String, &Path> =
+            published.iter().map(|(k, s)| (k, s.path())).collect();
+        if now != served {
+            tracing::warn!(
+                "cluster logs changed: the local socket uses the new set now, the port-4802 log service publishes it after a restart"
+            );
+        }
         let opened = streams
             .by_path
             .keys()
