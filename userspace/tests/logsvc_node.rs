@@ -228,6 +228,27 @@ fn local_appends_show_logs_and_the_log_service() {
         assert!(matches!(c.poll(Duration::from_millis(300)), Ok(None)));
     });
 
+    // Pipelined: 500 records written ahead of their answers, one answer each, in order,
+    // at consecutive frame positions; a refused record in the middle refuses only itself.
+    let recs: Vec<Vec<u8>> = (0..500)
+        .map(|i| format!("piped {i:04}").into_bytes())
+        .collect();
+    let res = lc.append_pipelined("mainlog", &recs).expect("pipelined");
+    assert_eq!(res.len(), 500);
+    let offs: Vec<u64> = res.into_iter().map(|r| r.expect("durable")).collect();
+    assert!(offs.windows(2).all(|w| w[1] == w[0] + 32 + 10), "{offs:?}");
+    let mixed: Vec<&[u8]> = vec![b"m1", b"m2"];
+    let ok = lc.append_pipelined("mainlog", &mixed).expect("pipelined");
+    assert_eq!(
+        ok[0].as_ref().expect("m1") + 32 + 2,
+        *ok[1].as_ref().expect("m2")
+    );
+    let bad = lc.append_pipelined("nosuchlog", &mixed).expect("pipelined");
+    assert!(bad.iter().all(|r| r.is_err()));
+    // The connection is still usable after refusals.
+    lc.append("mainlog", b"still here")
+        .expect("append after refusals");
+
     // Wrong key: refused.
     assert!(with_client(
         &tb,

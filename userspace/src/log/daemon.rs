@@ -30,7 +30,7 @@ use tracing::{Event, Level, Subscriber, field::Field};
 use tracing_subscriber::{Layer, layer::Context};
 
 use super::{
-    Offset, Stream, StreamOptions,
+    AppendTicket, Offset, Stream, StreamOptions,
     service::{LogService, LogServiceHandle, Published},
 };
 use crate::{
@@ -104,6 +104,36 @@ impl LocalLogClient {
 
     /// Appends one record to the named stream; returns its offset once it is durable.
     pub fn append(&mut self, stream: &str, record: &[u8]) -> Result<Offset, LocalLogError> {
+        self.send(stream, record)?;
+        self.answer(stream)
+    }
+
+    /// Appends `records` in order with up to [`LOCAL_CLIENT_WINDOW`] of them in flight, so
+    /// they share the daemon's commits; one result per record, in order, each `Ok` only
+    /// once that record is durable.
+    pub fn append_pipelined<R: AsRef<[u8]>>(
+        &mut self,
+        stream: &str,
+        records: &[R],
+    ) -> Result<Vec<Result<Offset, LocalLogError>>, LocalLogError> {
+        let mut out = Vec::with_capacity(records.len());
+        let mut sent = 0;
+        while out.len() < records.len() {
+            while sent < records.len() && sent - out.len() < LOCAL_CLIENT_WINDOW {
+                self.send(stream, records[sent].as_ref())?;
+                sent += 1;
+            }
+            match self.answer(stream) {
+                Err(LocalLogError::Io { path, source }) => {
+                    return Err(LocalLogError::Io { path, source });
+                }
+                r => out.push(r),
+            }
+        }
+        Ok(out)
+    }
+
+    fn send(&mut self, stream: &str, record: &[u8]) -> Result<(), LocalLogError> {
         if stream.is_empty() || stream.len() > 255 {
             return Err(LocalLogError::BadName {
                 name: stream.into(),
@@ -117,11 +147,17 @@ impl LocalLogClient {
         req.extend_from_slice(stream.as_bytes());
         req.extend_from_slice(&(record.len() as u32).to_be_bytes());
         req.extend_from_slice(record);
+        self.s.write_all(&req).map_err(|source| LocalLogError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn answer(&mut self, stream: &str) -> Result<Offset, LocalLogError> {
         let io = |source| LocalLogError::Io {
             path: self.path.clone(),
             source,
         };
-        self.s.write_all(&req).map_err(io)?;
         let mut st = [0u8; 1];
         self.s.read_exact(&mut st).map_err(io)?;
         if st[0] == 0 {
@@ -140,6 +176,10 @@ impl LocalLogClient {
         })
     }
 }
+
+/// Records a [`LocalLogClient`] keeps in flight in [`LocalLogClient::append_pipelined`]:
+/// below the daemon's per-connection window, so neither side ever blocks the other.
+pub const LOCAL_CLIENT_WINDOW: usize = 64;
 
 /// One-shot helper: connect, append, return the durable offset.
 pub fn append_local(socket: &Path, stream: &str, record: &[u8]) -> Result<Offset, LocalLogError> {
@@ -851,8 +891,59 @@ fn read_full(c: &mut UnixStream, buf: &mut [u8], stop: &AtomicBool) -> io::Resul
     Ok(true)
 }
 
-fn serve_conn(mut c: UnixStream, shared: &Shared, stop: &AtomicBool) {
+/// Appends a connection may have in flight before its reader waits for the oldest answer:
+/// enough for a producer's pipeline to share fdatasyncs, bounded so a client that never
+/// reads its answers cannot pin unbounded memory.
+const LOCAL_IN_FLIGHT: usize = 256;
+
+/// One answer owed to the client, in request order.
+enum Owed {
+    Durable(AppendTicket),
+    Refused(String),
+}
+
+/// Serves one local producer. Requests are read and appended as they arrive (pipelined:
+/// each record is acknowledged only once durable, answers go back in request order), so
+/// a producer that writes ahead shares commits instead of paying one fdatasync per record.
+fn serve_conn(c: UnixStream, shared: &Shared, stop: &AtomicBool) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut out) = c.try_clone() else {
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Owed>(LOCAL_IN_FLIGHT);
+    let answers = std::thread::spawn(move || {
+        for owed in rx {
+            let r = match owed {
+                Owed::Durable(t) => match t.wait() {
+                    Ok(off) => {
+                        let mut v = vec![0u8];
+                        v.extend_from_slice(&off.to_be_bytes());
+                        out.write_all(&v)
+                    }
+                    Err(e) => reply_err(&mut out, &e.to_string()),
+                },
+                Owed::Refused(msg) => reply_err(&mut out, &msg),
+            };
+            if r.is_err() {
+                // The client is gone; stop reading its requests too.
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    });
+    read_requests(c, shared, stop, &tx);
+    drop(tx);
+    let _ = answers.join();
+}
+
+/// The request side of [`serve_conn`]: returns on EOF, a framing error, a stop or a
+/// refused oversized record (answered, then the connection ends).
+fn read_requests(
+    mut c: UnixStream,
+    shared: &Shared,
+    stop: &AtomicBool,
+    tx: &std::sync::mpsc::SyncSender<Owed>,
+) {
     loop {
         let mut n = [0u8; 1];
         match read_full(&mut c, &mut n, stop) {
@@ -868,7 +959,7 @@ fn serve_conn(mut c: UnixStream, shared: &Shared, stop: &AtomicBool) {
         }
         let len = u32::from_be_bytes(len);
         if len > MAX_LOCAL_RECORD {
-            let _ = reply_err(&mut c, "record too large");
+            let _ = tx.send(Owed::Refused("record too large".to_owned()));
             return;
         }
         let mut rec = vec![0u8; len as usize];
@@ -876,21 +967,17 @@ fn serve_conn(mut c: UnixStream, shared: &Shared, stop: &AtomicBool) {
             return;
         }
         let name = String::from_utf8_lossy(&name);
-        // A snapshot per record: a reload between records takes effect at once, and
-        // the stream this append goes to stays open until the answer is sent.
+        // A snapshot per record: a reload between records takes effect at once, and the
+        // ticket keeps the stream it went to open until its answer is sent.
         let stream = read_streams(shared).named.get(name.as_ref()).cloned();
-        let r = match stream {
-            None => reply_err(&mut c, &format!("no cluster:// stream named {name:?}")),
-            Some(s) => match s.append(&rec) {
-                Ok(off) => {
-                    let mut v = vec![0u8];
-                    v.extend_from_slice(&off.to_be_bytes());
-                    c.write_all(&v)
-                }
-                Err(e) => reply_err(&mut c, &e.to_string()),
+        let owed = match stream {
+            None => Owed::Refused(format!("no cluster:// stream named {name:?}")),
+            Some(s) => match s.append_async(&rec) {
+                Ok(t) => Owed::Durable(t),
+                Err(e) => Owed::Refused(e.to_string()),
             },
         };
-        if r.is_err() {
+        if tx.send(owed).is_err() {
             return;
         }
     }
