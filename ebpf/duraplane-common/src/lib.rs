@@ -26,7 +26,8 @@ pub const NETBLOCK_UNCLASSIFIED: u32 = 0;
 /// Default capacity of each of [`map_names::FLOWS_V4`] and [`map_names::FLOWS_V6`]: flow slots
 /// per node and address family (rounded up to a power of two, in sets of [`WAYS`]). A SYN
 /// whose set is full counts as `flow_map_full` even if other sets have room: size for about
-/// twice the expected concurrent connections. Userspace may override it before load.
+/// twice the expected concurrent connections (each flow has two candidate sets). Userspace
+/// may override it before load.
 pub const FLOWS_MAX_ENTRIES: u32 = 131_072;
 /// Default capacity of [`map_names::SOURCES`]: source slots (distinct source addresses),
 /// rounded up to a power of two, in sets of [`WAYS`]; idle sources are re-used, active ones
@@ -193,10 +194,14 @@ pub struct FlowSlotV4 {
     pub opened_ns: u64,
 }
 
-/// One set of the IPv4 flow table: [`WAYS`] slots, 320 bytes.
+/// One set of the IPv4 flow table: [`WAYS`] slots, 328 bytes. Each flow has two candidate
+/// sets and lives in the second only when the first was full: two-choice placement keeps
+/// `flow_map_full` away until the table is nearly full, and `overflow` (flows of this set
+/// living in their second set) lets lookups skip the second set almost always.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct FlowSetV4 {
+    pub overflow: u64,
     pub slots: [FlowSlotV4; WAYS],
 }
 
@@ -212,10 +217,11 @@ pub struct FlowSlotV6 {
     pub opened_ns: u64,
 }
 
-/// One set of the IPv6 flow table: [`WAYS`] slots, 512 bytes.
+/// One set of the IPv6 flow table (see [`FlowSetV4`]): [`WAYS`] slots, 520 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct FlowSetV6 {
+    pub overflow: u64,
     pub slots: [FlowSlotV6; WAYS],
 }
 
@@ -606,7 +612,8 @@ mod tests {
         assert_eq!(size_of::<SourceKey>(), 20);
         assert_eq!(size_of::<SourceCounts>(), 16);
         assert_eq!(size_of::<FlowSlotV4>(), 40);
-        assert_eq!(size_of::<FlowSetV4>(), 320);
+        assert_eq!(size_of::<FlowSetV4>(), 328);
+        assert_eq!(size_of::<FlowSetV6>(), 520);
         assert_eq!(size_of::<FlowSlotV6>(), 64);
         assert_eq!(size_of::<SourceSlot>(), 64);
         assert_eq!(size_of::<SourceSet>(), 512);

@@ -522,16 +522,21 @@ mod programs {
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 
-    /// One round of a multiply-rotate hash (64-bit multiplies are single JIT instructions).
+    /// One round of a multiply-xorshift hash (64-bit multiplies are single JIT
+    /// instructions; the shift carries the high product bits back down).
     #[inline(always)]
     fn mix(h: u64, v: u64) -> u64 {
-        (h ^ v).wrapping_mul(K1).rotate_left(31)
+        let x = (h ^ v).wrapping_mul(K1);
+        x ^ (x >> 32)
     }
 
+    /// MurmurHash3's 64-bit finaliser: every input bit reaches every output bit (set
+    /// indices come from the low bits, tags from all of them).
     #[inline(always)]
     fn finish(h: u64) -> u64 {
-        let h = h.wrapping_mul(K2);
-        h ^ (h >> 29)
+        let h = (h ^ (h >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        let h = (h ^ (h >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        h ^ (h >> 33)
     }
 
     /// A flow's tag: even and non-zero (0 = free slot, tag + 1 = being written).
@@ -584,8 +589,10 @@ mod programs {
 
     /// A flow table slot; `state` is its first field in both families.
     trait FlowSlot {
-        /// The set holding the segment's flow (its first slot) and the flow's tag.
-        fn set_of(s: &Seg, rt: &Runtime) -> Option<(*mut Self, u64)>
+        /// The seeded hash of the segment's 4-tuple.
+        fn hash(s: &Seg, rt: &Runtime) -> u64;
+        /// Set `idx`: its first slot and its overflow counter.
+        fn set(idx: u32) -> Option<(*mut Self, *mut u64)>
         where
             Self: Sized;
         /// Whether the slot holds the segment's 4-tuple.
@@ -598,12 +605,16 @@ mod programs {
 
     impl FlowSlot for FlowSlotV4 {
         #[inline(always)]
-        fn set_of(s: &Seg, rt: &Runtime) -> Option<(*mut Self, u64)> {
+        fn hash(s: &Seg, rt: &Runtime) -> u64 {
             let addrs = (u64::from(load_raw32(s.ip + 12)) << 32) | u64::from(load_raw32(s.ip + 16));
-            let h = finish(mix(mix(rt.seed, addrs), u64::from(ports_word(s))));
-            let set = FLOWS_V4.get_ptr_mut((h >> 32) as u32 & rt.flow_set_mask)?;
+            finish(mix(mix(rt.seed, addrs), u64::from(ports_word(s))))
+        }
+
+        #[inline(always)]
+        fn set(idx: u32) -> Option<(*mut Self, *mut u64)> {
+            let set = FLOWS_V4.get_ptr_mut(idx)?;
             // SAFETY: a live map value.
-            Some((unsafe { &raw mut (*set).slots } as *mut Self, flow_tag(h)))
+            unsafe { Some((&raw mut (*set).slots as *mut Self, &raw mut (*set).overflow)) }
         }
 
         #[inline(always)]
@@ -640,7 +651,7 @@ mod programs {
 
     impl FlowSlot for FlowSlotV6 {
         #[inline(always)]
-        fn set_of(s: &Seg, rt: &Runtime) -> Option<(*mut Self, u64)> {
+        fn hash(s: &Seg, rt: &Runtime) -> u64 {
             let w = |o: usize| {
                 // SAFETY: the addresses (ip + 8 .. ip + 40) are inside the packet (`parse`).
                 unsafe { core::ptr::read_unaligned((s.ip + o) as *const u64) }
@@ -649,10 +660,14 @@ mod programs {
             h = mix(h, w(16));
             h = mix(h, w(24));
             h = mix(h, w(32));
-            let h = finish(mix(h, u64::from(ports_word(s))));
-            let set = FLOWS_V6.get_ptr_mut((h >> 32) as u32 & rt.flow_set_mask)?;
+            finish(mix(h, u64::from(ports_word(s))))
+        }
+
+        #[inline(always)]
+        fn set(idx: u32) -> Option<(*mut Self, *mut u64)> {
+            let set = FLOWS_V6.get_ptr_mut(idx)?;
             // SAFETY: a live map value.
-            Some((unsafe { &raw mut (*set).slots } as *mut Self, flow_tag(h)))
+            unsafe { Some((&raw mut (*set).slots as *mut Self, &raw mut (*set).overflow)) }
         }
 
         #[inline(always)]
@@ -705,7 +720,7 @@ mod programs {
     }
 
     /// The source's state tag (39 bits above the count; bit 63 clear, so never PENDING),
-    /// and its two candidate sets.
+    /// and its two candidate sets (from independent hash bits).
     #[inline(always)]
     fn source_hash(s: &Seg, rt: &Runtime) -> (u64, u32, u32) {
         let h = if s.v6 {
@@ -719,7 +734,7 @@ mod programs {
         };
         let tag = (((h >> 25) & ((1 << 39) - 1)) | 1) << 24;
         let m = rt.source_set_mask;
-        (tag, h as u32 & m, (h >> 12) as u32 & m)
+        (tag, h as u32 & m, (h >> 32) as u32 & m)
     }
 
     /// Whether a source slot holds the segment's source address.
@@ -876,23 +891,97 @@ mod programs {
             bump(stats, Stat::FlowInsertFailed);
             return xdp_action::XDP_PASS;
         };
-        if s.v6 {
-            match FlowSlotV6::set_of(s, rt) {
-                Some((slots, tag)) => syn_in(slots, tag, s, rt, stats),
-                None => {
-                    bump(stats, Stat::FlowInsertFailed);
-                    xdp_action::XDP_PASS
-                }
-            }
+        let c = if s.v6 {
+            candidates::<FlowSlotV6>(s, rt).map(|c| syn_in(c, s, rt, stats))
         } else {
-            match FlowSlotV4::set_of(s, rt) {
-                Some((slots, tag)) => syn_in(slots, tag, s, rt, stats),
-                None => {
-                    bump(stats, Stat::FlowInsertFailed);
-                    xdp_action::XDP_PASS
-                }
+            candidates::<FlowSlotV4>(s, rt).map(|c| syn_in(c, s, rt, stats))
+        };
+        c.unwrap_or_else(|| {
+            bump(stats, Stat::FlowInsertFailed);
+            xdp_action::XDP_PASS
+        })
+    }
+
+    /// A flow's two candidate sets (first: slots and overflow counter; second: index only,
+    /// looked at only when the first overflowed) and its tag.
+    #[derive(Clone, Copy)]
+    struct Cand<S> {
+        slots: *mut S,
+        overflow: *mut u64,
+        first: u32,
+        second: u32,
+        tag: u64,
+    }
+
+    impl<S: FlowSlot> Cand<S> {
+        /// The second set, if distinct from the first and any flow of the first lives there.
+        #[inline(always)]
+        fn overflowed(&self) -> Option<*mut S> {
+            if self.second == self.first || load64(self.overflow) == 0 {
+                return None;
             }
+            S::set(self.second).map(|(slots, _)| slots)
         }
+    }
+
+    #[inline(always)]
+    fn candidates<S: FlowSlot>(s: &Seg, rt: &Runtime) -> Option<Cand<S>> {
+        let h = S::hash(s, rt);
+        let first = (h >> 32) as u32 & rt.flow_set_mask;
+        let (slots, overflow) = S::set(first)?;
+        Some(Cand {
+            slots,
+            overflow,
+            first,
+            second: h as u32 & rt.flow_set_mask,
+            tag: flow_tag(h),
+        })
+    }
+
+    /// Whether the set holds the segment's flow (live, or being written by another CPU).
+    #[inline(always)]
+    fn seen<S: FlowSlot>(slots: *mut S, tag: u64, s: &Seg) -> bool {
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            if is_same_flow(p, load64(p as *const u64), tag, s) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    enum Claim {
+        /// This CPU claimed that (laundered) way.
+        Won(usize),
+        /// A copy of this SYN on another CPU holds a way.
+        Same,
+        Full,
+    }
+
+    /// Claims a free way of the set for the flow (state = tag + 1 until published).
+    #[inline(always)]
+    fn claim<S: FlowSlot>(slots: *mut S, tag: u64, s: &Seg, rt: &Runtime) -> Claim {
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: i < WAYS.
+            let p = unsafe { slots.add(i) };
+            let mut st = load64(p as *const u64);
+            if st == 0 {
+                let (prev, ok) = cas(p as *mut u64, 0, tag | 1);
+                if ok {
+                    return Claim::Won(way(i, rt));
+                }
+                st = prev;
+            }
+            if is_same_flow(p, st, tag, s) {
+                return Claim::Same;
+            }
+            i += 1;
+        }
+        Claim::Full
     }
 
     /// Whether slot state `st` is the segment's flow (live with its key, or being written
@@ -903,16 +992,11 @@ mod programs {
     }
 
     #[inline(always)]
-    fn syn_in<S: FlowSlot>(slots: *mut S, tag: u64, s: &Seg, rt: &Runtime, stats: Stats) -> u32 {
-        let mut i = 0;
-        while i < WAYS {
-            // SAFETY: i < WAYS.
-            let p = unsafe { slots.add(i) };
-            if is_same_flow(p, load64(p as *const u64), tag, s) {
-                bump(stats, Stat::SynRetransmit);
-                return xdp_action::XDP_PASS;
-            }
-            i += 1;
+    fn syn_in<S: FlowSlot>(c: Cand<S>, s: &Seg, rt: &Runtime, stats: Stats) -> u32 {
+        let tag = c.tag;
+        if seen(c.slots, tag, s) || c.overflowed().is_some_and(|s2| seen(s2, tag, s)) {
+            bump(stats, Stat::SynRetransmit);
+            return xdp_action::XDP_PASS;
         }
         let (nb, src) = classify_source(s, rt);
         let nbs = NB_STATS.get_ptr_mut(nb);
@@ -951,33 +1035,42 @@ mod programs {
                 }
             }
         }
-        // Claim a free way; a copy of this SYN racing on another CPU is seen by its tag.
-        let mut claimed: Option<usize> = None;
-        let mut i = 0;
-        while i < WAYS {
-            // SAFETY: i < WAYS.
-            let p = unsafe { slots.add(i) };
-            let mut st = load64(p as *const u64);
-            if st == 0 {
-                let (prev, ok) = cas(p as *mut u64, 0, tag | 1);
-                if ok {
-                    claimed = Some(way(i, rt));
-                    break;
-                }
-                st = prev;
-            }
-            if is_same_flow(p, st, tag, s) {
+        // Claim a free way of the first set, else of the second (announced in the first's
+        // overflow counter before, so a concurrent copy of this SYN looks there too).
+        let p = match claim(c.slots, tag, s, rt) {
+            // SAFETY: w < WAYS.
+            Claim::Won(w) => unsafe { c.slots.add(w) },
+            Claim::Same => {
                 bump(stats, Stat::SynRetransmit);
                 return xdp_action::XDP_PASS;
             }
-            i += 1;
-        }
-        let Some(w) = claimed else {
-            bump(stats, Stat::FlowMapFull);
-            return xdp_action::XDP_PASS;
+            Claim::Full => {
+                let second = if c.second == c.first {
+                    None
+                } else {
+                    S::set(c.second)
+                };
+                let Some((s2, _)) = second else {
+                    bump(stats, Stat::FlowMapFull);
+                    return xdp_action::XDP_PASS;
+                };
+                atomic_add(c.overflow, 1);
+                match claim(s2, tag, s, rt) {
+                    // SAFETY: w < WAYS.
+                    Claim::Won(w) => unsafe { s2.add(w) },
+                    Claim::Same => {
+                        atomic_add(c.overflow, u64::MAX);
+                        bump(stats, Stat::SynRetransmit);
+                        return xdp_action::XDP_PASS;
+                    }
+                    Claim::Full => {
+                        atomic_add(c.overflow, u64::MAX);
+                        bump(stats, Stat::FlowMapFull);
+                        return xdp_action::XDP_PASS;
+                    }
+                }
+            }
         };
-        // SAFETY: w < WAYS.
-        let p = unsafe { slots.add(w) };
         let source = source_take(src, stats);
         S::fill(p, s, nb, source, rt.clock_ns);
         publish(p as *mut u64, tag);
@@ -1024,9 +1117,9 @@ mod programs {
             return;
         };
         let owner = if s.v6 {
-            FlowSlotV6::set_of(s, rt).and_then(|(p, tag)| close_in(p, tag, s))
+            close_flow::<FlowSlotV6>(s, rt)
         } else {
-            FlowSlotV4::set_of(s, rt).and_then(|(p, tag)| close_in(p, tag, s))
+            close_flow::<FlowSlotV4>(s, rt)
         };
         let Some((nb, source)) = owner else {
             bump(stats, Stat::FinRstNoFlow);
@@ -1077,7 +1170,21 @@ mod programs {
         }
     }
 
-    /// Frees the segment's live flow slot; its (netblock, source) if this CPU freed it.
+    /// Frees the segment's flow slot, in its first set or (if that overflowed) its second;
+    /// its (netblock, source) if this CPU freed it.
+    #[inline(always)]
+    fn close_flow<S: FlowSlot>(s: &Seg, rt: &Runtime) -> Option<(u32, u32)> {
+        let c = candidates::<S>(s, rt)?;
+        if let Some(owner) = close_in(c.slots, c.tag, s) {
+            return Some(owner);
+        }
+        let owner = close_in(c.overflowed()?, c.tag, s)?;
+        atomic_add(c.overflow, u64::MAX);
+        Some(owner)
+    }
+
+    /// Frees the segment's live flow slot in one set; its (netblock, source) if this CPU
+    /// freed it.
     #[inline(always)]
     fn close_in<S: FlowSlot>(slots: *mut S, tag: u64, s: &Seg) -> Option<(u32, u32)> {
         let mut i = 0;
