@@ -335,6 +335,7 @@ impl DuravipService {
                     inbound,
                     ifaces,
                     entries: BTreeMap::new(),
+                    live_refused: BTreeSet::new(),
                     next_renew: Instant::now(),
                 });
                 w.run();
@@ -425,6 +426,8 @@ struct Worker {
     links: BTreeMap<String, ([u8; 6], u32)>,
     /// No announcement before this (pacing).
     next_pace: Instant,
+    /// The latest `assign` input and answer (recomputed only when the input changes).
+    last_assign: Option<(AssignInput, Assignment)>,
 }
 
 /// DuraVIP at the NIC: the inbound datapath answers ARP/NS for owned VIPs from `VIPS` while
@@ -435,6 +438,8 @@ struct Nic {
     ifaces: BTreeMap<String, AttachedMode>,
     /// What we put into `VIPS`: address → ifindex.
     entries: BTreeMap<IpAddr, u32>,
+    /// Interfaces where the kernel refused live frames: AF_PACKET from then on.
+    live_refused: BTreeSet<String>,
     next_renew: Instant,
 }
 
@@ -459,6 +464,7 @@ impl Worker {
             nic: None,
             links: BTreeMap::new(),
             next_pace: now,
+            last_assign: None,
             sh,
             plumber,
             notices,
@@ -737,7 +743,16 @@ impl Worker {
             balance_moves: 0,
             quorate,
         };
-        let a = assign(&input);
+        // Same input, same answer: with thousands of VIPs `assign` costs tens of ms, and
+        // this runs on every 20 ms tick while inputs change only on bus events.
+        let a = match &self.last_assign {
+            Some((i, a)) if *i == input => a.clone(),
+            _ => {
+                let a = assign(&input);
+                self.last_assign = Some((input.clone(), a.clone()));
+                a
+            }
+        };
         let settled = snap
             .live
             .iter()
@@ -907,18 +922,29 @@ impl Worker {
         // Live frames only where the driver runs XDP natively: it then transmits XDP
         // frames (ndo_xdp_xmit). In generic mode the driver has no XDP; a veth, typically,
         // silently drops XDP frames unless its peer runs NAPI — AF_PACKET reaches the wire.
-        let nic = self
-            .nic
-            .as_ref()
-            .filter(|n| n.ifaces.get(&ifname) == Some(&AttachedMode::Native));
+        // Once the kernel refused live frames here, announce through our own kept-open
+        // socket: `Datapath::announce`'s fallback opens and closes one per call, and closing
+        // a packet socket waits for an RCU grace period (tens of ms per VIP).
+        let nic = self.nic.as_ref().filter(|n| {
+            n.ifaces.get(&ifname) == Some(&AttachedMode::Native)
+                && !n.live_refused.contains(&ifname)
+        });
         let method = match nic {
-            Some(n) => n
-                .inbound
-                .with_datapath(|dp| dp.announce(index, &fs, 1))
-                .map_err(|e| {
-                    self.links.remove(&ifname);
-                    e.to_string()
-                })?,
+            Some(n) => {
+                let m = n
+                    .inbound
+                    .with_datapath(|dp| dp.announce(index, &fs, 1))
+                    .map_err(|e| {
+                        self.links.remove(&ifname);
+                        e.to_string()
+                    })?;
+                if m == AnnounceMethod::Packet
+                    && let Some(n) = &mut self.nic
+                {
+                    n.live_refused.insert(ifname.clone());
+                }
+                m
+            }
             None => {
                 if !self.sockets.contains_key(&ifname) {
                     let sock = PacketSocket::open(index, 0).map_err(|e| e.to_string())?;
