@@ -1001,7 +1001,9 @@ impl Datapath {
         let l = self.layout::<u32, SourceSet>(false);
         let fd = dup_fd(self.sources.map(), name)?;
         let d = self.dump(name, fd.as_fd(), &l)?;
-        let mut by_key: BTreeMap<(u8, [u8; 16]), SourceCount> = BTreeMap::new();
+        // (family, address, opened, closed, current) per live slot; sorted and merged
+        // below (a sort of a flat Vec is several times cheaper than a tree of 64k keys).
+        let mut rows: Vec<(u8, [u8; 16], u64, u64, u64)> = Vec::new();
         for (_, v) in d.entries(&l) {
             let Ok(set) = SourceSet::ref_from_bytes(v) else {
                 continue;
@@ -1015,18 +1017,30 @@ impl Datapath {
                     continue;
                 }
                 let k = slot.key;
-                let e = by_key.entry((k.family, k.addr)).or_insert(SourceCount {
-                    addr: key_addr(k.family, &k.addr),
-                    opened: 0,
-                    closed: 0,
-                    current: 0,
-                });
-                e.opened += slot.opened;
-                e.closed += slot.closed;
-                e.current += current;
+                rows.push((k.family, k.addr, slot.opened, slot.closed, current));
             }
         }
-        Ok(by_key.into_values().collect())
+        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut out: Vec<SourceCount> = Vec::with_capacity(rows.len());
+        let mut last: Option<(u8, [u8; 16])> = None;
+        for (family, addr, opened, closed, current) in rows {
+            if last == Some((family, addr))
+                && let Some(e) = out.last_mut()
+            {
+                e.opened += opened;
+                e.closed += closed;
+                e.current += current;
+                continue;
+            }
+            last = Some((family, addr));
+            out.push(SourceCount {
+                addr: key_addr(family, &addr),
+                opened,
+                closed,
+                current,
+            });
+        }
+        Ok(out)
     }
 
     /// Counts per address of a per-CPU LRU keyed by [`SourceKey`] (SOURCES, and
