@@ -1020,7 +1020,7 @@ impl Datapath {
                 rows.push((k.family, k.addr, slot.opened, slot.closed, current));
             }
         }
-        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        rows.sort_unstable_by_key(|r| (r.0, r.1));
         let mut out: Vec<SourceCount> = Vec::with_capacity(rows.len());
         let mut last: Option<(u8, [u8; 16])> = None;
         for (family, addr, opened, closed, current) in rows {
