@@ -292,6 +292,14 @@ fn watch_announce(
     })
 }
 
+/// Connect timeout of the TCP probe. A SYN sent to a dead owner's MAC is never answered,
+/// so each attempt in flight when the announcement lands costs its whole timeout: with
+/// 200 ms the probe ran on a 200 ms grid from the kill (a takeover at 440 ms was seen at
+/// 600 ms). 20 ms is far above the bridge's RTT and measures what a client starting a
+/// connection after the announcement sees; a client whose SYN was already in flight waits
+/// for its own retransmission (1 s on Linux) — that is the same for every peer.
+const PROBE_CONNECT: Duration = Duration::from_millis(20);
+
 /// Probes the observer's TCP path: first connection answered by a node other than `old`.
 fn watch_tcp(
     obs: PathBuf,
@@ -303,7 +311,7 @@ fn watch_tcp(
         setns_net(&obs).ok()?;
         let deadline = Instant::now() + TRIAL_LIMIT;
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match connect(vip, Duration::from_millis(200)) {
+            match connect(vip, PROBE_CONNECT) {
                 Some(n) if n != old => return Some(Instant::now()),
                 _ => std::thread::sleep(Duration::from_millis(5)),
             }
