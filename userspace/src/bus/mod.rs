@@ -104,8 +104,11 @@ pub enum BusError {
     },
 }
 
-/// Largest payload the bus accepts; bulk data goes point to point, never over the ring.
-pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest payload the bus accepts. Sized for the largest agreed-order message the daemon
+/// sends: a member's `Announce` with 4,096 IPv6 DuraVIP declarations is about 400 KiB
+/// (libcpg fragments large messages; corosync ≥ 2.3.5 carries them). Bulk data (counters,
+/// logs) goes point to point over port 4802, never over the ring.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// A running bus: a thread that owns the Corosync handles.
 pub struct Bus {
