@@ -405,3 +405,29 @@ fn four_thousand_and_ninety_six_vips_plumb_fill_the_vip_table_and_announce() {
     assert!(neigh.contains(&want.join(":")), "{neigh} / {out}");
     drop(dp);
 }
+
+/// A reload that declares another VIP announces the new declarations on the bus, so the
+/// node takes it without a restart; a reload that drops it releases it.
+#[test]
+fn a_reload_that_declares_or_drops_a_vip_takes_or_releases_it() {
+    let n = Node::start(&binding(0, "198.51.100.1"));
+    let one = vec!["198.51.100.1".to_owned()];
+    wait_until("the first VIP is plumbed", 20, || n.plumbed() == one);
+    let path = n._dir.path().join(format!("{}.conf", n._corosync.host(0)));
+    let socket = n._dir.path().join("node1.sock");
+    let both = format!(
+        "{}{}",
+        binding(0, "198.51.100.1"),
+        binding(1, "198.51.100.2")
+    );
+    std::fs::write(&path, config(&socket, &both)).expect("write config");
+    n.daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_until("the newly declared VIP is plumbed", 20, || {
+        let mut p = n.plumbed();
+        p.sort();
+        p == vec!["198.51.100.1".to_owned(), "198.51.100.2".to_owned()]
+    });
+    std::fs::write(&path, config(&socket, &binding(0, "198.51.100.1"))).expect("write config");
+    n.daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_until("the dropped VIP is released", 20, || n.plumbed() == one);
+}

@@ -39,7 +39,8 @@ struct Shared {
     bus: Mutex<Bus>,
     cluster_group: String,
     control_group: String,
-    announce: Announce,
+    /// What this member says about itself; a reload that changes it re-announces.
+    announce: RwLock<Announce>,
     pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
     next_id: AtomicU64,
     stop: AtomicBool,
@@ -157,13 +158,13 @@ impl BusService {
             bus: Mutex::new(bus),
             cluster_group: cfg.cluster.cluster_group.clone(),
             control_group: cfg.cluster.control_group.clone(),
-            announce: Announce {
+            announce: RwLock::new(Announce {
                 nodename: services.identity.nodename.clone(),
                 addr: nodeaddr_text(&services.identity, &cfg.listener),
                 version: env!("CARGO_PKG_VERSION").into(),
                 config_digest: config_digest(cfg),
                 vips: announced_vips(cfg),
-            },
+            }),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -304,7 +305,7 @@ fn handle(shared: &Shared, ev: &BusEvent, pid: u32, console: &WeakRegistry) {
                     &BusMessage::BroadcastReply {
                         id,
                         to: *from,
-                        nodename: shared.announce.nodename.clone(),
+                        nodename: announce_of(shared).nodename,
                         ok,
                         output,
                     },
@@ -377,7 +378,7 @@ fn handle(shared: &Shared, ev: &BusEvent, pid: u32, console: &WeakRegistry) {
         send(
             shared,
             &shared.cluster_group,
-            &BusMessage::Announce(shared.announce.clone()),
+            &BusMessage::Announce(announce_of(shared)),
         );
     }
 }
@@ -471,7 +472,40 @@ fn broadcast(shared: &Shared, words: &[&str]) -> Result<String, ConsoleError> {
     Ok(out)
 }
 
+fn announce_of(shared: &Shared) -> Announce {
+    shared
+        .announce
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 fn register(services: &Services, shared: &Arc<Shared>) -> Result<(), ServiceError> {
+    // A reload that changes this member's DuraVIP declarations or its replication digest
+    // announces again in agreed order, so every member recomputes ownership from the new
+    // declarations (Momentum's "cluster duravip announce view" after a reload).
+    let s = Arc::clone(shared);
+    services.reloader.register(
+        "cluster announce",
+        Arc::new(move |_, new| {
+            let changed = {
+                let mut a = s.announce.write().unwrap_or_else(|p| p.into_inner());
+                let vips = announced_vips(new);
+                let digest = config_digest(new);
+                let changed = a.vips != vips || a.config_digest != digest;
+                a.vips = vips;
+                a.config_digest = digest;
+                changed
+            };
+            if changed {
+                tracing::info!(
+                    "configuration changed what this member announces: announcing again"
+                );
+                send(&s, &s.cluster_group, &BusMessage::Announce(announce_of(&s)));
+            }
+            Ok(())
+        }),
+    );
     let s = Arc::clone(shared);
     services.console.register(
         &["cluster", "membership"],
