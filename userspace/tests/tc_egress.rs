@@ -37,14 +37,29 @@ fn dest(dp: &mut Datapath, addr: IpAddr) -> Option<DestinationCount> {
         .find(|d| d.addr == addr)
 }
 
+/// The counted ports of these tests: SMTP and the test servers' 2525.
+fn cfg() -> DatapathConfig {
+    DatapathConfig {
+        ports: vec![25, 2525],
+        ..DatapathConfig::default()
+    }
+}
+
 #[test]
 fn syn_opens_once_and_local_fin_closes_once_v4_v6() {
     for (local, remote) in [
         (ip("192.0.2.1"), ip("198.51.100.7")),
         (ip("2001:db8:1::1"), ip("2001:db8:2::7")),
     ] {
-        let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
-        // Any destination port counts (not only the inbound counted ports).
+        let mut dp = Datapath::load(&cfg()).unwrap();
+        // Only connections to the counted ports: a SYN, FIN and RST to another port
+        // (e.g. the cluster's own 4802 links) are not looked at.
+        run(&mut dp, Frame::tcp(local, 40002, remote, 4802, f::SYN));
+        run(
+            &mut dp,
+            Frame::tcp(local, 40002, remote, 4802, f::FIN | f::ACK),
+        );
+        run(&mut dp, Frame::tcp(local, 40002, remote, 4802, f::RST));
         run(&mut dp, Frame::tcp(local, 40000, remote, 2525, f::SYN));
         run(&mut dp, Frame::tcp(local, 40000, remote, 2525, f::SYN)); // retransmit
         run(
@@ -110,7 +125,7 @@ fn syn_opens_once_and_local_fin_closes_once_v4_v6() {
 
 #[test]
 fn idle_outbound_flows_expire_through_the_close_path() {
-    let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
+    let mut dp = Datapath::load(&cfg()).unwrap();
     let (local, remote) = (ip("192.0.2.1"), ip("198.51.100.7"));
     run(&mut dp, Frame::tcp(local, 40000, remote, 25, f::SYN));
     run(&mut dp, Frame::tcp(local, 40001, remote, 25, f::SYN));
@@ -142,7 +157,7 @@ fn idle_outbound_flows_expire_through_the_close_path() {
 
 #[test]
 fn non_tcp_and_short_frames_pass_uncounted() {
-    let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
+    let mut dp = Datapath::load(&cfg()).unwrap();
     let udp = Frame::udp(ip("192.0.2.1"), 1, ip("198.51.100.7"), 53).build();
     assert_eq!(dp.egress_test_run(&udp).unwrap(), TC_ACT_OK);
     let syn = Frame::tcp(ip("192.0.2.1"), 1, ip("198.51.100.7"), 25, f::SYN).build();
@@ -178,7 +193,7 @@ fn real_outbound_connections_are_counted_per_destination() {
         .unwrap();
     let a_if = pair.a_if.clone();
     tb.run_in("mta", move || {
-        let mut dp = Datapath::load(&DatapathConfig::default()).unwrap();
+        let mut dp = Datapath::load(&cfg()).unwrap();
         dp.attach_egress(&a_if).unwrap();
         assert_eq!(dp.egress_attachments(), vec![a_if.clone()]);
         let connect =

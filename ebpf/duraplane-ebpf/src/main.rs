@@ -1453,7 +1453,15 @@ mod programs {
     pub fn tc_egress(ctx: TcContext) -> i32 {
         if let Ok(seg) = parse(ctx.data(), ctx.data_end()) {
             let f = seg.flags;
-            if f & (TCP_FIN | TCP_RST) != 0 || f & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // Only connections to the counted ports (remote MTAs: 25, 465, 587 by default):
+            // the cluster's own links and other traffic are not outbound mail connections.
+            // The egress copy's PORTS is set once at load, so every tracked flow's closes
+            // (and userspace expiry RSTs) pass this check too.
+            let counted = match PORTS.get(0) {
+                Some(p) => p.contains(load_be16(seg.th + 2)),
+                None => false,
+            };
+            if counted && (f & (TCP_FIN | TCP_RST) != 0 || f & (TCP_SYN | TCP_ACK) == TCP_SYN) {
                 egress(&seg);
             }
         }
