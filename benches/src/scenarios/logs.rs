@@ -121,8 +121,21 @@ fn discard(s: Stream) {
     let _ = std::fs::remove_dir_all(p);
 }
 
-fn one_producer(dir: &Path, secs: f64) -> Result<f64> {
+/// One producer on the I/O path `io` asks for (`DURAPLANE_LOG_IO`: "auto" or "blocking"),
+/// so both paths are measured against the same F in one run.
+fn one_producer_on(dir: &Path, secs: f64, io: &str) -> Result<(f64, String)> {
+    // SAFETY: the bench runs its phases one after another; no other thread of this process
+    // reads the environment while the variable changes (the stream reads it at open).
+    unsafe { std::env::set_var(duraplane::log::LOG_IO_ENV, io) };
+    let r = one_producer(dir, secs);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(duraplane::log::LOG_IO_ENV) };
+    r
+}
+
+fn one_producer(dir: &Path, secs: f64) -> Result<(f64, String)> {
     let s = open(dir, "one.cluster", 64 << 20)?;
+    let path = s.io_path().as_str().to_owned();
     let rec = [0x41u8; 256];
     let start = Instant::now();
     let mut n = 0u64;
@@ -132,7 +145,7 @@ fn one_producer(dir: &Path, secs: f64) -> Result<f64> {
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     discard(s);
-    Ok(rate)
+    Ok((rate, path))
 }
 
 /// Offered load of the open-loop scenario (records/s over all producers).
@@ -372,7 +385,8 @@ impl LogAppends {
         let seq_bytes: u64 = if quick { 64 << 20 } else { 1 << 30 };
         let f = calibrate_fsync(dir, secs)?;
         let b = calibrate_seq(dir, seq_bytes)?;
-        let one = one_producer(dir, secs)?;
+        let (one, one_io) = one_producer_on(dir, secs, "auto")?;
+        let (one_blocking, blocking_io) = one_producer_on(dir, secs, "blocking")?;
         let ol = open_loop(dir, secs, 64)?;
         let (many, h, syncs) = many_producers(dir, secs, 64)?;
         let (bulk_rate, stream) = bulk(dir, seq_bytes)?;
@@ -404,7 +418,20 @@ impl LogAppends {
                     better: Better::Higher,
                     on_ratio: true,
                 }),
-                format!("{secs} s per phase; dir {}", dir.display()),
+                format!(
+                    "{secs} s per phase; dir {}; I/O path {one_io} (the default)",
+                    dir.display()
+                ),
+            ),
+            out(
+                "one producer, 256 B appends, blocking pwrite + fdatasync (DURAPLANE_LOG_IO=blocking)",
+                "appends/s",
+                one_blocking,
+                Some(("F: fdatasync'd 4 KiB overwrites".into(), f)),
+                None,
+                format!(
+                    "I/O path {blocking_io}; the io_uring path pays the io-wq hand-off of its fdatasync on every commit"
+                ),
             ),
             out(
                 "64 producers, 256 B records acknowledged (open loop, pipelined append_async)",
