@@ -252,7 +252,7 @@ fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
     assert!(garp, "no gratuitous ARP for {VIP} after SIGHUP");
     drop(cap);
 
-    // A stopped daemon renews nothing: once the lease (300 ms here) ran out, the program
+    // A stopped daemon renews nothing: once the lease (700 ms here: `hung_after`) ran out, the program
     // drops the requests although the kernel still has the VIP plumbed.
     n.daemon.signal(Signal::SIGSTOP).expect("SIGSTOP");
     std::thread::sleep(Duration::from_millis(600));

@@ -305,8 +305,10 @@ fn main() -> Result<()> {
     )
     .context("starting corosync on every node")?;
     println!(
-        "dp-demo: corosync formed a {}-node membership (token 300 ms)",
-        args.nodes
+        "dp-demo: corosync formed a {}-node membership (token {} ms, consensus {} ms)",
+        args.nodes,
+        CorosyncTiming::default().token_ms,
+        CorosyncTiming::default().consensus_ms
     );
 
     tb.add_host("client")?;

@@ -271,7 +271,13 @@ impl DuravipService {
         let handle = bus.cluster_handle();
         let notices = handle.watch();
         let c = &cfg.cluster;
-        let hb_timeout = Duration::from_secs_f64(3.0 / f64::from(c.heartbeats_per_sec.max(1)));
+        // The same figure the membership judges silence by, so this node stops answering
+        // at the NIC when the others may start taking its VIPs over, not before.
+        let hb_timeout = crate::bus::membership::HeartbeatPolicy {
+            per_sec: c.heartbeats_per_sec,
+            start_delay: c.heartbeat_start_delay,
+        }
+        .hung_after();
         let set = Settings {
             nodename: services.identity.nodename.clone(),
             topology: c.topology.clone(),
@@ -282,8 +288,8 @@ impl DuravipService {
             down_limit: c.if_down_limit,
             arp_all_hosts: c.arp_all_hosts,
             hb_timeout,
-            // Three heartbeat intervals: the time after which the others judge this node
-            // hung and take its VIPs over. Shorter would make a loaded but healthy owner go
+            // `hung_after` (three heartbeat intervals plus the stall tolerance): the time
+            // after which the others judge this node hung and take its VIPs over. Shorter would make a loaded but healthy owner go
             // silent at the NIC before anyone replaces it; longer would leave two nodes
             // answering ARP after a takeover.
             lease: hb_timeout.max(MIN_LEASE),
