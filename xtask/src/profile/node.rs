@@ -276,6 +276,30 @@ pub fn corosync_token_ms(conf: &str) -> u64 {
         .unwrap_or(3000)
 }
 
+/// The token corosync really runs with: with a nodelist of n > 2 nodes it adds
+/// (n − 2) × `token_coefficient` (650 ms unless set) to `token`
+/// (`runtime.config.totem.token`); with three nodes a `token: 200` is 850 ms.
+pub fn corosync_runtime_token_ms(conf: &str) -> u64 {
+    let value = |key: &str| {
+        conf.lines().find_map(|l| {
+            let (k, v) = l.split('#').next()?.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().parse::<u64>().ok())?
+        })
+    };
+    let nodes = conf
+        .lines()
+        .filter(|l| {
+            l.split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .starts_with("ring0_addr")
+        })
+        .count() as u64;
+    let coefficient = value("token_coefficient").unwrap_or(650);
+    corosync_token_ms(conf) + nodes.saturating_sub(2) * coefficient
+}
+
 /// `name: value` lines (the `inbound stats` format); lines that are not are skipped.
 pub fn parse_kv(text: &str) -> BTreeMap<String, u64> {
     text.lines()
