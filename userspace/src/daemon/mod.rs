@@ -167,9 +167,9 @@ fn run_inner(
         None
     } else {
         crate::replicate::OutboundService::setup(&cfg.duraplane)
-            .inspect_err(|e| {
-                tracing::error!(error = %e, "outbound_cidr counting (TC egress) is OFF")
-            })
+            .inspect_err(
+                |e| tracing::error!(error = %e, "outbound_cidr counting (TC egress) is OFF"),
+            )
             .ok()
     };
 
