@@ -6,7 +6,7 @@ use std::{
 };
 
 use duraplane::{
-    bus::{Bus, BusConfig, BusEvent, LeaveReason},
+    bus::{Bus, BusConfig, BusEvent, LeaveReason, MAX_MESSAGE},
     testbed::{
         Testbed,
         corosync::{CorosyncCluster, CorosyncTiming},
@@ -177,7 +177,7 @@ fn bus_without_corosync_reports_disconnected_and_refuses_unknown_groups() {
     }
     assert!(bus.send("no_such_group", b"x".to_vec()).is_err());
     assert!(
-        bus.send(GROUP, vec![0; 70 * 1024]).is_err(),
+        bus.send(GROUP, vec![0; MAX_MESSAGE + 1]).is_err(),
         "oversized refused"
     );
     assert!(
