@@ -434,6 +434,30 @@ struct Worker {
     next_pace: Instant,
     /// The latest `assign` input and answer (recomputed only when the input changes).
     last_assign: Option<(AssignInput, Assignment)>,
+    /// Node ids of the latest cluster view, and the quorum flag, as last seen by `step`.
+    view_nodes: BTreeSet<u32>,
+    quorate_seen: Option<bool>,
+    /// Take nothing new until then: see [`Worker::quorum_skew`].
+    skew_hold: Option<SkewHold>,
+}
+
+/// Corosync reports one ring change twice, through two services: the CPG view (on the
+/// group's connection) and the quorum verdict (on the quorum connection), in either
+/// order, milliseconds apart. In between, the view and the quorum flag disagree: a node
+/// cut off from a three-node ring sees the view {itself} while still flagged quorate (it
+/// took every VIP for a few ms while the others held them); when a partition heals it can
+/// be flagged quorate while its view is still {itself}. A hold waits for the other half.
+/// Only a view keeping less than half of the previous nodes is held: a daemon kill (no
+/// ring change, no quorum notification) must fail over at once.
+#[derive(Debug, Clone, Copy)]
+struct SkewHold {
+    /// The view kept less than half of the previous view's nodes: wait for the quorum flag
+    /// to change (or a newer view). Otherwise quorum came back: wait for a new view.
+    minority_view: bool,
+    quorate: bool,
+    /// Either notification may be all there is (a minority that stays quorate by corosync's
+    /// rules; quorum regained with no daemon joining): then proceed.
+    until: Instant,
 }
 
 /// DuraVIP at the NIC: the inbound datapath answers ARP/NS for owned VIPs from `VIPS` while
@@ -471,6 +495,9 @@ impl Worker {
             links: BTreeMap::new(),
             next_pace: now,
             last_assign: None,
+            view_nodes: BTreeSet::new(),
+            quorate_seen: None,
+            skew_hold: None,
             sh,
             plumber,
             notices,
@@ -698,8 +725,50 @@ impl Worker {
         });
     }
 
+    /// Whether the view and the quorum flag may describe different ring changes (see
+    /// [`SkewHold`]); while they may, this node takes nothing new. A change of both seen
+    /// at once needs no hold.
+    fn quorum_skew(&mut self, snap: &Snapshot, now: Instant) -> bool {
+        let nodes: BTreeSet<u32> = snap.view.iter().map(|m| m.nodeid).collect();
+        let view_changed = nodes != self.view_nodes;
+        let quorum_changed = self.quorate_seen.is_some_and(|q| q != snap.quorate);
+        if view_changed {
+            // A newer view: whatever we waited for has moved on; judge this one.
+            self.skew_hold = None;
+            let kept = nodes.intersection(&self.view_nodes).count();
+            if kept * 2 < self.view_nodes.len() && !quorum_changed {
+                self.skew_hold = Some(SkewHold {
+                    minority_view: true,
+                    quorate: snap.quorate,
+                    until: now + self.sh.set.hb_timeout,
+                });
+            }
+            self.view_nodes = nodes;
+        } else if quorum_changed && snap.quorate {
+            self.skew_hold = Some(SkewHold {
+                minority_view: false,
+                quorate: true,
+                until: now + self.sh.set.hb_timeout,
+            });
+        }
+        self.quorate_seen = Some(snap.quorate);
+        let Some(h) = self.skew_hold else {
+            return false;
+        };
+        if now >= h.until || (h.minority_view && snap.quorate != h.quorate) {
+            self.skew_hold = None;
+            return false;
+        }
+        tracing::debug!(
+            ?h,
+            "DuraVIP: view and quorum not yet from the same ring change"
+        );
+        true
+    }
+
     fn step(&mut self, now: Instant) {
         let snap = snapshot(&self.sh.handle, now);
+        let skew = self.quorum_skew(&snap, now);
         self.prune_pins(&snap);
         self.claims.retain(|id, _| snap.view.contains(id));
         self.claim_owner.retain(|_, id| snap.view.contains(id));
@@ -771,7 +840,7 @@ impl Worker {
         let mine = a.owned_by(me);
         let desired = if !quorate {
             BTreeSet::new()
-        } else if !settled || stalled || !majority {
+        } else if !settled || stalled || !majority || skew {
             // Keep what we hold and is still ours; take nothing new.
             self.owned.intersection(&mine).copied().collect()
         } else {
@@ -779,7 +848,7 @@ impl Worker {
         };
 
         // Balancing: the leader decides, everyone applies the same message.
-        if quorate && settled && majority && mature && now >= self.next_balance {
+        if quorate && settled && majority && !skew && mature && now >= self.next_balance {
             self.next_balance = now + self.sh.set.balance_interval;
             if snap.leader.is_some() && snap.leader == snap.local {
                 let b = assign(&AssignInput {
