@@ -136,6 +136,16 @@ struct State {
     view: BTreeMap<String, PeerView>,
 }
 
+impl State {
+    /// `max_pending` of `object`'s Replicate scope (at least 1; unknown: never by count).
+    fn max_pending(&self, object: &str) -> u32 {
+        self.specs
+            .iter()
+            .find(|s| s.name == object)
+            .map_or(u32::MAX, |s| s.max_pending.max(1))
+    }
+}
+
 struct Shared {
     cfg: ReplicationConfig,
     boot: u64,
@@ -530,11 +540,7 @@ impl ReplicationHandle {
     pub fn publish(&self, object: &str, values: HashMap<Key, i64>) -> usize {
         let (changed, flush) = {
             let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            let max_pending = st
-                .specs
-                .iter()
-                .find(|s| s.name == object)
-                .map_or(u32::MAX, |s| s.max_pending.max(1));
+            let max_pending = st.max_pending(object);
             let Some(t) = st.tables.get_mut(object) else {
                 return 0;
             };
@@ -557,11 +563,7 @@ impl ReplicationHandle {
         }
         let (pending, flush) = {
             let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            let max_pending = st
-                .specs
-                .iter()
-                .find(|s| s.name == object)
-                .map_or(u32::MAX, |s| s.max_pending.max(1));
+            let max_pending = st.max_pending(object);
             let Some(t) = st.tables.get_mut(object) else {
                 return 0;
             };
