@@ -378,6 +378,8 @@ struct Snapshot {
     quorate: bool,
     local: Option<MemberId>,
     view: Vec<MemberId>,
+    /// The view without hung members, announced or not yet.
+    effective: Vec<MemberId>,
     live: Vec<(MemberId, String, Vec<AnnouncedVip>)>,
     leader: Option<MemberId>,
     view_age: Duration,
@@ -392,12 +394,14 @@ fn snapshot(h: &ClusterHandle, now: Instant) -> Snapshot {
             .filter(|m| eff.contains(&m.id))
             .filter_map(|m| m.announce.map(|a| (m.id, a.nodename, a.vips)))
             .collect();
+        let effective = eff;
         Snapshot {
             connected: ms.connected(),
             // No quorum service (corosync without votequorum) counts as quorate.
             quorate: ms.connected() && ms.quorate() != Some(false),
             local: ms.local(),
             view: ms.cluster_view().to_vec(),
+            effective,
             live,
             leader: ms.leader(now),
             view_age: ms.view_age(now),
@@ -434,11 +438,8 @@ struct Worker {
     next_pace: Instant,
     /// The latest `assign` input and answer (recomputed only when the input changes).
     last_assign: Option<(AssignInput, Assignment)>,
-    /// Node ids of the latest cluster view, and the quorum flag, as last seen by `step`.
-    view_nodes: BTreeSet<u32>,
-    quorate_seen: Option<bool>,
-    /// Take nothing new until then: see [`Worker::quorum_skew`].
-    skew_hold: Option<SkewHold>,
+    /// Whether the view and the quorum flag may still disagree (take nothing new).
+    skew: SkewGuard,
 }
 
 /// Corosync reports one ring change twice, through two services: the CPG view (on the
@@ -458,6 +459,56 @@ struct SkewHold {
     /// Either notification may be all there is (a minority that stays quorate by corosync's
     /// rules; quorum regained with no daemon joining): then proceed.
     until: Instant,
+}
+
+/// Follows the cluster view's node ids and the quorum flag (see [`SkewHold`]).
+#[derive(Debug, Default)]
+struct SkewGuard {
+    view_nodes: BTreeSet<u32>,
+    quorate: Option<bool>,
+    hold: Option<SkewHold>,
+}
+
+impl SkewGuard {
+    /// Whether the view (its node ids) and the quorum flag may describe different ring
+    /// changes; while they may, this node takes nothing new. A change of both seen at once
+    /// needs no hold; `wait` bounds a hold.
+    fn judge(&mut self, nodes: BTreeSet<u32>, quorate: bool, now: Instant, wait: Duration) -> bool {
+        let view_changed = nodes != self.view_nodes;
+        let quorum_changed = self.quorate.is_some_and(|q| q != quorate);
+        if view_changed {
+            // A newer view: whatever we waited for has moved on; judge this one.
+            self.hold = None;
+            let kept = nodes.intersection(&self.view_nodes).count();
+            if kept * 2 < self.view_nodes.len() && !quorum_changed {
+                self.hold = Some(SkewHold {
+                    minority_view: true,
+                    quorate,
+                    until: now + wait,
+                });
+            }
+            self.view_nodes = nodes;
+        } else if quorum_changed && quorate {
+            self.hold = Some(SkewHold {
+                minority_view: false,
+                quorate: true,
+                until: now + wait,
+            });
+        }
+        self.quorate = Some(quorate);
+        let Some(h) = self.hold else {
+            return false;
+        };
+        if now >= h.until || (h.minority_view && quorate != h.quorate) {
+            self.hold = None;
+            return false;
+        }
+        tracing::debug!(
+            ?h,
+            "DuraVIP: view and quorum not yet from the same ring change"
+        );
+        true
+    }
 }
 
 /// DuraVIP at the NIC: the inbound datapath answers ARP/NS for owned VIPs from `VIPS` while
@@ -495,9 +546,7 @@ impl Worker {
             links: BTreeMap::new(),
             next_pace: now,
             last_assign: None,
-            view_nodes: BTreeSet::new(),
-            quorate_seen: None,
-            skew_hold: None,
+            skew: SkewGuard::default(),
             sh,
             plumber,
             notices,
@@ -725,50 +774,14 @@ impl Worker {
         });
     }
 
-    /// Whether the view and the quorum flag may describe different ring changes (see
-    /// [`SkewHold`]); while they may, this node takes nothing new. A change of both seen
-    /// at once needs no hold.
-    fn quorum_skew(&mut self, snap: &Snapshot, now: Instant) -> bool {
-        let nodes: BTreeSet<u32> = snap.view.iter().map(|m| m.nodeid).collect();
-        let view_changed = nodes != self.view_nodes;
-        let quorum_changed = self.quorate_seen.is_some_and(|q| q != snap.quorate);
-        if view_changed {
-            // A newer view: whatever we waited for has moved on; judge this one.
-            self.skew_hold = None;
-            let kept = nodes.intersection(&self.view_nodes).count();
-            if kept * 2 < self.view_nodes.len() && !quorum_changed {
-                self.skew_hold = Some(SkewHold {
-                    minority_view: true,
-                    quorate: snap.quorate,
-                    until: now + self.sh.set.hb_timeout,
-                });
-            }
-            self.view_nodes = nodes;
-        } else if quorum_changed && snap.quorate {
-            self.skew_hold = Some(SkewHold {
-                minority_view: false,
-                quorate: true,
-                until: now + self.sh.set.hb_timeout,
-            });
-        }
-        self.quorate_seen = Some(snap.quorate);
-        let Some(h) = self.skew_hold else {
-            return false;
-        };
-        if now >= h.until || (h.minority_view && snap.quorate != h.quorate) {
-            self.skew_hold = None;
-            return false;
-        }
-        tracing::debug!(
-            ?h,
-            "DuraVIP: view and quorum not yet from the same ring change"
-        );
-        true
-    }
-
     fn step(&mut self, now: Instant) {
         let snap = snapshot(&self.sh.handle, now);
-        let skew = self.quorum_skew(&snap, now);
+        let skew = self.skew.judge(
+            snap.view.iter().map(|m| m.nodeid).collect(),
+            snap.quorate,
+            now,
+            self.sh.set.hb_timeout,
+        );
         self.prune_pins(&snap);
         self.claims.retain(|id, _| snap.view.contains(id));
         self.claim_owner.retain(|_, id| snap.view.contains(id));
@@ -828,10 +841,13 @@ impl Worker {
                 a
             }
         };
-        let settled = snap
-            .live
-            .iter()
-            .all(|(id, _, _)| Some(*id) == snap.local || self.fresh.contains(id));
+        // Every member of the effective view, not only those whose announce is already
+        // here: after a heal the others re-announce one by one, and a member not yet
+        // announced is missing from `current`, so its VIPs looked unowned (the rejoining
+        // node took one of them, and its claim made the owner drop and retake it).
+        let settled = snap.effective.iter().all(|id| {
+            Some(*id) == snap.local || (self.fresh.contains(id) && names.contains_key(id))
+        });
         let stalled = self.stalled_until.is_some_and(|t| now < t);
         // While the ring re-forms, corosync delivers nobody's heartbeats and every survivor
         // sees the others as hung: without a live majority of the view, take nothing new
@@ -1359,4 +1375,85 @@ fn nic_info(sh: &Shared) -> String {
         out.push_str(&format!("DuraVIP: last NIC error: {e}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(700);
+
+    fn nodes(n: &[u32]) -> BTreeSet<u32> {
+        n.iter().copied().collect()
+    }
+
+    /// A guard that has seen a quorate three-node view.
+    fn three(t0: Instant) -> SkewGuard {
+        let mut g = SkewGuard::default();
+        assert!(!g.judge(nodes(&[1, 2, 3]), true, t0, WAIT));
+        g
+    }
+
+    #[test]
+    fn isolated_node_holds_until_quorum_is_lost_whatever_comes_first() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // View {3} first, the quorum flag still says quorate: hold (this node took every
+        // VIP here), then quorum lost: no hold needed any more (nothing is quorate).
+        let mut g = three(t0);
+        assert!(g.judge(nodes(&[3]), true, ms(1), WAIT));
+        assert!(g.judge(nodes(&[3]), true, ms(5), WAIT));
+        assert!(!g.judge(nodes(&[3]), false, ms(6), WAIT));
+        // Quorum lost first, then the view: nothing to hold.
+        let mut g = three(t0);
+        assert!(!g.judge(nodes(&[1, 2, 3]), false, ms(1), WAIT));
+        // Both at once.
+        let mut g = three(t0);
+        assert!(!g.judge(nodes(&[3]), false, ms(1), WAIT));
+        // A minority that stays quorate (corosync said so): proceed after the wait.
+        let mut g = three(t0);
+        assert!(g.judge(nodes(&[3]), true, ms(1), WAIT));
+        assert!(!g.judge(nodes(&[3]), true, ms(1) + WAIT, WAIT));
+    }
+
+    #[test]
+    fn heal_holds_until_the_merged_view_whatever_comes_first() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let isolated = |t| {
+            let mut g = three(t0);
+            g.judge(nodes(&[3]), false, t, WAIT);
+            g
+        };
+        // Quorate again while the view is still {3}: hold until the merged view.
+        let mut g = isolated(ms(1));
+        assert!(g.judge(nodes(&[3]), true, ms(1000), WAIT));
+        assert!(g.judge(nodes(&[3]), true, ms(1005), WAIT));
+        assert!(!g.judge(nodes(&[1, 2, 3]), true, ms(1008), WAIT));
+        // Merged view first (still not quorate), then quorum: the view is already here.
+        // (A later quorum flip with no view change holds until the wait ends.)
+        let mut g = isolated(ms(1));
+        assert!(!g.judge(nodes(&[1, 2, 3]), false, ms(1000), WAIT));
+        assert!(g.judge(nodes(&[1, 2, 3]), true, ms(1002), WAIT));
+        assert!(!g.judge(nodes(&[1, 2, 3]), true, ms(1002) + WAIT, WAIT));
+        // Both at once.
+        let mut g = isolated(ms(1));
+        assert!(!g.judge(nodes(&[1, 2, 3]), true, ms(1000), WAIT));
+    }
+
+    #[test]
+    fn a_daemon_kill_or_a_lost_minority_fails_over_at_once() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_millis(1);
+        // kill -9 of one daemon of three, or a node of three lost: no quorum change comes.
+        assert!(!three(t0).judge(nodes(&[1, 2]), true, t, WAIT));
+        // Two nodes: one survivor keeps half (two_node quorum stays).
+        let mut g = SkewGuard::default();
+        assert!(!g.judge(nodes(&[1, 2]), true, t0, WAIT));
+        assert!(!g.judge(nodes(&[2]), true, t, WAIT));
+        // Joins never hold.
+        let mut g = SkewGuard::default();
+        assert!(!g.judge(nodes(&[1]), true, t0, WAIT));
+        assert!(!g.judge(nodes(&[1, 2, 3]), true, t, WAIT));
+    }
 }
