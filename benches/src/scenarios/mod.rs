@@ -2,6 +2,7 @@
 
 mod failover;
 mod logs;
+mod manager_pull;
 mod membership;
 mod packet_cost;
 mod rawbpf;
@@ -22,6 +23,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(replication::ReplicationStaleness),
         Box::new(membership::MembershipDetection),
         Box::new(logs::LogAppends),
+        Box::new(manager_pull::ManagerPull),
         Box::new(failover::Failover),
         Box::new(vip_scale::VipScale),
     ]

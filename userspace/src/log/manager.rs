@@ -831,19 +831,81 @@ impl NodePuller {
             next,
             "manager: pulling"
         );
+        // Receiving and writing overlap: a writer thread makes each batch durable while
+        // the next arrives; a checkpoint goes out only for a batch whose write finished.
+        // At most two batches of ≤ half the node's window are in flight, so the window
+        // never closes while a write runs.
+        let (batches, for_writer) = std::sync::mpsc::sync_channel::<Vec<Record>>(1);
+        let (written, results) = std::sync::mpsc::channel::<Result<Option<Offset>, ManagerError>>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for recs in for_writer {
+                    let r = sink.write(&recs);
+                    let failed = r.is_err();
+                    if written.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let r = self.receive(log, &mut c, &batches, &results);
+            drop(batches);
+            r
+        })
+    }
+
+    /// The receiving side of [`session`](Self::session): batches to the writer,
+    /// checkpoints for what it made durable.
+    fn receive(
+        &self,
+        log: &str,
+        c: &mut LogClient,
+        batches: &std::sync::mpsc::SyncSender<Vec<Record>>,
+        results: &std::sync::mpsc::Receiver<Result<Option<Offset>, ManagerError>>,
+    ) -> Result<(), SessionError> {
+        let mut in_flight = 0usize;
+        let settle =
+            |in_flight: &mut usize, c: &mut LogClient, block: bool| -> Result<(), SessionError> {
+                while *in_flight > 0 {
+                    let r = if block {
+                        match results.recv() {
+                            Ok(r) => r,
+                            Err(_) => return Ok(()),
+                        }
+                    } else {
+                        match results.try_recv() {
+                            Ok(r) => r,
+                            Err(_) => return Ok(()),
+                        }
+                    };
+                    *in_flight -= 1;
+                    if let Some(off) = r? {
+                        fault(Fault::BeforeCheckpoint);
+                        c.send_checkpoint(off)?;
+                    }
+                }
+                Ok(())
+            };
         while !self.stop.load(Ordering::Relaxed) {
-            // Everything that is here now, then one durable write and one checkpoint.
+            settle(&mut in_flight, c, false)?;
+            // Everything that is here now (up to half the window), then hand it over.
             let mut recs: Vec<Record> = Vec::new();
-            // Capped so a keepalive goes out well within the node's 30 s idle timeout.
-            let wait = self
-                .cfg
-                .log_idle_interval
-                .clamp(Duration::from_millis(10), Duration::from_secs(10));
-            let first = c.poll(wait)?;
-            let mut d = first;
+            let mut bytes = 0u64;
+            // Capped so a keepalive goes out well within the node's 30 s idle timeout;
+            // short while a write is in flight, so its checkpoint goes out promptly.
+            let wait = if in_flight > 0 {
+                Duration::from_millis(1)
+            } else {
+                self.cfg
+                    .log_idle_interval
+                    .clamp(Duration::from_millis(10), Duration::from_secs(10))
+            };
+            let mut d = c.poll(wait)?;
             while let Some(x) = d {
                 match x {
-                    Delivery::Records(r) => recs.extend(r),
+                    Delivery::Records(r) => {
+                        bytes += r.iter().map(|x| x.payload.len() as u64 + 32).sum::<u64>();
+                        recs.extend(r);
+                    }
                     Delivery::Gap { from, to } => {
                         tracing::warn!(
                             node = self.node,
@@ -855,7 +917,7 @@ impl NodePuller {
                     }
                     Delivery::Checkpointed { .. } => {}
                 }
-                if recs.len() >= 65_536 {
+                if recs.len() >= 65_536 || bytes >= u64::from(MAX_WINDOW) / 2 {
                     break;
                 }
                 d = c.poll(Duration::from_millis(1))?;
@@ -863,15 +925,41 @@ impl NodePuller {
             if recs.is_empty() {
                 continue;
             }
-            if let Some(off) = sink.write(&recs)? {
-                fault(Fault::BeforeCheckpoint);
-                c.send_checkpoint(off)?;
+            // Pace only when caught up. A batch of a megabyte or more (or the record cap)
+            // means a backlog: pull on at once, so it drains at what the link and disk
+            // allow — jlog's "sleep between every segment" caps a pull near one segment
+            // per log_active_interval. A trickle of live records is paced as configured.
+            let behind = recs.len() >= 65_536 || bytes >= BACKLOG_BATCH;
+            if batches.send(recs).is_err() {
+                // The writer stopped on an error: it is in `results`.
+                settle(&mut in_flight, c, true)?;
+                return Ok(());
             }
-            self.sleep(self.cfg.log_active_interval);
+            in_flight += 1;
+            if in_flight >= 2 {
+                // Two batches out: wait for the older one before reading more.
+                let r = results.recv().map_err(|_| ManagerError::Invalid {
+                    path: PathBuf::from(log),
+                    what: "the consolidated-log writer stopped".into(),
+                })?;
+                in_flight -= 1;
+                if let Some(off) = r? {
+                    fault(Fault::BeforeCheckpoint);
+                    c.send_checkpoint(off)?;
+                }
+            }
+            if !behind {
+                settle(&mut in_flight, c, true)?;
+                self.sleep(self.cfg.log_active_interval);
+            }
         }
+        settle(&mut in_flight, c, true)?;
         Ok(())
     }
 }
+
+/// A batch at least this large means the manager is behind and does not pace itself.
+const BACKLOG_BATCH: u64 = 1 << 20;
 
 /// Crash points for tests (`DURAPLANE_MANAGER_FAULT=before_state:N` or
 /// `before_checkpoint:N`): the process aborts, as a kill -9 would, at the N-th batch.
