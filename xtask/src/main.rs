@@ -114,6 +114,10 @@ fn cargo() -> Command {
 }
 
 /// Integration suites whose daemons serve port 4802 (replication, logs).
+/// Test binaries run a second time with `DURAPLANE_LOG_IO=blocking` (the append path's
+/// fallback, also chosen automatically where io_uring is unavailable).
+const BLOCKING_LOG_SUITES: &[&str] = &["log_stream", "log_crash", "log_recovery", "log_disk_full"];
+
 const MIO_SUITES: &[&str] = &[
     "replicate_cluster",
     "replicate_hostile",
@@ -154,6 +158,13 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
                 .args(["test", "-p", "duraplane", "--no-fail-fast"])
                 .args(MIO_SUITES.iter().flat_map(|t| ["--test", t]))
                 .env("DURAPLANE_ENGINE", "mio"),
+        )?;
+        // The log suites again on the blocking append path (the default is io_uring).
+        run_cmd(
+            cargo()
+                .args(["test", "-p", "duraplane", "--no-fail-fast"])
+                .args(BLOCKING_LOG_SUITES.iter().flat_map(|t| ["--test", t]))
+                .env("DURAPLANE_LOG_IO", "blocking"),
         )?;
         // The bench harness's smoke test: every scenario for a few seconds, no goals judged.
         bench(&["--quick".into()])?;
