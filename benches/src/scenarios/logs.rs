@@ -45,7 +45,7 @@ pub struct LogAppends;
 
 const NAME: &str = "log_appends";
 
-fn base_dir() -> PathBuf {
+pub(super) fn base_dir() -> PathBuf {
     std::env::var_os("DURAPLANE_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"))
@@ -77,7 +77,7 @@ fn calibrate_fsync(dir: &Path, secs: f64) -> Result<f64> {
 }
 
 /// B: sequential 1 MiB writes into a new file, then fdatasync, bytes/s.
-fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
+pub(super) fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
     let p = dir.join("calib-seq");
     let f = OpenOptions::new()
         .create(true)

@@ -17,8 +17,8 @@ use std::{
     fs::OpenOptions,
     io::Write,
     net::SocketAddr,
-    os::unix::fs::{FileExt, OpenOptionsExt},
-    path::{Path, PathBuf},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -36,6 +36,7 @@ use duraplane::{
     },
 };
 
+use super::logs::{base_dir, calibrate_seq};
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
 pub struct ManagerPull;
@@ -45,34 +46,6 @@ const KEY: &[u8] = b"manager-bench-key-0123456789abcdef";
 const RECORD: usize = 4096;
 /// A pull that makes no progress for this long is a failure, not a figure.
 const STALL: Duration = Duration::from_secs(30);
-
-fn base_dir() -> PathBuf {
-    std::env::var_os("DURAPLANE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-}
-
-/// B: sequential 1 MiB writes then one fdatasync, in the manager's output directory.
-fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
-    let p = dir.join("calib-seq");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("create {}", p.display()))?;
-    let buf = vec![0xa5u8; 1 << 20];
-    let start = Instant::now();
-    let mut off = 0u64;
-    while off < bytes {
-        f.write_all_at(&buf, off)?;
-        off += buf.len() as u64;
-    }
-    f.sync_data()?;
-    let rate = off as f64 / start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&p);
-    Ok(rate)
-}
 
 /// The published stream, filled with `bytes` of 4 KiB records; subscribers for the raw
 /// reader and the manager.
