@@ -238,8 +238,13 @@ fn gauges_throttles_caches_and_counts_are_cluster_wide() {
     api(d, 2)
         .gauge_inc("outbound_domains", "yahoo.com", 1)
         .unwrap();
-    wait_until("gauge total on node3", || {
+    // Node2's two keys may reach node3 in different flushes: wait for both.
+    wait_until("gauge totals on node3", || {
         api(d, 3).gauge_get("outbound_domains", "aol.com").unwrap() == (0, 5)
+            && api(d, 3)
+                .gauge_get("outbound_domains", "yahoo.com")
+                .unwrap()
+                == (0, 1)
     });
     assert_eq!(api(d, 3).outbound_count("aol.com").unwrap(), 5);
     let show = ask(&n3, "cluster shared show outbound_domains");
