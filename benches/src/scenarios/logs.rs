@@ -314,12 +314,11 @@ fn bulk(dir: &Path, bytes: u64) -> Result<(f64, Stream)> {
     Ok((done as f64 / start.elapsed().as_secs_f64(), s))
 }
 
-/// Replays the whole stream to subscriber `bench` through the log service on loopback.
-fn replay(s: &Stream) -> Result<(f64, u64)> {
-    let key =
-        ClusterKey::from_bytes(b"log-bench-key-0123456789abcdef-0123").context("bench key")?;
+/// A node's 4802 log service on loopback publishing `s` as `name` (port chosen by the
+/// kernel): the engine and its address.
+pub(super) fn serve_log(name: &str, s: &Stream, key: &ClusterKey) -> Result<(Engine, SocketAddr)> {
     let mut published = std::collections::BTreeMap::new();
-    published.insert("bulk".to_owned(), s.clone());
+    published.insert(name.to_owned(), s.clone());
     let (svc, handle) = LogService::new(Arc::new(published));
     let mut ec = EngineConfig::new("bench-node", key.clone());
     ec.listeners = vec![ListenerSpec {
@@ -332,6 +331,14 @@ fn replay(s: &Stream) -> Result<(f64, u64)> {
     let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))])?;
     handle.attach(engine.handle());
     let addr = engine.local_addrs()[0];
+    Ok((engine, addr))
+}
+
+/// Replays the whole stream to subscriber `bench` through the log service on loopback.
+fn replay(s: &Stream) -> Result<(f64, u64)> {
+    let key =
+        ClusterKey::from_bytes(b"log-bench-key-0123456789abcdef-0123").context("bench key")?;
+    let (engine, addr) = serve_log("bulk", s, &key)?;
     let end = s.bounds().1;
     // Warm the page cache (the figure is "from page cache").
     for e in s.read_at(0) {

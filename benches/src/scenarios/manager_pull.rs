@@ -13,7 +13,6 @@
 //! pacing (one 4 MB segment per `log_active_interval`) would cap the same pull at 4 MB/s.
 
 use std::{
-    collections::BTreeMap,
     fs::OpenOptions,
     io::Write,
     net::SocketAddr,
@@ -28,15 +27,15 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use duraplane::{
-    engine::{ClusterKey, Engine, EngineConfig, ListenerSpec, ServiceId},
+    engine::ClusterKey,
     log::{
         Stream, StreamOptions,
         manager::{self, ManagerOptions},
-        service::{Delivery, LogClient, LogService, MAX_WINDOW},
+        service::{Delivery, LogClient, MAX_WINDOW},
     },
 };
 
-use super::logs::{base_dir, calibrate_seq};
+use super::logs::{base_dir, calibrate_seq, serve_log};
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
 pub struct ManagerPull;
@@ -175,20 +174,7 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
     let key = ClusterKey::from_bytes(KEY).context("bench key")?;
     let b = calibrate_seq(dir, bytes)?;
     let s = fill(dir, bytes)?;
-    let mut published = BTreeMap::new();
-    published.insert("mainlog".to_owned(), s.clone());
-    let (svc, handle) = LogService::new(Arc::new(published));
-    let mut ec = EngineConfig::new("bench-node", key.clone());
-    ec.listeners = vec![ListenerSpec {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        backlog: 16,
-        recv_buffer: None,
-        send_buffer: None,
-        nodelay: true,
-    }];
-    let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))])?;
-    handle.attach(engine.handle());
-    let addr = engine.local_addrs()[0];
+    let (engine, addr) = serve_log("mainlog", &s, &key)?;
     // Both pulls read from page cache: warm it once.
     for e in s.read_at(0) {
         e?;
