@@ -214,6 +214,10 @@ fn segments_deleted_only_after_every_subscriber_passed() {
     let offs: Vec<_> = (0..60).map(|_| s.append(&payload).unwrap()).collect();
     let segs = segment_files(&dir);
     assert!(segs.len() >= 6, "{segs:?}");
+    let st = s.stats();
+    assert_eq!(st.segment_bytes, 4096);
+    // Nothing was collected yet (both subscribers are at 0): one roll per file after the first.
+    assert_eq!(st.segment_rolls, segs.len() as u64 - 1, "{st:?}");
     s.checkpoint("a", *offs.last().unwrap()).unwrap();
     assert_eq!(segment_files(&dir), segs, "b still needs everything");
     // b passes the first two segments: exactly those go.

@@ -173,6 +173,10 @@ pub struct AppendStats {
     pub last_batch_records: u64,
     /// Largest batch one commit carried since open.
     pub max_batch_records: u64,
+    /// Segment rolls (a new active segment started) since open.
+    pub segment_rolls: u64,
+    /// Configured segment (roll and preallocation) size in bytes.
+    pub segment_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -432,6 +436,7 @@ struct Inner {
     syncs: AtomicU64,
     records: AtomicU64,
     dropped: AtomicU64,
+    rolls: AtomicU64,
     io: LogIo,
     /// The thread leading commits for asynchronous appends, started by the first one.
     committer: OnceLock<std::thread::Thread>,
@@ -744,6 +749,7 @@ impl Stream {
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            rolls: AtomicU64::new(0),
             io: io_kind,
             committer: OnceLock::new(),
         });
@@ -1097,6 +1103,7 @@ impl Stream {
                         zeroed: SEGMENT_HEADER_LEN,
                         io,
                     };
+                    inner.rolls.fetch_add(1, Ordering::Relaxed);
                     self.collect()?;
                     return Ok(());
                 }
@@ -1338,6 +1345,8 @@ impl Stream {
             committing_records: committing as u64,
             last_batch_records: last as u64,
             max_batch_records: max as u64,
+            segment_rolls: self.inner.rolls.load(Ordering::Relaxed),
+            segment_bytes: self.inner.segment_size,
         }
     }
 
