@@ -32,6 +32,14 @@ use crate::{
 /// How long `broadcast` waits for the members' answers.
 const BROADCAST_WAIT: Duration = Duration::from_secs(3);
 
+/// Broadcast commands from other members waiting for the command thread; more are
+/// answered "busy" at once rather than queued without bound.
+const COMMAND_QUEUE: usize = 16;
+
+/// A `broadcast` command another member asked this node to run: (request id, asker,
+/// command line).
+type Job = (u64, MemberId, String);
+
 type Reply = (MemberId, String, bool, String);
 
 struct Shared {
@@ -117,6 +125,9 @@ fn notify(shared: &Shared, n: &ClusterNotice) {
 pub struct BusService {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Runs other members' `broadcast` commands, so a slow command never delays this
+    /// node's heartbeats (which would make it look hung).
+    commands: Option<JoinHandle<()>>,
 }
 
 /// A short stable digest of what members must agree on (replication and DuraVIP
@@ -172,15 +183,29 @@ impl BusService {
             log_group,
         });
         register(services, &shared)?;
+        let (jobs, queue) = mpsc::sync_channel::<Job>(COMMAND_QUEUE);
         let s = Arc::clone(&shared);
         let console = services.console.downgrade();
-        let thread = std::thread::Builder::new()
-            .name("membership".into())
-            .spawn(move || run(&s, &events, &console, policy.interval()))
+        let commands = std::thread::Builder::new()
+            .name("broadcast-cmd".into())
+            .spawn(move || run_commands(&s, &queue, &console))
             .map_err(|source| ServiceError::Spawn { source })?;
+        let s = Arc::clone(&shared);
+        let thread = match std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || run(&s, &events, &jobs, policy.interval()))
+        {
+            Ok(t) => t,
+            Err(source) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                let _ = commands.join();
+                return Err(ServiceError::Spawn { source });
+            }
+        };
         Ok(BusService {
             shared,
             thread: Some(thread),
+            commands: Some(commands),
         })
     }
 
@@ -207,7 +232,10 @@ impl BusService {
     /// Stops the thread and leaves the groups (the others see a clean leave at once).
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.commands.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -234,7 +262,46 @@ fn send(shared: &Shared, group: &str, msg: &BusMessage) {
     }
 }
 
-fn run(shared: &Shared, events: &Receiver<BusEvent>, console: &WeakRegistry, heartbeat: Duration) {
+/// Runs the queued `broadcast` commands of other members, one at a time, and answers each.
+fn run_commands(shared: &Shared, queue: &Receiver<Job>, console: &WeakRegistry) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let (id, to, command) = match queue.recv_timeout(Duration::from_millis(200)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Run outside every lock: the command may read the membership itself.
+        let (ok, output) = match console.upgrade() {
+            Some(reg) => match reg.dispatch(&command) {
+                Ok(out) => (true, out),
+                Err(e) => (false, e.to_string()),
+            },
+            None => (false, "console not available".into()),
+        };
+        reply(shared, id, to, ok, output);
+    }
+}
+
+fn reply(shared: &Shared, id: u64, to: MemberId, ok: bool, output: String) {
+    send(
+        shared,
+        &shared.control_group,
+        &BusMessage::BroadcastReply {
+            id,
+            to,
+            nodename: announce_of(shared).nodename,
+            ok,
+            output,
+        },
+    );
+}
+
+fn run(
+    shared: &Shared,
+    events: &Receiver<BusEvent>,
+    jobs: &mpsc::SyncSender<Job>,
+    heartbeat: Duration,
+) {
     let pid = std::process::id();
     let mut next_hb = Instant::now() + heartbeat;
     let mut seq = 0u64;
@@ -243,7 +310,7 @@ fn run(shared: &Shared, events: &Receiver<BusEvent>, console: &WeakRegistry, hea
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(200));
         match events.recv_timeout(wait) {
-            Ok(ev) => handle(shared, &ev, pid, console),
+            Ok(ev) => handle(shared, &ev, pid, jobs),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -281,7 +348,7 @@ fn run(shared: &Shared, events: &Receiver<BusEvent>, console: &WeakRegistry, hea
     }
 }
 
-fn handle(shared: &Shared, ev: &BusEvent, pid: u32, console: &WeakRegistry) {
+fn handle(shared: &Shared, ev: &BusEvent, pid: u32, jobs: &mpsc::SyncSender<Job>) {
     if let BusEvent::Message {
         group,
         from,
@@ -291,25 +358,17 @@ fn handle(shared: &Shared, ev: &BusEvent, pid: u32, console: &WeakRegistry) {
     {
         match BusMessage::decode(payload) {
             Some(BusMessage::Broadcast { id, command }) => {
-                // Run outside every lock: the command may read the membership itself.
-                let (ok, output) = match console.upgrade() {
-                    Some(reg) => match reg.dispatch(&command) {
-                        Ok(out) => (true, out),
-                        Err(e) => (false, e.to_string()),
-                    },
-                    None => (false, "console not available".into()),
-                };
-                send(
-                    shared,
-                    &shared.control_group,
-                    &BusMessage::BroadcastReply {
+                if let Err(mpsc::TrySendError::Full((id, to, _))) =
+                    jobs.try_send((id, *from, command))
+                {
+                    reply(
+                        shared,
                         id,
-                        to: *from,
-                        nodename: announce_of(shared).nodename,
-                        ok,
-                        output,
-                    },
-                );
+                        to,
+                        false,
+                        format!("busy: {COMMAND_QUEUE} broadcast commands already queued here"),
+                    );
+                }
             }
             Some(BusMessage::BroadcastReply {
                 id,
