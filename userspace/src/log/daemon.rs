@@ -669,7 +669,7 @@ impl Collector for LogCollector {
             .collect();
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         type Pick = fn(&super::AppendStats) -> u64;
-        let gauges: [(&str, &str, Pick); 4] = [
+        let gauges: [(&str, &str, Pick); 5] = [
             (
                 "duraplane_log_queued_records",
                 "Records waiting for the next group commit (queue depth)",
@@ -690,6 +690,11 @@ impl Collector for LogCollector {
                 "Largest number of records one commit carried since open",
                 |s| s.max_batch_records,
             ),
+            (
+                "duraplane_log_segment_bytes",
+                "Configured segment size: a segment rolls when the next frame would not fit",
+                |s| s.segment_bytes,
+            ),
         ];
         for (name, help, pick) in gauges {
             let mut me =
@@ -699,7 +704,7 @@ impl Collector for LogCollector {
                 ConstGauge::new(clamp(pick(st))).encode(me.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, Pick); 3] = [
+        let counters: [(&str, &str, Pick); 4] = [
             (
                 "duraplane_log_syncs",
                 "fdatasyncs that acknowledged records",
@@ -714,6 +719,11 @@ impl Collector for LogCollector {
                 "duraplane_log_dropped_bytes",
                 "Bytes dropped by the drop_oldest disk policy",
                 |s| s.dropped_bytes,
+            ),
+            (
+                "duraplane_log_segment_rolls",
+                "Segment rolls since the stream opened (each seals, fsyncs and opens a file)",
+                |s| s.segment_rolls,
             ),
         ];
         for (name, help, pick) in counters {
@@ -1020,6 +1030,8 @@ mod tests {
         let p = d.path().join("main.cluster");
         let s = open_stream(&p, &["master".into()]).unwrap();
         s.append_batch(&[b"a".as_slice(), b"b"]).unwrap();
+        let want_size = s.segment_size();
+        assert!(want_size > 0);
         let mut streams = Streams::default();
         streams.by_path.insert(p.clone(), s);
         let mut reg = prometheus_client::registry::Registry::default();
@@ -1031,6 +1043,12 @@ mod tests {
             text.contains(&format!("duraplane_log_records_total{series} 2")),
             "{text}"
         );
+        assert!(
+            text.contains(&format!("duraplane_log_segment_rolls_total{series} 0")),
+            "{text}"
+        );
+        let size = segment_bytes(&text, &series);
+        assert_eq!(size, want_size, "{text}");
         for g in [
             "queued_records",
             "committing_records",
@@ -1042,5 +1060,11 @@ mod tests {
                 "{g}: {text}"
             );
         }
+    }
+
+    fn segment_bytes(text: &str, series: &str) -> u64 {
+        let key = format!("duraplane_log_segment_bytes{series} ");
+        let line = text.lines().find(|l| l.starts_with(&key)).unwrap();
+        line[key.len()..].trim().parse().unwrap()
     }
 }

@@ -346,9 +346,22 @@ pub fn suggest(f: &Figures) -> Vec<Advice> {
         }
     }
 
-    match (dm("duraplane_log_segment_rolls_total"), m("duraplane_log_segment_bytes")) {
-        (Some(rolls), Some(size)) if rolls * 60.0 / f.seconds.max(1e-9) > 6.0 => {
-            out.push(advice(
+    // One series per stream (label `stream`): judge the stream that rolls most often.
+    const ROLLS: &str = "duraplane_log_segment_rolls_total";
+    let busiest = f
+        .metrics_window
+        .iter()
+        .filter_map(|(k, v)| {
+            let labels = k.strip_prefix(ROLLS)?;
+            (labels.is_empty() || labels.starts_with('{')).then_some((labels, *v))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    match busiest.map(|(labels, rolls)| {
+        let size = m(&format!("duraplane_log_segment_bytes{labels}"));
+        (labels, rolls, size)
+    }) {
+        Some((labels, rolls, Some(size))) if rolls * 60.0 / f.seconds.max(1e-9) > 6.0 => out
+            .push(advice(
                 Verdict::Change,
                 "log segments",
                 format!(
@@ -357,22 +370,23 @@ pub fn suggest(f: &Figures) -> Vec<Advice> {
                     mib(size as u64 * 4)
                 ),
                 format!(
-                    "{rolls:.0} segment rolls in {:.0} s (> 6 a minute): each roll fsyncs and opens a file",
-                    f.seconds
+                    "{rolls:.0} segment rolls in {:.0} s (> 6 a minute) on {}: each roll fsyncs and opens a file",
+                    f.seconds,
+                    if labels.is_empty() { "the stream" } else { labels }
                 ),
-            ))
-        }
-        (Some(rolls), _) => out.push(advice(
+            )),
+        Some((_, rolls, _)) => out.push(advice(
             Verdict::Ok,
             "log segments",
             "no change".into(),
-            format!("{rolls:.0} segment rolls in {:.0} s", f.seconds),
+            format!("at most {rolls:.0} segment rolls per stream in {:.0} s", f.seconds),
         )),
-        (None, _) => out.push(advice(
+        None => out.push(advice(
             Verdict::Unknown,
             "log segments",
             "cannot judge the segment size".into(),
-            "the daemon does not export duraplane_log_segment_rolls_total yet".into(),
+            "no cluster:// stream is open on this node (no duraplane_log_segment_rolls_total)"
+                .into(),
         )),
     }
 
@@ -730,10 +744,18 @@ mod tests {
         f.max_pending = Some(100);
         f.metrics
             .insert("duraplane_replication_pending_max".into(), 95.0);
+        let quiet = "{stream=\"/var/log/duraplane/reject.cluster\"}";
+        let busy = "{stream=\"/var/log/duraplane/main.cluster\"}";
+        f.metrics.insert(
+            format!("duraplane_log_segment_bytes{busy}"),
+            16.0 * 1048576.0,
+        );
         f.metrics
-            .insert("duraplane_log_segment_bytes".into(), 16.0 * 1048576.0);
+            .insert(format!("duraplane_log_segment_bytes{quiet}"), 1048576.0);
         f.metrics_window
-            .insert("duraplane_log_segment_rolls_total".into(), 5.0);
+            .insert(format!("duraplane_log_segment_rolls_total{busy}"), 5.0);
+        f.metrics_window
+            .insert(format!("duraplane_log_segment_rolls_total{quiet}"), 1.0);
         f.metrics
             .insert("duraplane_engine_uring_in_flight_max".into(), 250.0);
         f.metrics
@@ -749,6 +771,7 @@ mod tests {
         let l = find(&a, "log segments")[0];
         assert_eq!(l.verdict, Verdict::Change);
         assert!(l.text.contains("16.0 MiB to 64.0 MiB"), "{}", l.text);
+        assert!(l.reason.contains("main.cluster"), "{}", l.reason);
         let e = find(&a, "io_uring");
         assert_eq!(e[0].verdict, Verdict::Change);
         assert!(e.iter().any(
