@@ -7,7 +7,7 @@
 //! Local socket protocol and record format: `docs/logs.md` ("Local appends").
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     io::{self, Read, Write},
     os::unix::{fs::PermissionsExt, net::UnixListener, net::UnixStream},
@@ -609,12 +609,24 @@ impl LogDaemon {
             .register_collector(Box::new(LogCollector(self.shared.clone())));
         let h = self.handle.clone();
         let sock = self.socket.clone();
+        let streams = self.shared.clone();
         services.info.set_section(
             "logs",
             Arc::new(move || {
                 let c = h.counters();
+                // How commits reach the disk (DURAPLANE_LOG_IO), as the open streams use it.
+                let io: BTreeSet<&str> = read_streams(&streams)
+                    .by_path
+                    .values()
+                    .map(|s| s.io_path().as_str())
+                    .collect();
+                let io = if io.is_empty() {
+                    "none open".to_owned()
+                } else {
+                    io.into_iter().collect::<Vec<_>>().join("+")
+                };
                 format!(
-                    "Logs: {} published; local socket {}\nLog service: {} subscriptions, {} records sent, {} checkpoints, {} malformed requests, {} refused; own lines dropped {}",
+                    "Logs: {} published; local socket {}; commits {io}\nLog service: {} subscriptions, {} records sent, {} checkpoints, {} malformed requests, {} refused; own lines dropped {}",
                     h.logs().len(),
                     lock(&sock)
                         .as_ref()
