@@ -4,163 +4,78 @@
 //! daemon's slot is excluded and readmitted, a crashed daemon's slot is dropped, and a
 //! restarted daemon resyncs (with the counts its new program has: none of the old flows).
 
-use std::{
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    time::{Duration, Instant},
-};
+mod cluster_support;
 
-use duraplane::testbed::{
-    Testbed,
-    corosync::{CorosyncCluster, CorosyncTiming},
-    daemons::DaemonNode,
-};
+use std::net::TcpStream;
+
+use cluster_support::{Cluster, wait_until};
 use nix::sys::signal::Signal;
-use socket2::{Domain, SockAddr, Socket, Type};
 
-const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 const NET: &str = "198.51.100.0/24";
 /// The cluster-wide limit of NET.
 const K: u64 = 4;
 
-fn config(i: usize, socket: &Path, key: &Path) -> String {
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1{i}:4802" {{}}
-}}
-cluster {{
-  nodename = "node{i}"
-  nodeaddr = "192.0.2.1{i}"
-  heartbeats_per_sec = 10
-  heartbeat_start_delay = 0
-  Replicate "inbound_cidr" {{}}
-}}
-duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-  interfaces = ( "eth0" )
-  ports = ( 25 )
-  poll_interval = "20ms"
-  cluster_key_file = "{}"
-  Netblock "{NET}" {{
-    max_connections = {K}
-    action = "drop"
-  }}
-}}
-"#,
-        socket.display(),
-        key.display()
-    )
+fn wait(what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, 30, f)
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ask(n: &DaemonNode, cmd: &str) -> String {
-    n.console(Path::new(BIN), cmd)
-        .unwrap_or_else(|e| panic!("{cmd} on {}: {e}", n.host))
-}
-
-/// The `current` column of `inbound show` for NET.
-fn current(n: &DaemonNode) -> Option<u64> {
-    ask(n, "inbound show")
+/// The `current` column of `inbound show` for NET on node `i`.
+fn current(c: &Cluster, i: usize) -> Option<u64> {
+    c.ask(i, "inbound show")
         .lines()
         .find(|l| l.split_whitespace().next() == Some(NET))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
 
-fn dropped(n: &DaemonNode) -> Option<u64> {
-    ask(n, "inbound show")
+fn dropped(c: &Cluster, i: usize) -> Option<u64> {
+    c.ask(i, "inbound show")
         .lines()
         .find(|l| l.split_whitespace().next() == Some(NET))
         .and_then(|l| l.split_whitespace().nth(3))
         .and_then(|v| v.parse().ok())
 }
 
-fn all_show(nodes: &[&DaemonNode], want: u64, what: &str) {
-    for n in nodes {
-        wait_until(&format!("{what}: {} shows {want}", n.host), || {
-            current(n) == Some(want)
+fn all_show(c: &Cluster, nodes: &[usize], want: u64, what: &str) {
+    for &i in nodes {
+        wait(&format!("{what}: node{} shows {want}", i + 1), || {
+            current(c, i) == Some(want)
         });
     }
 }
 
-/// Connects from `src` (in the client namespace) to node `i`'s port 25.
-fn connect(tb: &Testbed, src: &str, i: usize) -> std::io::Result<TcpStream> {
-    let src: IpAddr = src.parse().expect("ip");
-    let dst = SocketAddr::new(IpAddr::from([192, 0, 2, 10 + i as u8]), 25);
-    tb.run_in("client", move || {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
-        s.connect_timeout(&SockAddr::from(dst), Duration::from_millis(1500))?;
-        Ok(s.into())
-    })
-    .expect("netns")
+/// Connects from `src` (in the client namespace) to node `i`'s (0-based) port 25.
+fn connect(c: &Cluster, src: &str, i: usize) -> std::io::Result<TcpStream> {
+    c.connect_from("client", src, i, 25)
 }
 
 #[test]
 fn counts_are_cluster_wide_enforced_everywhere_and_follow_the_view() {
-    let mut tb = Testbed::new().expect("testbed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = CorosyncCluster::start(
-        &mut tb,
-        3,
-        dir.path().to_path_buf(),
-        CorosyncTiming::default(),
-    )
-    .expect("corosync");
-    tb.add_host("client").expect("client");
-    let cif = tb
-        .attach(
-            "client",
-            &["198.51.100.10/24", "198.51.100.11/24", "198.51.100.12/24"],
-        )
-        .expect("client on the bridge");
-    tb.add_route("client", "192.0.2.0/24", &cif, None)
-        .expect("route");
-    let key = dir.path().join("cluster.key");
-    std::fs::write(&key, "replication-test-key-0123456789abcdef\n").expect("key");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600");
-    let mut listeners: Vec<TcpListener> = Vec::new();
-    for i in 1..=3 {
-        let host = cluster.host(i - 1).to_owned();
-        tb.add_route(&host, NET, "eth0", None).expect("route");
-        let l = tb
-            .run_in(&host, move || {
-                TcpListener::bind(SocketAddr::new(IpAddr::from([192, 0, 2, 10 + i as u8]), 25))
-            })
-            .expect("netns")
-            .expect("listen :25");
-        listeners.push(l);
-    }
-    let mut nodes: Vec<DaemonNode> = (1..=3)
-        .map(|i| {
-            let socket = dir.path().join(format!("node{i}.sock"));
-            DaemonNode::start(
-                &tb,
-                Path::new(BIN),
-                cluster.host(i - 1),
-                dir.path(),
-                socket.clone(),
-                &config(i, &socket, &key),
+    let mut c = Cluster::builder(3)
+        .key("replication-test-key-0123456789abcdef")
+        .cluster(|_| "Replicate \"inbound_cidr\" {}\n".to_owned())
+        .duraplane(|_| {
+            format!(
+                r#"interfaces = ( "eth0" )
+ports = ( 25 )
+poll_interval = "20ms"
+Netblock "{NET}" {{
+  max_connections = {K}
+  action = "drop"
+}}
+"#
             )
-            .expect("daemon")
         })
-        .collect();
-    for n in &nodes {
-        wait_until("replication linked to both peers", || {
-            let info = ask(n, "cluster info");
-            info.matches("(linked, live").count() == 2
-        });
-    }
-    let list = ask(&nodes[0], "cluster shared list");
+        .up();
+    c.add_client(
+        "client",
+        &["198.51.100.10/24", "198.51.100.11/24", "198.51.100.12/24"],
+    );
+    c.route_on_nodes(NET);
+    let listeners = c.listen_on_nodes(25);
+    c.start_daemons();
+    c.wait_linked(2);
+    let list = c.ask(0, "cluster shared list");
     assert_eq!(
         list,
         "Currently managed objects:\n                  inbound_cidr [lazy, cidrtree w/ snapshots]\n",
@@ -170,12 +85,12 @@ fn counts_are_cluster_wide_enforced_everywhere_and_follow_the_view() {
     // Two connections to node1 (from .10 and .11), one to node2 (from .10): every node
     // shows the cluster-wide 3.
     let mut held = vec![
-        connect(&tb, "198.51.100.10", 1).expect("conn"),
-        connect(&tb, "198.51.100.11", 1).expect("conn"),
-        connect(&tb, "198.51.100.10", 2).expect("conn"),
+        connect(&c, "198.51.100.10", 0).expect("conn"),
+        connect(&c, "198.51.100.11", 0).expect("conn"),
+        connect(&c, "198.51.100.10", 1).expect("conn"),
     ];
-    all_show(&[&nodes[0], &nodes[1], &nodes[2]], 3, "cluster-wide count");
-    let global = ask(&nodes[2], "cluster shared show inbound_cidr");
+    all_show(&c, &[0, 1, 2], 3, "cluster-wide count");
+    let global = c.ask(2, "cluster shared show inbound_cidr");
     assert!(
         global.starts_with("lazy, snapped cidrtree 'inbound_cidr', view 'global'\n"),
         "{global}"
@@ -188,7 +103,7 @@ fn counts_are_cluster_wide_enforced_everywhere_and_follow_the_view() {
         global.contains(&format!("{:>7}{:25}198.51.100.11/32\n", 1, "")),
         "{global}"
     );
-    let from1 = ask(&nodes[2], "cluster shared show inbound_cidr from node1");
+    let from1 = c.ask(2, "cluster shared show inbound_cidr from node1");
     let first = from1.lines().next().unwrap_or_default();
     assert!(
         first.starts_with("lazy, snapped cidrtree 'inbound_cidr', view '#1-")
@@ -200,88 +115,69 @@ fn counts_are_cluster_wide_enforced_everywhere_and_follow_the_view() {
         "{from1}"
     );
     assert!(
-        nodes[2]
-            .console(
-                Path::new(BIN),
-                "cluster shared show inbound_cidr from nobody"
-            )
+        c.console(2, "cluster shared show inbound_cidr from nobody")
             .is_err()
     );
 
     // K spread over two nodes; the K+1th to the third node is dropped at its NIC.
-    held.push(connect(&tb, "198.51.100.12", 2).expect("4th conn (at the limit)"));
-    all_show(&[&nodes[0], &nodes[1], &nodes[2]], K, "at the limit");
-    let before = dropped(&nodes[2]).unwrap_or(0);
+    held.push(connect(&c, "198.51.100.12", 1).expect("4th conn (at the limit)"));
+    all_show(&c, &[0, 1, 2], K, "at the limit");
+    let before = dropped(&c, 2).unwrap_or(0);
     assert!(
-        connect(&tb, "198.51.100.12", 3).is_err(),
+        connect(&c, "198.51.100.12", 2).is_err(),
         "the K+1th connection to node3 must fail"
     );
     assert!(
-        dropped(&nodes[2]).unwrap_or(0) > before,
+        dropped(&c, 2).unwrap_or(0) > before,
         "dropped at node3's NIC"
     );
-    assert_eq!(current(&nodes[2]), Some(K));
+    assert_eq!(current(&c, 2), Some(K));
 
     // SIGSTOP node2's daemon: its 2 connections are excluded while it is hung, then
     // readmitted (its slot was kept, not dropped).
-    nodes[1].signal(Signal::SIGSTOP).expect("stop");
-    all_show(&[&nodes[0], &nodes[2]], 2, "node2 hung");
-    nodes[1].signal(Signal::SIGCONT).expect("cont");
-    all_show(&[&nodes[0], &nodes[2]], K, "node2 readmitted");
+    c.signal(1, Signal::SIGSTOP);
+    all_show(&c, &[0, 2], 2, "node2 hung");
+    c.signal(1, Signal::SIGCONT);
+    all_show(&c, &[0, 2], K, "node2 readmitted");
 
     // kill -9 of node1's daemon: its slot is dropped everywhere at the view change.
-    nodes[0].kill();
-    all_show(&[&nodes[1], &nodes[2]], 2, "node1 crashed");
+    c.kill(0);
+    all_show(&c, &[1, 2], 2, "node1 crashed");
     assert!(
-        ask(&nodes[2], "cluster info").contains("1 slots dropped"),
+        c.ask(2, "cluster info").contains("1 slots dropped"),
         "{}",
-        ask(&nodes[2], "cluster info")
+        c.ask(2, "cluster info")
     );
-    let global = ask(&nodes[2], "cluster shared show inbound_cidr");
+    let global = c.ask(2, "cluster shared show inbound_cidr");
     assert!(!global.contains("198.51.100.11/32"), "{global}");
 
     // node1 restarts: its XDP maps were not pinned, so its old flows died with it and its
     // new program counts 0 of them; it resyncs the others' slots (2) and sends its own.
-    nodes[0].restart(&tb, Path::new(BIN)).expect("restart");
-    wait_until("node1 resynced", || current(&nodes[0]) == Some(2));
-    for n in &nodes {
-        wait_until("node1 linked again", || {
-            ask(n, "cluster info").matches("(linked, live").count() == 2
-        });
-    }
-    let from1 = ask(&nodes[1], "cluster shared show inbound_cidr from node1");
+    c.restart(0);
+    wait("node1 resynced", || current(&c, 0) == Some(2));
+    c.wait_linked(2);
+    let from1 = c.ask(1, "cluster shared show inbound_cidr from node1");
     assert_eq!(
         from1.lines().count(),
         1,
         "node1's new slot is empty: {from1}"
     );
     // A new connection to node1 is counted cluster-wide again.
-    held.push(connect(&tb, "198.51.100.11", 1).expect("conn after restart"));
-    all_show(&[&nodes[0], &nodes[1], &nodes[2]], 3, "after restart");
+    held.push(connect(&c, "198.51.100.11", 0).expect("conn after restart"));
+    all_show(&c, &[0, 1, 2], 3, "after restart");
 
     // Partition: node2's link to the bridge goes down (a whole-node fault, detected by
     // corosync's token timeout). Each side drops the other's slot: node1 and node3 count
     // only node1's connection; node2, alone and without quorum, only its own two.
-    let br = tb.bridge().expect("bridge namespace");
-    let port2 = "p1"; // bridge ports are numbered in attach order: node1 p0, node2 p1, …
-    tb_link(&br, port2, "down");
-    all_show(&[&nodes[0], &nodes[2]], 1, "node2 partitioned away");
-    all_show(&[&nodes[1]], 2, "node2 alone");
-    wait_until("node2 without quorum", || {
-        ask(&nodes[1], "cluster info").contains("Quorum: NOT quorate")
+    c.set_port(1, false);
+    all_show(&c, &[0, 2], 1, "node2 partitioned away");
+    all_show(&c, &[1], 2, "node2 alone");
+    wait("node2 without quorum", || {
+        c.ask(1, "cluster info").contains("Quorum: NOT quorate")
     });
     // Heal: the views merge and every slot is back everywhere.
-    tb_link(&br, port2, "up");
-    all_show(&[&nodes[0], &nodes[1], &nodes[2]], 3, "partition healed");
+    c.set_port(1, true);
+    all_show(&c, &[0, 1, 2], 3, "partition healed");
     drop(held);
     drop(listeners);
-}
-
-/// `ip link set PORT up|down` inside the bridge's namespace.
-fn tb_link(bridge_ns: &str, port: &str, state: &str) {
-    let st = std::process::Command::new("ip")
-        .args(["-n", bridge_ns, "link", "set", port, state])
-        .status()
-        .expect("ip");
-    assert!(st.success(), "ip link set {port} {state}");
 }
