@@ -26,7 +26,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 
 /// Text added to one scope of node `i`'s (0-based) configuration; lines are indented
 /// for the scope they go into.
-pub type Hook = Box<dyn Fn(usize) -> String>;
+pub type Hook = Box<dyn Fn(usize) -> String + Send + Sync>;
 
 /// Polls `f` every 50 ms until it holds; panics naming `what` after `secs` seconds.
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -117,17 +117,17 @@ impl ClusterBuilder {
         self
     }
 
-    pub fn cluster(mut self, f: impl Fn(usize) -> String + 'static) -> Self {
+    pub fn cluster(mut self, f: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
         self.cluster = Box::new(f);
         self
     }
 
-    pub fn top(mut self, f: impl Fn(usize) -> String + 'static) -> Self {
+    pub fn top(mut self, f: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
         self.top = Box::new(f);
         self
     }
 
-    pub fn duraplane(mut self, f: impl Fn(usize) -> String + 'static) -> Self {
+    pub fn duraplane(mut self, f: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
         self.duraplane = Box::new(f);
         self
     }
