@@ -19,7 +19,7 @@ use std::{
 
 use rust_corosync::{CsError, DispatchFlags, NodeId, cpg as rcpg, quorum as rq};
 
-use super::{BusEvent, LeaveReason, MemberId};
+use super::{BusEvent, LeaveReason, MemberId, RingId};
 
 /// Requests from [`Bus`](super::Bus) to the bus thread.
 pub(super) enum Outgoing {
@@ -100,11 +100,49 @@ fn confchg_cb(
     );
 }
 
-fn quorum_cb(h: &rq::Handle, quorate: bool, _ring: rq::RingId, nodes: Vec<NodeId>) {
+/// The group whose connection reports totem ring changes, per context (the callback only
+/// gets the handle, and only the cluster group's handle registers it).
+static RING_GROUP: LazyLock<Mutex<HashMap<u64, String>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn totem_cb(h: &rcpg::Handle, ring: rcpg::RingId, nodes: Vec<NodeId>) {
+    let Ok(ctx) = rcpg::context_get(h) else {
+        return;
+    };
+    let Some(group) = RING_GROUP.lock().ok().and_then(|g| g.get(&ctx).cloned()) else {
+        return;
+    };
+    let mut nodes: Vec<u32> = nodes.into_iter().map(u32::from).collect();
+    nodes.sort_unstable();
+    route(
+        ctx,
+        BusEvent::Ring {
+            group,
+            ring: RingId {
+                seq: ring.seq,
+                rep: u32::from(ring.nodeid),
+            },
+            nodes,
+        },
+    );
+}
+
+fn quorum_cb(h: &rq::Handle, quorate: bool, ring: rq::RingId, nodes: Vec<NodeId>) {
     if let Ok(ctx) = rq::context_get(h) {
         let mut nodes: Vec<u32> = nodes.into_iter().map(u32::from).collect();
         nodes.sort_unstable();
-        route(ctx, BusEvent::Quorum { quorate, nodes });
+        let ring = RingId {
+            seq: ring.seq,
+            rep: u32::from(ring.nodeid),
+        };
+        route(
+            ctx,
+            BusEvent::Quorum {
+                quorate,
+                ring: Some(ring),
+                nodes,
+            },
+        );
     }
 }
 
@@ -115,19 +153,28 @@ struct Connection {
 }
 
 fn connect(groups: &[String], ctx: u64) -> Result<(Connection, u32), String> {
-    let model = rcpg::ModelData::ModelV1(rcpg::Model1Data {
-        flags: rcpg::Model1Flags::None,
-        deliver_fn: Some(deliver_cb),
-        confchg_fn: Some(confchg_cb),
-        totem_confchg_fn: None,
-    });
+    // Only the cluster group's connection reports totem ring changes: they pair its views
+    // with the quorum verdicts (DuraVIP), and ordering only holds within one connection.
+    // rust-corosync 3.2.0 passes no model flags, so CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF
+    // is unavailable: the first ring id arrives with the first ring change after joining.
+    let model_for = |ring: bool| {
+        rcpg::ModelData::ModelV1(rcpg::Model1Data {
+            flags: rcpg::Model1Flags::None,
+            deliver_fn: Some(deliver_cb),
+            confchg_fn: Some(confchg_cb),
+            totem_confchg_fn: if ring { Some(totem_cb) } else { None },
+        })
+    };
+    if let (Some(g), Ok(mut rg)) = (groups.first(), RING_GROUP.lock()) {
+        rg.insert(ctx, g.clone());
+    }
     let mut conn = Connection {
         groups: Vec::new(),
         quorum: None,
     };
     let mut nodeid = 0;
-    for g in groups {
-        let h = rcpg::initialize(&model, ctx)
+    for (i, g) in groups.iter().enumerate() {
+        let h = rcpg::initialize(&model_for(i == 0), ctx)
             .map_err(|e| format!("cpg initialize: {e} (is corosync running?)"))?;
         rcpg::context_set(&h, ctx).map_err(|e| format!("cpg context_set: {e}"))?;
         nodeid = rcpg::local_get(&h)
@@ -142,6 +189,7 @@ fn connect(groups: &[String], ctx: u64) -> Result<(Connection, u32), String> {
         nodelist_notification_fn: None,
     });
     // Quorum is optional (corosync without votequorum): the bus works without it.
+    // Tracking changes also delivers the current state (with its ring id) at once.
     if let Ok((qh, _)) = rq::initialize(&qmodel, ctx)
         && rq::context_set(&qh, ctx).is_ok()
         && rq::trackstart(&qh, rust_corosync::TrackFlags::Changes).is_ok()
@@ -151,6 +199,7 @@ fn connect(groups: &[String], ctx: u64) -> Result<(Connection, u32), String> {
                 ctx,
                 BusEvent::Quorum {
                     quorate: q,
+                    ring: None,
                     nodes: Vec::new(),
                 },
             );
@@ -337,9 +386,7 @@ pub(super) fn run(
                     tracing::debug!(%group, "bus: disconnected, message dropped");
                 }
                 Ok(Outgoing::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    if let Ok(mut r) = ROUTES.lock() {
-                        r.remove(&ctx);
-                    }
+                    forget(ctx);
                     return;
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
@@ -347,7 +394,15 @@ pub(super) fn run(
         }
         pending.clear();
     }
+    forget(ctx);
+}
+
+/// Drops the bus's routes when its thread ends.
+fn forget(ctx: u64) {
     if let Ok(mut r) = ROUTES.lock() {
+        r.remove(&ctx);
+    }
+    if let Ok(mut r) = RING_GROUP.lock() {
         r.remove(&ctx);
     }
 }

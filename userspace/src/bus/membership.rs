@@ -23,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{BusEvent, MemberId};
+use super::{BusEvent, LeaveReason, MemberId, RingId};
 
 /// Heartbeat intervals a member may miss before it is considered hung…
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -146,6 +146,13 @@ pub struct Membership {
     connected: bool,
     disconnected_reason: Option<String>,
     quorate: Option<bool>,
+    /// The ring the quorum flag is about (`None` until corosync names one).
+    quorum_ring: Option<RingId>,
+    /// The latest totem ring seen on the `cluster_group` connection.
+    ring: Option<RingId>,
+    /// A `cluster_group` view lost a node (not just a daemon) since that ring: corosync
+    /// delivers a ring change's views before its ring, so this view's ring is still to come.
+    ring_pending: bool,
     views: BTreeMap<String, Vec<MemberId>>,
     announces: HashMap<MemberId, Announce>,
     last_heartbeat: HashMap<MemberId, Instant>,
@@ -166,6 +173,9 @@ impl Membership {
             connected: false,
             disconnected_reason: None,
             quorate: None,
+            quorum_ring: None,
+            ring: None,
+            ring_pending: false,
             views: BTreeMap::new(),
             announces: HashMap::new(),
             last_heartbeat: HashMap::new(),
@@ -196,11 +206,26 @@ impl Membership {
                 self.announces.clear();
                 self.last_heartbeat.clear();
                 self.quorate = None;
+                self.quorum_ring = None;
+                self.ring = None;
+                self.ring_pending = false;
                 self.view_changed = now;
                 false
             }
-            BusEvent::Quorum { quorate, .. } => {
+            BusEvent::Quorum { quorate, ring, .. } => {
                 self.quorate = Some(*quorate);
+                // A verdict without a ring id (the first `getquorate`) keeps the ring of
+                // the previous one: it is about the same state until corosync says more.
+                if ring.is_some() {
+                    self.quorum_ring = *ring;
+                }
+                false
+            }
+            BusEvent::Ring { group, ring, .. } => {
+                if *group == self.cluster_group {
+                    self.ring = Some(*ring);
+                    self.ring_pending = false;
+                }
                 false
             }
             BusEvent::View {
@@ -231,6 +256,9 @@ impl Membership {
                 }
                 self.views.insert(group.clone(), members.clone());
                 if *group == self.cluster_group {
+                    if left.iter().any(|(_, r)| *r == LeaveReason::NodeDown) {
+                        self.ring_pending = true;
+                    }
                     self.bus_progress = now;
                     self.view_changed = now;
                     self.views_seen += 1;
@@ -329,6 +357,23 @@ impl Membership {
         self.quorate
     }
 
+    /// The ring id the quorum flag is about (`None` until corosync named one).
+    pub fn quorum_ring(&self) -> Option<RingId> {
+        self.quorum_ring
+    }
+
+    /// The latest totem ring id seen on the `cluster_group` connection: corosync delivers
+    /// it after that ring change's views, so the current view belongs to it.
+    pub fn ring(&self) -> Option<RingId> {
+        self.ring
+    }
+
+    /// Whether the current `cluster_group` view lost a node since [`Self::ring`]: it belongs
+    /// to a ring corosync has not named yet (its totem ring follows on the connection).
+    pub fn ring_pending(&self) -> bool {
+        self.ring_pending
+    }
+
     /// How long the `cluster_group` view has been unchanged.
     pub fn view_age(&self, now: Instant) -> Duration {
         now.duration_since(self.view_changed)
@@ -392,7 +437,6 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::LeaveReason;
 
     const G: &str = "ec_cluster";
 
@@ -589,12 +633,24 @@ mod tests {
         ms.on_event(
             &BusEvent::Quorum {
                 quorate: true,
+                ring: Some(RingId { seq: 8, rep: 1 }),
+                nodes: vec![1, 2],
+            },
+            101,
+            t0,
+        );
+        ms.on_event(
+            &BusEvent::Ring {
+                group: G.into(),
+                ring: RingId { seq: 8, rep: 1 },
                 nodes: vec![1, 2],
             },
             101,
             t0,
         );
         assert_eq!(ms.quorate(), Some(true));
+        assert_eq!(ms.ring(), Some(RingId { seq: 8, rep: 1 }));
+        assert_eq!(ms.quorum_ring(), ms.ring());
         ms.on_event(
             &BusEvent::Disconnected {
                 reason: "gone".into(),
@@ -605,8 +661,60 @@ mod tests {
         assert!(!ms.connected());
         assert!(ms.cluster_view().is_empty());
         assert_eq!(ms.quorate(), None);
+        assert_eq!((ms.ring(), ms.quorum_ring()), (None, None));
         assert_eq!(ms.leader(t0), None);
         assert!(ms.render(t0).contains("not connected"));
+    }
+
+    fn ring(group: &str, seq: u64) -> BusEvent {
+        BusEvent::Ring {
+            group: group.into(),
+            ring: RingId { seq, rep: 1 },
+            nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_node_lost_leaves_the_view_waiting_for_its_ring_a_daemon_leaving_does_not() {
+        let t0 = Instant::now();
+        let mut ms = Membership::new(G, policy(), t0);
+        ms.on_event(&BusEvent::Connected { nodeid: 1 }, 101, t0);
+        ms.on_event(&view(&[1, 2, 3], &[]), 101, t0);
+        ms.on_event(&ring(G, 4), 101, t0);
+        assert_eq!(ms.ring(), Some(RingId { seq: 4, rep: 1 }));
+        assert!(!ms.ring_pending());
+        // A daemon killed (its corosync lives): no ring change follows.
+        let killed = BusEvent::View {
+            group: G.into(),
+            members: vec![m(1), m(2)],
+            joined: Vec::new(),
+            left: vec![(m(3), LeaveReason::ProcDown)],
+        };
+        ms.on_event(&killed, 101, t0);
+        assert!(!ms.ring_pending());
+        // A node lost: its view comes first, then the ring on the same connection.
+        ms.on_event(&view(&[1], &[2]), 101, t0);
+        assert!(ms.ring_pending());
+        // Another group's ring is not this connection's.
+        ms.on_event(&ring("ec_console", 5), 101, t0);
+        assert!(ms.ring_pending());
+        ms.on_event(&ring(G, 5), 101, t0);
+        assert!(!ms.ring_pending());
+        assert_eq!(ms.ring(), Some(RingId { seq: 5, rep: 1 }));
+        // A verdict without a ring id keeps the previous one's ring.
+        for (q, r) in [(true, Some(RingId { seq: 5, rep: 1 })), (false, None)] {
+            ms.on_event(
+                &BusEvent::Quorum {
+                    quorate: q,
+                    ring: r,
+                    nodes: Vec::new(),
+                },
+                101,
+                t0,
+            );
+        }
+        assert_eq!(ms.quorate(), Some(false));
+        assert_eq!(ms.quorum_ring(), Some(RingId { seq: 5, rep: 1 }));
     }
 
     #[test]

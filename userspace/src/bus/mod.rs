@@ -40,6 +40,25 @@ impl fmt::Display for MemberId {
     }
 }
 
+/// Corosync's totem ring id: names one ring configuration. A new one is formed on every
+/// ring change (a node lost or joined, a partition, a heal); a daemon leaving its group
+/// while its corosync lives is *not* a ring change. CPG (totem confchg) and the quorum
+/// service tag what they report with it, which is how the two notifications of one ring
+/// change are paired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RingId {
+    /// The ring sequence number (grows with every ring formed).
+    pub seq: u64,
+    /// The node id of the ring's representative.
+    pub rep: u32,
+}
+
+impl fmt::Display for RingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.rep, self.seq)
+    }
+}
+
 /// Why a member left a group, as Corosync reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveReason {
@@ -70,8 +89,21 @@ pub enum BusEvent {
         from: MemberId,
         payload: Vec<u8>,
     },
-    /// Corosync's quorum state changed (or was first read).
-    Quorum { quorate: bool, nodes: Vec<u32> },
+    /// A totem ring configuration, as seen on `group`'s CPG connection (only the
+    /// cluster group's connection reports them). Corosync delivers it after the group
+    /// views of the same ring change, so once it is here the view is the ring's.
+    Ring {
+        group: String,
+        ring: RingId,
+        nodes: Vec<u32>,
+    },
+    /// Corosync's quorum state changed (or was first read); `ring` is the ring the
+    /// verdict is about (`None` when corosync did not say, e.g. a plain `getquorate`).
+    Quorum {
+        quorate: bool,
+        ring: Option<RingId>,
+        nodes: Vec<u32>,
+    },
     /// Lost (or could not reach) the local corosync; retrying.
     Disconnected { reason: String },
 }

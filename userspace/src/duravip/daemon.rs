@@ -35,7 +35,7 @@ use super::{
 use crate::{
     bpf::{AnnounceMethod, AttachedMode},
     bus::{
-        BusService, ClusterHandle, ClusterNotice, MemberId,
+        BusService, ClusterHandle, ClusterNotice, MemberId, RingId,
         membership::{AnnouncedVip, BusMessage},
     },
     config::{Config, model::Topology},
@@ -383,6 +383,7 @@ struct Snapshot {
     live: Vec<(MemberId, String, Vec<AnnouncedVip>)>,
     leader: Option<MemberId>,
     view_age: Duration,
+    rings: Rings,
 }
 
 fn snapshot(h: &ClusterHandle, now: Instant) -> Snapshot {
@@ -405,6 +406,12 @@ fn snapshot(h: &ClusterHandle, now: Instant) -> Snapshot {
             live,
             leader: ms.leader(now),
             view_age: ms.view_age(now),
+            rings: Rings {
+                ring: ms.ring(),
+                pending: ms.ring_pending(),
+                quorum_ring: ms.quorum_ring(),
+                has_quorum: ms.quorate().is_some(),
+            },
         }
     })
 }
@@ -438,76 +445,78 @@ struct Worker {
     next_pace: Instant,
     /// The latest `assign` input and answer (recomputed only when the input changes).
     last_assign: Option<(AssignInput, Assignment)>,
-    /// Whether the view and the quorum flag may still disagree (take nothing new).
-    skew: SkewGuard,
+    /// Whether the view and the quorum verdict are about the same ring (else take nothing new).
+    pairing: RingPairing,
 }
 
-/// Corosync reports one ring change twice, through two services: the CPG view (on the
-/// group's connection) and the quorum verdict (on the quorum connection), in either
-/// order, milliseconds apart. In between, the view and the quorum flag disagree: a node
-/// cut off from a three-node ring sees the view {itself} while still flagged quorate (it
-/// took every VIP for a few ms while the others held them); when a partition heals it can
-/// be flagged quorate while its view is still {itself}. A hold waits for the other half.
-/// Only a view keeping less than half of the previous nodes is held: a daemon kill (no
-/// ring change, no quorum notification) must fail over at once.
-#[derive(Debug, Clone, Copy)]
-struct SkewHold {
-    /// The view kept less than half of the previous view's nodes: wait for the quorum flag
-    /// to change (or a newer view). Otherwise quorum came back: wait for a new view.
-    minority_view: bool,
-    quorate: bool,
-    /// Either notification may be all there is (a minority that stays quorate by corosync's
-    /// rules; quorum regained with no daemon joining): then proceed.
-    until: Instant,
+/// How long the view and the quorum verdict may stay unpaired before DuraVIP trusts the
+/// quorum flag anyway (and warns): corosync always sends both within milliseconds, so this
+/// only guards against a ring id that never comes (a corosync that does not send it).
+const RING_WAIT: Duration = Duration::from_secs(5);
+
+/// What the membership knows about rings, read under one lock with the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Rings {
+    /// The latest totem ring on the cluster group's CPG connection.
+    ring: Option<RingId>,
+    /// The current view lost a node after that ring: its own ring is still to come.
+    pending: bool,
+    /// The ring the quorum flag is about.
+    quorum_ring: Option<RingId>,
+    /// Whether corosync runs a quorum service at all (else there is nothing to pair).
+    has_quorum: bool,
 }
 
-/// Follows the cluster view's node ids and the quorum flag (see [`SkewHold`]).
+impl Rings {
+    /// Whether the quorum flag is about the ring of the view being judged. Corosync reports
+    /// a ring change through two connections: on the CPG one the views, then the totem
+    /// ring; on the quorum one the verdict tagged with the same ring id; the two orders
+    /// interleave freely. Before the CPG connection named any ring (rust-corosync cannot
+    /// ask for the initial one) the view is taken to be of the quorum's ring. A daemon
+    /// leaving or dying is no ring change: the view changes, the rings stay paired.
+    fn paired(&self) -> bool {
+        !self.has_quorum || (!self.pending && self.ring.or(self.quorum_ring) == self.quorum_ring)
+    }
+}
+
+/// Pairs the view with the quorum verdict about the same ring (see [`Rings::paired`]).
+/// While they are unpaired this node takes nothing new; a verdict of "not quorate" still
+/// releases everything at once, whatever ring it is about.
 #[derive(Debug, Default)]
-struct SkewGuard {
-    view_nodes: BTreeSet<u32>,
-    quorate: Option<bool>,
-    hold: Option<SkewHold>,
+struct RingPairing {
+    /// Since when the view and the verdict have been unpaired.
+    unpaired_since: Option<Instant>,
+    warned: bool,
 }
 
-impl SkewGuard {
-    /// Whether the view (its node ids) and the quorum flag may describe different ring
-    /// changes; while they may, this node takes nothing new. A change of both seen at once
-    /// needs no hold; `wait` bounds a hold.
-    fn judge(&mut self, nodes: BTreeSet<u32>, quorate: bool, now: Instant, wait: Duration) -> bool {
-        let view_changed = nodes != self.view_nodes;
-        let quorum_changed = self.quorate.is_some_and(|q| q != quorate);
-        if view_changed {
-            // A newer view: whatever we waited for has moved on; judge this one.
-            self.hold = None;
-            let kept = nodes.intersection(&self.view_nodes).count();
-            if kept * 2 < self.view_nodes.len() && !quorum_changed {
-                self.hold = Some(SkewHold {
-                    minority_view: true,
-                    quorate,
-                    until: now + wait,
-                });
-            }
-            self.view_nodes = nodes;
-        } else if quorum_changed && quorate {
-            self.hold = Some(SkewHold {
-                minority_view: false,
-                quorate: true,
-                until: now + wait,
-            });
-        }
-        self.quorate = Some(quorate);
-        let Some(h) = self.hold else {
-            return false;
-        };
-        if now >= h.until || (h.minority_view && quorate != h.quorate) {
-            self.hold = None;
+impl RingPairing {
+    /// Whether the quorum flag may not be trusted for the view (take nothing new). Only
+    /// after `wait` of being unpaired does the flag count anyway, with a warning.
+    fn judge(&mut self, rings: Rings, now: Instant, wait: Duration) -> bool {
+        if rings.paired() {
+            self.unpaired_since = None;
+            self.warned = false;
             return false;
         }
-        tracing::debug!(
-            ?h,
-            "DuraVIP: view and quorum not yet from the same ring change"
-        );
-        true
+        let since = *self.unpaired_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < wait {
+            tracing::debug!(
+                ?rings,
+                "DuraVIP: view and quorum verdict not yet about the same ring"
+            );
+            return true;
+        }
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                ring = ?rings.ring,
+                quorum_ring = ?rings.quorum_ring,
+                pending = rings.pending,
+                waited_ms = wait.as_millis() as u64,
+                "DuraVIP: corosync never paired the view with a quorum verdict; trusting the quorum flag as it is"
+            );
+        }
+        false
     }
 }
 
@@ -546,7 +555,7 @@ impl Worker {
             links: BTreeMap::new(),
             next_pace: now,
             last_assign: None,
-            skew: SkewGuard::default(),
+            pairing: RingPairing::default(),
             sh,
             plumber,
             notices,
@@ -776,12 +785,7 @@ impl Worker {
 
     fn step(&mut self, now: Instant) {
         let snap = snapshot(&self.sh.handle, now);
-        let skew = self.skew.judge(
-            snap.view.iter().map(|m| m.nodeid).collect(),
-            snap.quorate,
-            now,
-            self.sh.set.hb_timeout,
-        );
+        let skew = self.pairing.judge(snap.rings, now, RING_WAIT);
         self.prune_pins(&snap);
         self.claims.retain(|id, _| snap.view.contains(id));
         self.claim_owner.retain(|_, id| snap.view.contains(id));
@@ -1381,79 +1385,199 @@ fn nic_info(sh: &Shared) -> String {
 mod tests {
     use super::*;
 
-    const WAIT: Duration = Duration::from_millis(700);
+    const WAIT: Duration = RING_WAIT;
 
-    fn nodes(n: &[u32]) -> BTreeSet<u32> {
-        n.iter().copied().collect()
+    fn r(seq: u64) -> Option<RingId> {
+        Some(RingId { seq, rep: 1 })
     }
 
-    /// A guard that has seen a quorate three-node view.
-    fn three(t0: Instant) -> SkewGuard {
-        let mut g = SkewGuard::default();
-        assert!(!g.judge(nodes(&[1, 2, 3]), true, t0, WAIT));
-        g
+    /// The pairing as DuraVIP sees it while events arrive: a guard, a membership-like
+    /// state and the quorum flag. `step` returns (skew, quorate).
+    struct Sim {
+        g: RingPairing,
+        rings: Rings,
+        quorate: bool,
+        t: Instant,
+    }
+
+    impl Sim {
+        /// Connected to a quorate ring 4; the CPG connection named it (a ring change seen).
+        fn paired() -> Sim {
+            let mut s = Sim {
+                g: RingPairing::default(),
+                rings: Rings {
+                    ring: r(4),
+                    pending: false,
+                    quorum_ring: r(4),
+                    has_quorum: true,
+                },
+                quorate: true,
+                t: Instant::now(),
+            };
+            assert!(!s.skew());
+            s
+        }
+        fn skew(&mut self) -> bool {
+            self.t += Duration::from_millis(1);
+            self.g.judge(self.rings, self.t, WAIT)
+        }
+        /// A view that lost a node (corosync's NodeDown): its ring follows.
+        fn view_node_down(&mut self) -> bool {
+            self.rings.pending = true;
+            self.skew()
+        }
+        /// A view after a daemon's kill or leave, or a join: no ring change.
+        fn view_daemon(&mut self) -> bool {
+            self.skew()
+        }
+        fn ring(&mut self, seq: u64) -> bool {
+            self.rings.ring = r(seq);
+            self.rings.pending = false;
+            self.skew()
+        }
+        fn quorum(&mut self, q: bool, seq: u64) -> bool {
+            self.quorate = q;
+            self.rings.quorum_ring = r(seq);
+            self.skew()
+        }
     }
 
     #[test]
-    fn isolated_node_holds_until_quorum_is_lost_whatever_comes_first() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        // View {3} first, the quorum flag still says quorate: hold (this node took every
-        // VIP here), then quorum lost: no hold needed any more (nothing is quorate).
-        let mut g = three(t0);
-        assert!(g.judge(nodes(&[3]), true, ms(1), WAIT));
-        assert!(g.judge(nodes(&[3]), true, ms(5), WAIT));
-        assert!(!g.judge(nodes(&[3]), false, ms(6), WAIT));
-        // Quorum lost first, then the view: nothing to hold.
-        let mut g = three(t0);
-        assert!(!g.judge(nodes(&[1, 2, 3]), false, ms(1), WAIT));
-        // Both at once.
-        let mut g = three(t0);
-        assert!(!g.judge(nodes(&[3]), false, ms(1), WAIT));
-        // A minority that stays quorate (corosync said so): proceed after the wait.
-        let mut g = three(t0);
-        assert!(g.judge(nodes(&[3]), true, ms(1), WAIT));
-        assert!(!g.judge(nodes(&[3]), true, ms(1) + WAIT, WAIT));
+    fn view_then_ring_then_quorum() {
+        // What corosync 3.1.7 does (tests/duravip_ring.rs): isolated from a quorate ring,
+        // the view {me} comes first while the flag still says quorate: hold, until the
+        // verdict for the new ring.
+        let mut s = Sim::paired();
+        assert!(s.view_node_down(), "view without its ring: hold");
+        assert!(s.quorate, "…while the old verdict still says quorate");
+        assert!(s.ring(5), "ring 5 but the verdict is about ring 4: hold");
+        assert!(!s.quorum(false, 5), "paired: not quorate, release");
+        // The majority side: same order, stays quorate, proceeds once paired.
+        let mut s = Sim::paired();
+        assert!(s.view_node_down());
+        assert!(s.ring(5));
+        assert!(!s.quorum(true, 5));
     }
 
     #[test]
-    fn heal_holds_until_the_merged_view_whatever_comes_first() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        let isolated = |t| {
-            let mut g = three(t0);
-            g.judge(nodes(&[3]), false, t, WAIT);
-            g
+    fn quorum_before_view_and_ring() {
+        // The quorum connection may be read first: a verdict for a ring the CPG connection
+        // has not reported yet holds too, quorate or not.
+        let mut s = Sim::paired();
+        assert!(s.quorum(true, 5), "verdict for ring 5, view still ring 4's");
+        assert!(s.view_node_down());
+        assert!(!s.ring(5), "the view's ring arrived: paired");
+        let mut s = Sim::paired();
+        assert!(s.quorum(false, 5));
+        assert!(!s.quorate, "not quorate releases even while unpaired");
+        assert!(s.view_node_down());
+        assert!(!s.ring(5));
+        // A ring change no group member noticed (a node without a daemon left): no view,
+        // the ring alone pairs.
+        let mut s = Sim::paired();
+        assert!(s.quorum(true, 5));
+        assert!(!s.ring(5));
+    }
+
+    #[test]
+    fn daemon_kill_without_ring_change_fails_over_at_once() {
+        let mut s = Sim::paired();
+        assert!(
+            !s.view_daemon(),
+            "a daemon's kill -9 or leave: no ring, no hold"
+        );
+        assert!(!s.view_daemon(), "its restart (a join): no hold");
+        // Even right after connecting, before the CPG connection named any ring.
+        let mut s = Sim::paired();
+        s.rings.ring = None;
+        assert!(!s.view_daemon());
+        // And with no quorum service at all there is nothing to pair.
+        let mut g = RingPairing::default();
+        assert!(!g.judge(Rings::default(), Instant::now(), WAIT));
+    }
+
+    #[test]
+    fn even_split_then_heal() {
+        // 2|2 of four: both halves lose quorum; the old guard (less than half kept) did not
+        // hold here. Each half holds from its view until its verdict, which releases.
+        let mut s = Sim::paired();
+        assert!(s.view_node_down());
+        assert!(s.quorate);
+        assert!(s.ring(8));
+        assert!(!s.quorum(false, 8));
+        assert!(!s.quorate);
+        // Heal: the merged view (joins) comes under the old ring and the old verdict (not
+        // quorate: nothing taken), then the ring, then the quorate verdict for it.
+        assert!(!s.view_daemon());
+        assert!(
+            s.ring(12),
+            "merged ring, verdict still about the split one: hold"
+        );
+        assert!(!s.quorum(true, 12), "paired and quorate again");
+        // Verdict first on heal: quorate for ring 12 while the view is the split one.
+        let mut s = Sim::paired();
+        s.view_node_down();
+        s.ring(8);
+        s.quorum(false, 8);
+        assert!(
+            s.quorum(true, 12),
+            "quorate for a ring whose view is not here: hold"
+        );
+        assert!(s.view_daemon());
+        assert!(!s.ring(12));
+    }
+
+    #[test]
+    fn first_ring_after_start_comes_from_the_quorum_connection() {
+        // Connected: the CPG connection has named no ring yet, the quorum one has.
+        let mut g = RingPairing::default();
+        let t = Instant::now();
+        let mut rings = Rings {
+            ring: None,
+            pending: false,
+            quorum_ring: None,
+            has_quorum: true,
         };
-        // Quorate again while the view is still {3}: hold until the merged view.
-        let mut g = isolated(ms(1));
-        assert!(g.judge(nodes(&[3]), true, ms(1000), WAIT));
-        assert!(g.judge(nodes(&[3]), true, ms(1005), WAIT));
-        assert!(!g.judge(nodes(&[1, 2, 3]), true, ms(1008), WAIT));
-        // Merged view first (still not quorate), then quorum: the view is already here.
-        // (A later quorum flip with no view change holds until the wait ends.)
-        let mut g = isolated(ms(1));
-        assert!(!g.judge(nodes(&[1, 2, 3]), false, ms(1000), WAIT));
-        assert!(g.judge(nodes(&[1, 2, 3]), true, ms(1002), WAIT));
-        assert!(!g.judge(nodes(&[1, 2, 3]), true, ms(1002) + WAIT, WAIT));
-        // Both at once.
-        let mut g = isolated(ms(1));
-        assert!(!g.judge(nodes(&[1, 2, 3]), true, ms(1000), WAIT));
+        assert!(
+            !g.judge(rings, t, WAIT),
+            "a plain getquorate: nothing to pair yet"
+        );
+        rings.quorum_ring = r(9);
+        assert!(!g.judge(rings, t, WAIT));
+        // The first ring change after start: pairs as usual.
+        rings.pending = true;
+        assert!(g.judge(rings, t, WAIT));
+        rings.pending = false;
+        rings.ring = r(13);
+        assert!(g.judge(rings, t, WAIT));
+        rings.quorum_ring = r(13);
+        assert!(!g.judge(rings, t, WAIT));
     }
 
     #[test]
-    fn a_daemon_kill_or_a_lost_minority_fails_over_at_once() {
+    fn a_ring_that_never_pairs_falls_back_to_the_flag_after_the_wait() {
+        let mut g = RingPairing::default();
         let t0 = Instant::now();
-        let t = t0 + Duration::from_millis(1);
-        // kill -9 of one daemon of three, or a node of three lost: no quorum change comes.
-        assert!(!three(t0).judge(nodes(&[1, 2]), true, t, WAIT));
-        // Two nodes: one survivor keeps half (two_node quorum stays).
-        let mut g = SkewGuard::default();
-        assert!(!g.judge(nodes(&[1, 2]), true, t0, WAIT));
-        assert!(!g.judge(nodes(&[2]), true, t, WAIT));
-        // Joins never hold.
-        let mut g = SkewGuard::default();
-        assert!(!g.judge(nodes(&[1]), true, t0, WAIT));
-        assert!(!g.judge(nodes(&[1, 2, 3]), true, t, WAIT));
+        let rings = Rings {
+            ring: r(5),
+            pending: false,
+            quorum_ring: r(4),
+            has_quorum: true,
+        };
+        assert!(g.judge(rings, t0, WAIT));
+        assert!(g.judge(rings, t0 + WAIT - Duration::from_millis(1), WAIT));
+        assert!(!g.judge(rings, t0 + WAIT, WAIT), "waited long enough");
+        assert!(!g.judge(rings, t0 + WAIT * 2, WAIT));
+        // Paired again resets the clock: the next mismatch holds anew.
+        let paired = Rings {
+            quorum_ring: r(5),
+            ..rings
+        };
+        assert!(!g.judge(paired, t0 + WAIT * 3, WAIT));
+        let next = Rings {
+            ring: r(6),
+            ..paired
+        };
+        assert!(g.judge(next, t0 + WAIT * 3, WAIT));
     }
 }

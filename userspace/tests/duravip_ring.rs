@@ -1,0 +1,350 @@
+//! Issue 5, exact view/quorum pairing. Corosync reports one ring change through two
+//! services: the CPG views and totem ring (on the group's connection) and the quorum
+//! verdict (on the quorum connection), each tagged with the ring id. These tests check on a
+//! real four-node corosync what DuraVIP's pairing relies on, then that the daemons use it.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+use duraplane::{
+    bus::{Bus, BusConfig, BusEvent, RingId},
+    testbed::{
+        Testbed,
+        corosync::{CorosyncCluster, CorosyncTiming},
+    },
+};
+
+const GROUP: &str = "ec_cluster";
+
+/// Every event of every node's bus, in arrival order per node.
+type Log = Arc<Mutex<Vec<(Instant, usize, BusEvent)>>>;
+
+fn start_bus(tb: &Testbed, host: &str, node: usize, log: &Log) -> Bus {
+    let (bus, rx): (Bus, Receiver<BusEvent>) = tb
+        .run_in(host, || {
+            Bus::start(BusConfig {
+                cluster_group: GROUP.into(),
+                control_group: "ec_console".into(),
+                log_group: None,
+                retry_interval: Duration::from_millis(200),
+            })
+        })
+        .expect("enter namespace")
+        .expect("start bus");
+    let log = Arc::clone(log);
+    std::thread::spawn(move || {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(ev) => log.lock().unwrap().push((Instant::now(), node, ev)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    });
+    bus
+}
+
+/// What matters of an event for pairing, one line.
+fn brief(ev: &BusEvent) -> Option<String> {
+    match ev {
+        BusEvent::View {
+            group,
+            members,
+            left,
+            ..
+        } if group == GROUP => Some(format!(
+            "view {:?} left {:?}",
+            members.iter().map(|m| m.nodeid).collect::<Vec<_>>(),
+            left.iter()
+                .map(|(m, r)| format!("{}:{r:?}", m.nodeid))
+                .collect::<Vec<_>>()
+        )),
+        BusEvent::Ring { ring, nodes, .. } => Some(format!("ring {ring} {nodes:?}")),
+        BusEvent::Quorum {
+            quorate,
+            ring,
+            nodes,
+        } => Some(format!(
+            "quorum {quorate} {} {nodes:?}",
+            ring.map_or("-".into(), |r| r.to_string())
+        )),
+        _ => None,
+    }
+}
+
+/// Events of `node` since `mark` (an index into the log).
+fn since(log: &Log, mark: usize, node: usize) -> Vec<BusEvent> {
+    log.lock().unwrap()[mark..]
+        .iter()
+        .filter(|(_, n, _)| *n == node)
+        .map(|(_, _, e)| e.clone())
+        .collect()
+}
+
+fn dump(log: &Log, mark: usize, t0: Instant) -> String {
+    log.lock().unwrap()[mark..]
+        .iter()
+        .filter_map(|(t, n, e)| {
+            brief(e).map(|b| {
+                format!(
+                    "  +{:>5} ms node{} {b}",
+                    t.saturating_duration_since(t0).as_millis(),
+                    n + 1
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The latest ring on the CPG connection and the latest quorum verdict's ring and flag.
+fn state(evs: &[BusEvent]) -> (Option<RingId>, Option<(bool, Option<RingId>)>) {
+    let mut ring = None;
+    let mut q = None;
+    for e in evs {
+        match e {
+            BusEvent::Ring { ring: r, .. } => ring = Some(*r),
+            BusEvent::Quorum {
+                quorate, ring: r, ..
+            } => q = Some((*quorate, r.or(q.and_then(|x: (bool, Option<RingId>)| x.1)))),
+            _ => {}
+        }
+    }
+    (ring, q)
+}
+
+/// Drops every packet between the two halves (nft in each node's namespace; the tables go
+/// with the namespaces).
+fn split(tb: &Testbed, hosts: &[&str], a: &[usize], b: &[usize], on: bool) {
+    for (mine, other) in [(a, b), (b, a)] {
+        for i in mine {
+            let h = hosts[*i];
+            if on {
+                let set = format!(
+                    "{{ {} }}",
+                    other
+                        .iter()
+                        .map(|j| format!("192.0.2.1{}", j + 1))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let nft = |args: &[&str]| {
+                    let mut cmd = vec!["nft"];
+                    cmd.extend_from_slice(args);
+                    tb.exec(h, &cmd).expect("nft split");
+                };
+                nft(&["add", "table", "inet", "ringsplit"]);
+                for (chain, hook, dir) in [("in", "input", "saddr"), ("out", "output", "daddr")] {
+                    nft(&[
+                        "add",
+                        "chain",
+                        "inet",
+                        "ringsplit",
+                        chain,
+                        &format!("{{ type filter hook {hook} priority 0; }}"),
+                    ]);
+                    nft(&[
+                        "add",
+                        "rule",
+                        "inet",
+                        "ringsplit",
+                        chain,
+                        "ip",
+                        dir,
+                        &set,
+                        "drop",
+                    ]);
+                }
+            } else {
+                tb.exec(h, &["nft", "delete", "table", "inet", "ringsplit"])
+                    .expect("nft heal");
+            }
+        }
+    }
+}
+
+/// What corosync 3.1.7 really reports, on four nodes: at start, for a daemon leaving its
+/// group (no ring change), for an even 2|2 split and for the heal. Asserts the facts the
+/// pairing rule rests on, and prints the sequences (`--nocapture`).
+#[test]
+fn corosync_ring_ids_pair_views_and_quorum() {
+    let mut tb = Testbed::new().expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = CorosyncCluster::start(
+        &mut tb,
+        4,
+        dir.path().to_path_buf(),
+        CorosyncTiming::default(),
+    )
+    .expect("corosync");
+    let hosts: Vec<String> = (0..4).map(|i| cluster.host(i).to_owned()).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let log: Log = Arc::default();
+    let t0 = Instant::now();
+    let mut buses: Vec<Option<Bus>> = (0..4)
+        .map(|i| Some(start_bus(&tb, hosts[i], i, &log)))
+        .collect();
+    let view_of = |evs: &[BusEvent]| {
+        evs.iter().rev().find_map(|e| match e {
+            BusEvent::View { group, members, .. } if group == GROUP => {
+                Some(members.iter().map(|m| m.nodeid).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+    };
+    wait_until("every bus sees four members", 20, || {
+        (0..4).all(|i| view_of(&since(&log, 0, i)).is_some_and(|v| v.len() == 4))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("start:\n{}", dump(&log, 0, t0));
+    // At start the quorum connection names the current ring (tracking delivers the current
+    // state); the CPG connection names none until the next ring change (rust-corosync
+    // 3.2.0 cannot ask for CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF).
+    let start_rings: Vec<Option<RingId>> = (0..4)
+        .map(|i| state(&since(&log, 0, i)).1.and_then(|q| q.1))
+        .collect();
+    assert!(
+        start_rings
+            .iter()
+            .all(|r| r.is_some() && *r == start_rings[0]),
+        "every node's quorum verdict names the same ring at start: {start_rings:?}"
+    );
+
+    // A daemon leaves its group (its corosync lives): views change, the ring does not.
+    let mark = log.lock().unwrap().len();
+    let t1 = Instant::now();
+    buses[3] = None;
+    wait_until("node4 gone from the views", 10, || {
+        (0..3).all(|i| view_of(&since(&log, mark, i)).is_some_and(|v| v.len() == 3))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    eprintln!("daemon leave:\n{}", dump(&log, mark, t1));
+    for i in 0..3 {
+        let evs = since(&log, mark, i);
+        assert!(
+            evs.iter()
+                .all(|e| !matches!(e, BusEvent::Ring { .. } | BusEvent::Quorum { .. })),
+            "node{}: a daemon leaving is no ring change: {evs:?}",
+            i + 1
+        );
+    }
+    buses[3] = Some(start_bus(&tb, hosts[3], 3, &log));
+    wait_until("node4 back", 10, || {
+        (0..4).all(|i| view_of(&since(&log, mark, i)).is_some_and(|v| v.len() == 4))
+    });
+
+    // 3|1: node4 cut off. The majority stays quorate: does it get a verdict for its new
+    // ring all the same? (The pairing needs one.)
+    let mark = log.lock().unwrap().len();
+    let t4 = Instant::now();
+    split(&tb, &hosts, &[0, 1, 2], &[3], true);
+    wait_until(
+        "every node sees a new ring and a verdict for it",
+        20,
+        || {
+            (0..4).all(|i| {
+                let (ring, q) = state(&since(&log, mark, i));
+                ring.is_some() && q.is_some_and(|(_, r)| r == ring)
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("3|1 split:\n{}", dump(&log, mark, t4));
+    for i in 0..4 {
+        let (_, q) = state(&since(&log, mark, i));
+        assert_eq!(
+            q.map(|x| x.0),
+            Some(i < 3),
+            "node{}: quorate iff in the three",
+            i + 1
+        );
+    }
+    let mark = log.lock().unwrap().len();
+    let t5 = Instant::now();
+    split(&tb, &hosts, &[0, 1, 2], &[3], false);
+    wait_until("every node sees the merged ring quorate", 20, || {
+        (0..4).all(|i| {
+            let (ring, q) = state(&since(&log, mark, i));
+            ring.is_some() && q == Some((true, ring))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    eprintln!("3|1 heal:\n{}", dump(&log, mark, t5));
+
+    // Even split 2|2: neither half is quorate; every node sees a new ring with its view
+    // (before the ring, on the CPG connection) and a verdict for that same ring.
+    let mark = log.lock().unwrap().len();
+    let t2 = Instant::now();
+    split(&tb, &hosts, &[0, 1], &[2, 3], true);
+    wait_until("both halves see the split ring and its verdict", 20, || {
+        (0..4).all(|i| {
+            let (ring, q) = state(&since(&log, mark, i));
+            ring.is_some() && q.is_some_and(|(_, r)| r == ring)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("2|2 split:\n{}", dump(&log, mark, t2));
+    for i in 0..4 {
+        let evs = since(&log, mark, i);
+        let (ring, q) = state(&evs);
+        assert_eq!(
+            q.map(|x| x.0),
+            Some(false),
+            "node{}: an even split is quorate nowhere",
+            i + 1
+        );
+        let ring_at = evs
+            .iter()
+            .position(|e| matches!(e, BusEvent::Ring { .. }))
+            .unwrap();
+        assert!(
+            view_of(&evs[..ring_at]).is_some_and(|v| v.len() == 2),
+            "node{}: the two-node view arrives before the ring {ring:?}: {evs:?}",
+            i + 1
+        );
+    }
+
+    // Heal: one merged ring, quorate again, the four-node view before its ring.
+    let mark = log.lock().unwrap().len();
+    let t3 = Instant::now();
+    split(&tb, &hosts, &[0, 1], &[2, 3], false);
+    wait_until("every node sees the merged ring quorate", 20, || {
+        (0..4).all(|i| {
+            let (ring, q) = state(&since(&log, mark, i));
+            ring.is_some() && q == Some((true, ring))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("heal:\n{}", dump(&log, mark, t3));
+    let rings: Vec<Option<RingId>> = (0..4).map(|i| state(&since(&log, mark, i)).0).collect();
+    assert!(
+        rings.iter().all(|r| *r == rings[0]),
+        "one merged ring everywhere: {rings:?}"
+    );
+    for i in 0..4 {
+        let evs = since(&log, mark, i);
+        let ring_at = evs
+            .iter()
+            .rposition(|e| matches!(e, BusEvent::Ring { .. }))
+            .unwrap();
+        assert!(
+            view_of(&evs[..ring_at]).is_some_and(|v| v.len() == 4),
+            "node{}: the merged view arrives before its ring: {evs:?}",
+            i + 1
+        );
+    }
+    drop(buses);
+}
