@@ -8,13 +8,15 @@
 //! - many declared VIPs are all plumbed, put into the NIC's VIP table and shown; the
 //!   datapath pieces handle the full 4,096.
 
+mod cluster_support;
+
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
     time::{Duration, Instant},
 };
 
+use cluster_support::{Cluster, VIP_TOPOLOGY, wait_until};
 use duraplane::{
     bpf::{Datapath, DatapathConfig, XdpMode},
     config::model::{Cidr, Topology},
@@ -22,95 +24,44 @@ use duraplane::{
         announce::{PacketSocket, Targets, frames},
         plumb::{Plumber, Reconciler, Trigger},
     },
-    testbed::{Testbed, corosync::CorosyncCluster, corosync::CorosyncTiming, daemons::DaemonNode},
+    testbed::Testbed,
 };
 use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 const OBS: &str = "obs";
 const OBS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
-fn config(socket: &Path, bindings: &str) -> String {
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.11:4802" {{}}
-}}
-cluster {{
-  nodename = "node1"
-  nodeaddr = "192.0.2.11"
-  heartbeats_per_sec = 10
-  heartbeat_start_delay = 0
-  view_mature_time = 1
-  if_check_interval = 1
-  Topology "198.51.100.0/24" {{
-    cidrmask = "32"
-    interface = "eth0"
-  }}
-  Topology "2001:db8:1::/64" {{
-    cidrmask = "128"
-    interface = "eth0"
-  }}
-}}
-{bindings}duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-  interfaces = ( eth0 )
-  xdp_mode = generic
-}}
-"#,
-        socket.display()
-    )
-}
-
 fn binding(k: usize, addr: &str) -> String {
-    format!("Binding \"vip{k}\" {{\n  Enable_Duravip = true\n  Bind_Address = \"{addr}\"\n}}\n")
+    cluster_support::binding(k, addr, None)
 }
 
-/// Fields drop in order: daemon, corosync, namespaces, files.
+/// One corosync node with its daemon, and the observer on the same bridge.
 struct Node {
-    daemon: DaemonNode,
-    _corosync: CorosyncCluster,
-    tb: Testbed,
-    _dir: tempfile::TempDir,
+    c: Cluster,
 }
 
 impl Node {
     fn start(bindings: &str) -> Node {
-        let mut tb = Testbed::new().expect("testbed");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let corosync = CorosyncCluster::start(
-            &mut tb,
-            1,
-            dir.path().to_path_buf(),
-            CorosyncTiming::default(),
-        )
-        .expect("corosync");
-        tb.add_host(OBS).expect("observer");
-        tb.attach(OBS, &["192.0.2.100/24", "198.51.100.200/24"])
-            .expect("attach observer");
-        let socket = dir.path().join("node1.sock");
-        let daemon = DaemonNode::start(
-            &tb,
-            Path::new(BIN),
-            corosync.host(0),
-            dir.path(),
-            socket.clone(),
-            &config(&socket, bindings),
-        )
-        .expect("daemon");
-        Node {
-            daemon,
-            _corosync: corosync,
-            tb,
-            _dir: dir,
-        }
+        let bindings = bindings.to_owned();
+        let mut c = Cluster::builder(1)
+            .cluster(|_| format!("view_mature_time = 1\nif_check_interval = 1\n{VIP_TOPOLOGY}"))
+            .top(move |_| bindings.clone())
+            .duraplane(|_| "interfaces = ( eth0 )\nxdp_mode = generic\n".to_owned())
+            .up();
+        c.add_peer(OBS, &["192.0.2.100/24", "198.51.100.200/24"]);
+        c.start_daemons();
+        Node { c }
     }
 
     fn ask(&self, cmd: &str) -> String {
-        self.daemon
-            .console(Path::new(BIN), cmd)
-            .unwrap_or_else(|e| panic!("{cmd}: {e}\nlog:\n{}", self.daemon.log()))
+        self.c.ask(0, cmd)
+    }
+
+    /// Declares `bindings` instead in the node's configuration file (for a reload).
+    fn rewrite_bindings(&mut self, bindings: String) {
+        self.c.config.top = Box::new(move |_| bindings.clone());
+        self.c.write_config(0);
     }
 
     /// Tagged DuraVIP addresses plumbed on the node's eth0.
@@ -118,6 +69,7 @@ impl Node {
         let mut out = Vec::new();
         for fam in ["-4", "-6"] {
             let o = self
+                .c
                 .tb
                 .exec("node1", &["ip", fam, "-o", "addr", "show", "dev", "eth0"])
                 .unwrap_or_default();
@@ -137,13 +89,14 @@ impl Node {
     }
 
     fn node_mac(&self) -> [u8; 6] {
-        mac(&self.tb, "node1")
+        mac(&self.c.tb, "node1")
     }
 
     /// Sends ARP requests for `vip` from the observer; the sender MAC of the first reply.
     fn arp(&self, vip: Ipv4Addr) -> Option<[u8; 6]> {
-        let obs_mac = mac(&self.tb, OBS);
-        self.tb
+        let obs_mac = mac(&self.c.tb, OBS);
+        self.c
+            .tb
             .run_in(OBS, move || {
                 // SAFETY: a NUL-terminated name.
                 let ix = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
@@ -195,14 +148,6 @@ fn arp_request(mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
     let mut n = Node::start(&binding(0, "198.51.100.1"));
@@ -227,14 +172,15 @@ fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
     // burst (0, 1, 2, 5 s) and before the 30 s refresh.
     std::thread::sleep(Duration::from_secs(6));
     let cap =
-        n.tb.run_in(OBS, || {
-            // SAFETY: a NUL-terminated name.
-            let ix = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
-            PacketSocket::open(ix, 0x0806).expect("capture socket")
-        })
-        .expect("run_in observer");
+        n.c.tb
+            .run_in(OBS, || {
+                // SAFETY: a NUL-terminated name.
+                let ix = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+                PacketSocket::open(ix, 0x0806).expect("capture socket")
+            })
+            .expect("run_in observer");
     while let Ok(Some(_)) = cap.recv(Duration::from_millis(10)) {}
-    n.daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    n.c.signal(0, Signal::SIGHUP);
     let until = Instant::now() + Duration::from_secs(3);
     let mut garp = false;
     while let Some(left) = until.checked_duration_since(Instant::now()) {
@@ -254,7 +200,7 @@ fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
 
     // A stopped daemon renews nothing: once the lease (700 ms here: `hung_after`) ran out, the program
     // drops the requests although the kernel still has the VIP plumbed.
-    n.daemon.signal(Signal::SIGSTOP).expect("SIGSTOP");
+    n.c.signal(0, Signal::SIGSTOP);
     std::thread::sleep(Duration::from_millis(600));
     wait_until("no ARP answer from the stopped daemon's node", 10, || {
         n.arp(VIP).is_none()
@@ -264,14 +210,14 @@ fn stopped_or_killed_daemon_stops_answering_arp_for_its_vip() {
         vec![vip.clone()],
         "still plumbed in the kernel"
     );
-    n.daemon.signal(Signal::SIGCONT).expect("SIGCONT");
+    n.c.signal(0, Signal::SIGCONT);
     wait_until("answers again after SIGCONT", 15, || {
         n.arp(VIP) == Some(node_mac)
     });
 
     // kill -9: the XDP link closes with the process, the reaper unplumbs the VIP, and the
     // kernel has nothing to answer for.
-    n.daemon.kill();
+    n.c.kill(0);
     wait_until("the VIP is unplumbed after kill -9", 10, || {
         n.plumbed().is_empty()
     });
@@ -299,7 +245,7 @@ fn four_thousand_and_ninety_six_vips_through_the_daemon_are_plumbed_answered_and
             break;
         }
         if Instant::now() > deadline {
-            let log = n.daemon.log();
+            let log = n.c.nodes[0].log();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             panic!(
                 "{got} of {N} VIPs plumbed; daemon log tail (newest first):\n{}",
@@ -410,24 +356,21 @@ fn four_thousand_and_ninety_six_vips_plumb_fill_the_vip_table_and_announce() {
 /// node takes it without a restart; a reload that drops it releases it.
 #[test]
 fn a_reload_that_declares_or_drops_a_vip_takes_or_releases_it() {
-    let n = Node::start(&binding(0, "198.51.100.1"));
+    let mut n = Node::start(&binding(0, "198.51.100.1"));
     let one = vec!["198.51.100.1".to_owned()];
     wait_until("the first VIP is plumbed", 20, || n.plumbed() == one);
-    let path = n._dir.path().join(format!("{}.conf", n._corosync.host(0)));
-    let socket = n._dir.path().join("node1.sock");
-    let both = format!(
+    n.rewrite_bindings(format!(
         "{}{}",
         binding(0, "198.51.100.1"),
         binding(1, "198.51.100.2")
-    );
-    std::fs::write(&path, config(&socket, &both)).expect("write config");
-    n.daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    ));
+    n.c.signal(0, Signal::SIGHUP);
     wait_until("the newly declared VIP is plumbed", 20, || {
         let mut p = n.plumbed();
         p.sort();
         p == vec!["198.51.100.1".to_owned(), "198.51.100.2".to_owned()]
     });
-    std::fs::write(&path, config(&socket, &binding(0, "198.51.100.1"))).expect("write config");
-    n.daemon.signal(Signal::SIGHUP).expect("SIGHUP");
+    n.rewrite_bindings(binding(0, "198.51.100.1"));
+    n.c.signal(0, Signal::SIGHUP);
     wait_until("the dropped VIP is released", 20, || n.plumbed() == one);
 }

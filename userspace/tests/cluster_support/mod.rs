@@ -49,6 +49,28 @@ fn indent(text: &str) -> String {
         .collect()
 }
 
+/// The DuraVIP topology of the VIP tests (lines for `cluster { }`): VIPs in
+/// 198.51.100.0/24 and 2001:db8:1::/64, one address each, on the nodes' `eth0`.
+pub const VIP_TOPOLOGY: &str = r#"Topology "198.51.100.0/24" {
+  cidrmask = "32"
+  interface = "eth0"
+}
+Topology "2001:db8:1::/64" {
+  cidrmask = "128"
+  interface = "eth0"
+}
+"#;
+
+/// A top-level DuraVIP `Binding` declaring `addr`, with an optional preferred node.
+pub fn binding(k: usize, addr: &str, preference: Option<&str>) -> String {
+    let pref = preference
+        .map(|p| format!("  Duravip_Preference = \"{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "Binding \"vip{k}\" {{\n  Enable_Duravip = true\n  Bind_Address = \"{addr}\"\n{pref}}}\n"
+    )
+}
+
 /// The per-node configuration: the common identity, listener and heartbeat settings,
 /// plus the test's own scopes. Kept by the [`Cluster`] so a test can change a hook and
 /// rewrite a node's file before a reload.
