@@ -4,6 +4,8 @@
 //! real four-node corosync what DuraVIP's pairing relies on, then that the daemons use it.
 
 use std::{
+    collections::BTreeSet,
+    path::Path,
     sync::{
         Arc, Mutex,
         mpsc::{Receiver, RecvTimeoutError},
@@ -14,10 +16,16 @@ use std::{
 use duraplane::{
     bus::{Bus, BusConfig, BusEvent, RingId},
     testbed::{
-        Testbed,
+        ProcessGuard, Stream, Testbed,
         corosync::{CorosyncCluster, CorosyncTiming},
+        daemons::DaemonNode,
     },
 };
+
+const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
+const VIPS: [&str; 3] = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
+/// What the daemon logs when the fallback, not the pairing, decided.
+const UNPAIRED: &str = "never paired the view with a quorum verdict";
 
 const GROUP: &str = "ec_cluster";
 
@@ -347,4 +355,225 @@ fn corosync_ring_ids_pair_views_and_quorum() {
         );
     }
     drop(buses);
+}
+
+fn daemon_config(i: usize, socket: &Path) -> String {
+    let mut bindings = String::new();
+    for (k, v) in VIPS.iter().enumerate() {
+        bindings.push_str(&format!(
+            "Binding \"vip{k}\" {{\n  Enable_Duravip = true\n  Bind_Address = \"{v}\"\n}}\n"
+        ));
+    }
+    format!(
+        r#"ECCluster_Listener {{
+  Listen "192.0.2.1{i}:4802" {{}}
+}}
+cluster {{
+  nodename = "node{i}"
+  nodeaddr = "192.0.2.1{i}"
+  heartbeats_per_sec = 10
+  heartbeat_start_delay = 0
+  view_mature_time = 2
+  view_balance_interval = 0.5
+  duravip_balance_set_size = 1
+  if_check_interval = 1
+  Topology "198.51.100.0/24" {{
+    cidrmask = "32"
+    interface = "eth0"
+  }}
+}}
+{bindings}duraplane {{
+  control_socket = "{}"
+  metrics = "off"
+}}
+"#,
+        socket.display()
+    )
+}
+
+/// Indexes of the nodes whose `eth0` has `vip` plumbed.
+fn holders(tb: &Testbed, hosts: &[&str], vip: &str) -> BTreeSet<usize> {
+    (0..hosts.len())
+        .filter(|i| {
+            tb.exec(hosts[*i], &["ip", "-o", "addr", "show", "dev", "eth0"])
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|w| w.split('/').next() == Some(vip))
+        })
+        .collect()
+}
+
+/// One VIP added (`true`) or removed on a node, in the order `ip monitor` saw them.
+type Change = (String, usize, String, bool);
+
+/// `ip -ts -o monitor address` in every node: no short-lived plumbing is missed.
+struct Monitors(Vec<ProcessGuard>);
+
+impl Monitors {
+    fn start(tb: &Testbed, hosts: &[&str]) -> Monitors {
+        let m = hosts
+            .iter()
+            .map(|h| {
+                tb.spawn(h, &["ip", "-ts", "-o", "monitor", "address"])
+                    .expect("ip monitor")
+            })
+            .collect();
+        // Set-up only: a late monitor could miss events, never invent them.
+        std::thread::sleep(Duration::from_millis(300));
+        Monitors(m)
+    }
+
+    fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (node, p) in self.0.iter().enumerate() {
+            for l in p.lines(Stream::Stdout) {
+                let Some((at, rest)) = l.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+                    continue;
+                };
+                let mut w = rest.split_whitespace();
+                if !w.any(|x| x == "inet") {
+                    continue;
+                }
+                if let Some(addr) = w.next().and_then(|a| a.split('/').next())
+                    && VIPS.contains(&addr)
+                {
+                    out.push((
+                        at.to_owned(),
+                        node,
+                        addr.to_owned(),
+                        !rest.starts_with("Deleted "),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Three daemons: a node cut off from a quorate ring never plumbs a VIP (the view {me}
+/// arrives before corosync's verdict about it), after the heal it plumbs nothing before
+/// maturity, and a kill -9 of a daemon (no ring change) still fails over — decided by the
+/// pairing, never by the fallback.
+#[test]
+fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
+    let mut tb = Testbed::new().expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = CorosyncCluster::start(
+        &mut tb,
+        3,
+        dir.path().to_path_buf(),
+        CorosyncTiming::default(),
+    )
+    .expect("corosync");
+    let hosts: Vec<String> = (0..3).map(|i| cluster.host(i).to_owned()).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let mut nodes: Vec<DaemonNode> = (1..=3)
+        .map(|i| {
+            let socket = dir.path().join(format!("node{i}.sock"));
+            DaemonNode::start(
+                &tb,
+                Path::new(BIN),
+                hosts[i - 1],
+                dir.path(),
+                socket.clone(),
+                &daemon_config(i, &socket),
+            )
+            .expect("daemon")
+        })
+        .collect();
+    let balanced = |tb: &Testbed| {
+        let h: Vec<BTreeSet<usize>> = VIPS.iter().map(|v| holders(tb, &hosts, v)).collect();
+        h.iter().all(|x| x.len() == 1) && h.iter().flatten().collect::<BTreeSet<_>>().len() == 3
+    };
+    wait_until("one VIP on each node", 30, || balanced(&tb));
+    let logs = |nodes: &[DaemonNode]| {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let l = n.log();
+                let lines: Vec<&str> = l
+                    .lines()
+                    .filter(|l| l.contains("DuraVIP") || l.contains("view") || l.contains("quorum"))
+                    .collect();
+                format!(
+                    "--- node{} ---\n{}",
+                    i + 1,
+                    lines[lines.len().saturating_sub(25)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // Partition node3 away and heal, twice.
+    for round in 0..2 {
+        let mon = Monitors::start(&tb, &hosts);
+        split(&tb, &hosts, &[0, 1], &[2], true);
+        wait_until("node3 released, the majority holds every VIP", 20, || {
+            VIPS.iter().all(|v| {
+                let h = holders(&tb, &hosts, v);
+                h.len() == 1 && !h.contains(&2)
+            })
+        });
+        split(&tb, &hosts, &[0, 1], &[2], false);
+        wait_until("node3 back in the view", 20, || {
+            nodes[0]
+                .console(Path::new(BIN), "cluster info")
+                .is_ok_and(|o| o.contains("View: 3 members (3 live)"))
+        });
+        // Watch on, below view_mature_time (2 s): nothing may be plumbed by node3.
+        std::thread::sleep(Duration::from_millis(1200));
+        let ch = mon.changes();
+        let ctx = || format!("round {round}: changes {ch:#?}\n{}", logs(&nodes));
+        eprintln!("{}", ctx());
+        assert!(
+            ch.iter().all(|(_, n, _, added)| *n != 2 || !added),
+            "node3 plumbed a VIP while isolated or right after the heal\n{}",
+            ctx()
+        );
+        assert!(
+            ch.iter().any(|(_, n, _, added)| *n == 2 && !added),
+            "node3 released its VIP while isolated\n{}",
+            ctx()
+        );
+        assert!(
+            ch.iter().all(|(_, n, _, added)| *n == 2 || *added),
+            "the majority never drops a VIP\n{}",
+            ctx()
+        );
+        wait_until("balanced again", 30, || balanced(&tb));
+    }
+
+    // kill -9 of node1's daemon: its corosync lives, so no ring change comes; the
+    // survivors fail over on the view alone.
+    let before: Vec<BTreeSet<usize>> = VIPS.iter().map(|v| holders(&tb, &hosts, v)).collect();
+    let victim_vip = VIPS[before.iter().position(|h| h.contains(&0)).unwrap()];
+    let mon = Monitors::start(&tb, &hosts);
+    let text_before_kill = logs(&nodes);
+    nodes[0].kill();
+    wait_until("a survivor holds the killed daemon's VIP", 20, || {
+        holders(&tb, &hosts, victim_vip).iter().any(|n| *n != 0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ch = mon.changes();
+    let ctx = || {
+        format!(
+            "kill -9: changes {ch:#?}\n{text_before_kill}\n{}",
+            logs(&nodes)
+        )
+    };
+    eprintln!("{}", ctx());
+    let on_survivors: Vec<&Change> = ch.iter().filter(|c| c.1 != 0).collect();
+    assert!(
+        on_survivors.len() == 1 && on_survivors[0].2 == victim_vip && on_survivors[0].3,
+        "exactly one survivor plumbs the killed daemon's VIP, nothing else moves\n{}",
+        ctx()
+    );
+    assert!(
+        !text_before_kill.contains(UNPAIRED) && !logs(&nodes).contains(UNPAIRED),
+        "the pairing, not the fallback, decided\n{}",
+        ctx()
+    );
 }
