@@ -5,20 +5,19 @@
 //! node that answers with its node name.
 #![allow(dead_code)]
 
+#[path = "../cluster_support/mod.rs"]
+mod cluster_support;
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use duraplane::testbed::{
-    ProcessGuard, Stream, Testbed,
-    corosync::{CorosyncCluster, CorosyncTiming},
-    daemons::DaemonNode,
-};
+pub use cluster_support::{BIN, Cluster, wait_until};
+use cluster_support::{VIP_TOPOLOGY, binding};
+use duraplane::testbed::{ProcessGuard, Stream};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 pub const OBS: &str = "obs";
 pub const PORT: u16 = 2525;
 
@@ -26,65 +25,6 @@ pub const PORT: u16 = 2525;
 pub struct Vip {
     pub addr: &'static str,
     pub preference: Option<&'static str>,
-}
-
-fn config(i: usize, socket: &Path, vips: &[Vip]) -> String {
-    let mut bindings = String::new();
-    for (k, v) in vips.iter().enumerate() {
-        let pref = v
-            .preference
-            .map(|p| format!("  Duravip_Preference = \"{p}\"\n"))
-            .unwrap_or_default();
-        bindings.push_str(&format!(
-            "Binding \"vip{k}\" {{\n  Enable_Duravip = true\n  Bind_Address = \"{}\"\n{pref}}}\n",
-            v.addr
-        ));
-    }
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1{i}:4802" {{}}
-}}
-cluster {{
-  nodename = "node{i}"
-  nodeaddr = "192.0.2.1{i}"
-  heartbeats_per_sec = 10
-  heartbeat_start_delay = 0
-  view_mature_time = 2
-  view_balance_interval = 0.5
-  duravip_balance_set_size = 1
-  if_check_interval = 1
-  Topology "198.51.100.0/24" {{
-    cidrmask = "32"
-    interface = "eth0"
-  }}
-  Topology "2001:db8:1::/64" {{
-    cidrmask = "128"
-    interface = "eth0"
-  }}
-}}
-{bindings}duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-}}
-"#,
-        socket.display()
-    )
-}
-
-/// Fields drop in order: daemons, then corosync, then the namespaces, then the files.
-pub struct Cluster {
-    pub nodes: Vec<DaemonNode>,
-    pub corosync: CorosyncCluster,
-    pub tb: Testbed,
-    pub dir: tempfile::TempDir,
-}
-
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn serve(l: TcpListener, name: String) {
@@ -95,74 +35,47 @@ fn serve(l: TcpListener, name: String) {
     });
 }
 
+/// The DuraVIP harness on the shared testbed (an inherent impl: same test crate).
 impl Cluster {
     pub fn start(vips: &[Vip]) -> Cluster {
-        let mut tb = Testbed::new().expect("testbed");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let corosync = CorosyncCluster::start(
-            &mut tb,
-            3,
-            dir.path().to_path_buf(),
-            CorosyncTiming::default(),
-        )
-        .expect("corosync");
-        tb.add_host(OBS).expect("observer");
-        tb.attach(
+        let bindings: String = vips
+            .iter()
+            .enumerate()
+            .map(|(k, v)| binding(k, v.addr, v.preference))
+            .collect();
+        let mut c = Cluster::builder(3)
+            .cluster(|_| {
+                format!(
+                    "view_mature_time = 2\nview_balance_interval = 0.5\n\
+                     duravip_balance_set_size = 1\nif_check_interval = 1\n{VIP_TOPOLOGY}"
+                )
+            })
+            .top(move |_| bindings.clone())
+            .up();
+        c.add_peer(
             OBS,
             &["192.0.2.100/24", "198.51.100.200/24", "2001:db8:1::200/64"],
-        )
-        .expect("attach observer");
+        );
         // GARP/NA may override an entry however recently it was confirmed.
-        tb.exec(OBS, &["sysctl", "-qw", "net.ipv4.neigh.eth0.locktime=0"])
+        c.tb.exec(OBS, &["sysctl", "-qw", "net.ipv4.neigh.eth0.locktime=0"])
             .expect("locktime");
-        for i in 1..=3 {
-            let host = corosync.host(i - 1).to_owned();
-            // Replies from a VIP to the observer leave on-link.
-            tb.add_route(&host, "198.51.100.0/24", "eth0", None)
-                .expect("route v4");
-            tb.add_route(&host, "2001:db8:1::/64", "eth0", None)
-                .expect("route v6");
-            let name = format!("node{i}");
-            let (l4, l6) = tb
-                .run_in(&host, || {
+        // Replies from a VIP to the observer leave on-link.
+        c.route_on_nodes("198.51.100.0/24");
+        c.route_on_nodes("2001:db8:1::/64");
+        for i in 0..3 {
+            let (l4, l6) =
+                c.tb.run_in(&c.host(i), || {
                     let l4 = TcpListener::bind(("0.0.0.0", PORT)).expect("listen v4");
                     let l6 = socket2_v6only().expect("listen v6");
                     (l4, l6)
                 })
                 .expect("run_in");
+            let name = format!("node{}", i + 1);
             serve(l4, name.clone());
             serve(l6, name);
         }
-        let nodes = (1..=3)
-            .map(|i| {
-                let socket = dir.path().join(format!("node{i}.sock"));
-                DaemonNode::start(
-                    &tb,
-                    Path::new(BIN),
-                    corosync.host(i - 1),
-                    dir.path(),
-                    socket.clone(),
-                    &config(i, &socket, vips),
-                )
-                .expect("daemon")
-            })
-            .collect();
-        Cluster {
-            nodes,
-            corosync,
-            tb,
-            dir,
-        }
-    }
-
-    pub fn ask(&self, i: usize, cmd: &str) -> String {
-        self.nodes[i]
-            .console(Path::new(BIN), cmd)
-            .unwrap_or_else(|e| panic!("{cmd} on node{}: {e}", i + 1))
-    }
-
-    pub fn host(&self, i: usize) -> String {
-        self.corosync.host(i).to_owned()
+        c.start_daemons();
+        c
     }
 
     /// Indexes (0-based) of the nodes whose `eth0` has `vip` plumbed.
@@ -190,11 +103,7 @@ impl Cluster {
     }
 
     pub fn mac(&self, i: usize) -> String {
-        self.tb
-            .exec(&self.host(i), &["cat", "/sys/class/net/eth0/address"])
-            .expect("mac")
-            .trim()
-            .to_owned()
+        self.mac_of(&self.host(i))
     }
 
     /// A new TCP connection from the observer to `vip`:2525; the node name that answered.
@@ -253,51 +162,6 @@ impl Cluster {
             p.lines(Stream::Stderr)
         );
         p
-    }
-
-    /// Puts node `i`'s bridge port down (`up = false`) or up: a partition of that node.
-    pub fn set_port(&mut self, i: usize, up: bool) {
-        let iflink = self
-            .tb
-            .exec(&self.host(i), &["cat", "/sys/class/net/eth0/iflink"])
-            .expect("iflink");
-        let br = self.tb.bridge().expect("bridge ns");
-        let links = self
-            .tb_exec_root(&["ip", "-n", &br, "-o", "link", "show"])
-            .expect("bridge links");
-        let prefix = format!("{}: ", iflink.trim());
-        let line = links
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .unwrap_or_else(|| panic!("no bridge port {prefix}: {links}"));
-        let port = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.trim_end_matches(':').split('@').next())
-            .expect("port name")
-            .to_owned();
-        self.tb_exec_root(&[
-            "ip",
-            "-n",
-            &br,
-            "link",
-            "set",
-            &port,
-            if up { "up" } else { "down" },
-        ])
-        .expect("set port");
-    }
-
-    fn tb_exec_root(&self, cmd: &[&str]) -> Result<String, String> {
-        let out = std::process::Command::new(cmd[0])
-            .args(&cmd[1..])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
     }
 }
 
