@@ -19,21 +19,22 @@ fn wait(what: &str, f: impl FnMut() -> bool) {
     wait_until(what, 30, f)
 }
 
-/// The `current` column of `inbound show` for NET on node `i`.
-fn current(c: &Cluster, i: usize) -> Option<u64> {
+/// Column `col` of NET's row of `inbound show` on node `i`.
+fn column(c: &Cluster, i: usize, col: usize) -> Option<u64> {
     c.ask(i, "inbound show")
         .lines()
         .find(|l| l.split_whitespace().next() == Some(NET))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|l| l.split_whitespace().nth(col))
         .and_then(|v| v.parse().ok())
 }
 
+/// The `current` column.
+fn current(c: &Cluster, i: usize) -> Option<u64> {
+    column(c, i, 1)
+}
+
 fn dropped(c: &Cluster, i: usize) -> Option<u64> {
-    c.ask(i, "inbound show")
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(NET))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
+    column(c, i, 3)
 }
 
 fn all_show(c: &Cluster, nodes: &[usize], want: u64, what: &str) {
