@@ -121,7 +121,7 @@ fn discard(s: Stream) {
     let _ = std::fs::remove_dir_all(p);
 }
 
-/// One producer on the I/O path `io` asks for (`DURAPLANE_LOG_IO`: "auto" or "blocking"),
+/// One producer on the I/O path `io` asks for (`DURAPLANE_LOG_IO`: "auto" or "io_uring"),
 /// so both paths are measured against the same F in one run.
 fn one_producer_on(dir: &Path, secs: f64, io: &str) -> Result<(f64, String)> {
     // SAFETY: the bench runs its phases one after another; no other thread of this process
@@ -393,7 +393,7 @@ impl LogAppends {
         let f = calibrate_fsync(dir, secs)?;
         let b = calibrate_seq(dir, seq_bytes)?;
         let (one, one_io) = one_producer_on(dir, secs, "auto")?;
-        let (one_blocking, blocking_io) = one_producer_on(dir, secs, "blocking")?;
+        let (one_uring, uring_io) = one_producer_on(dir, secs, "io_uring")?;
         let ol = open_loop(dir, secs, 64)?;
         let (many, h, syncs) = many_producers(dir, secs, 64)?;
         let (bulk_rate, stream) = bulk(dir, seq_bytes)?;
@@ -431,13 +431,13 @@ impl LogAppends {
                 ),
             ),
             out(
-                "one producer, 256 B appends, blocking pwrite + fdatasync (DURAPLANE_LOG_IO=blocking)",
+                "one producer, 256 B appends, io_uring write linked to fdatasync (DURAPLANE_LOG_IO=io_uring)",
                 "appends/s",
-                one_blocking,
+                one_uring,
                 Some(("F: fdatasync'd 4 KiB overwrites".into(), f)),
                 None,
                 format!(
-                    "I/O path {blocking_io}; the io_uring path pays the io-wq hand-off of its fdatasync on every commit"
+                    "I/O path {uring_io}, for comparison; it pays the io-wq hand-off of its fdatasync on every commit"
                 ),
             ),
             out(

@@ -176,6 +176,128 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// False where preallocated space has no unwritten extents to convert (tmpfs): there,
+/// writing zeros ahead of the data would only cost memory and time.
+pub fn zero_fill_helps(dir: &Path) -> bool {
+    const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return true;
+    };
+    // SAFETY: `c` is a NUL-terminated path, `st` a properly sized out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return true;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as libc::c_long;
+    kind != TMPFS_MAGIC && kind != RAMFS_MAGIC
+}
+
+/// Zero buffer for [`prepare_spare`] (written in chunks of this size).
+const ZERO_CHUNK: usize = 256 << 10;
+
+/// Makes a spare segment file: `len` bytes preallocated, then really written with zeros
+/// and synced (data, size and extents), under a temporary name that recovery removes.
+/// Appends into such a file are overwrites of written blocks, so each commit's fdatasync
+/// is data only — no unwritten-extent conversion to journal (measured here: 300 KB
+/// write + fdatasync 116 µs p50 over written zeros, 190 µs into unwritten extents).
+/// `alive` is asked between chunks; `Ok(None)` when it said no (the file is removed).
+pub fn prepare_spare(
+    dir: &Path,
+    len: u64,
+    alive: impl Fn() -> bool,
+) -> io::Result<Option<(File, PathBuf)>> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".spare-{}-{n}.tmp", std::process::id()));
+    let res = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        preallocate(&f, len)?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut at = 0u64;
+        while at < len {
+            if !alive() {
+                return Ok(None);
+            }
+            let k = (len - at).min(ZERO_CHUNK as u64) as usize;
+            f.write_all_at(&zeros[..k], at)?;
+            // Paced: each chunk reaches the disk before the next is written, so a commit's
+            // cache flush never queues behind megabytes of zeros.
+            // SAFETY: plain syscall on an owned, open descriptor.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    at as libc::off64_t,
+                    k as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            at += k as u64;
+        }
+        f.sync_all()?;
+        Ok(Some(f))
+    })();
+    match res {
+        Ok(Some(f)) => Ok(Some((f, tmp))),
+        Ok(None) => {
+            let _ = fs::remove_file(&tmp);
+            Ok(None)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn segment_header(index: u32, first: u64) -> SegmentHeader {
+    SegmentHeader {
+        magic: U32::new(SEGMENT_MAGIC),
+        version: U32::new(FORMAT_VERSION),
+        index: U32::new(index),
+        reserved: U32::new(0),
+        first_offset: U64::new(first),
+        reserved2: U32::new(0),
+        crc32c: U32::new(0),
+    }
+    .seal()
+}
+
+/// Turns a spare from [`prepare_spare`] into segment `first`: header written and synced,
+/// then renamed into place and the directory synced (as [`create_segment`] does). On
+/// failure the spare is removed.
+pub fn install_spare(
+    dir: &Path,
+    spare: (File, PathBuf),
+    index: u32,
+    first: u64,
+) -> Result<(File, PathBuf), (PathBuf, io::Error)> {
+    let (f, tmp) = spare;
+    let path = dir.join(segment_name(first));
+    let res = (|| {
+        f.write_all_at(segment_header(index, first).as_bytes(), 0)?;
+        f.sync_data()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    match res {
+        Ok(()) => Ok((f, path)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err((path, e))
+        }
+    }
+}
+
 pub fn is_enospc(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
@@ -197,17 +319,7 @@ pub fn create_segment(
             .truncate(true)
             .open(&tmp)?;
         preallocate(&f, prealloc)?;
-        let h = SegmentHeader {
-            magic: U32::new(SEGMENT_MAGIC),
-            version: U32::new(FORMAT_VERSION),
-            index: U32::new(index),
-            reserved: U32::new(0),
-            first_offset: U64::new(first),
-            reserved2: U32::new(0),
-            crc32c: U32::new(0),
-        }
-        .seal();
-        f.write_all_at(h.as_bytes(), 0)?;
+        f.write_all_at(segment_header(index, first).as_bytes(), 0)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
         File::open(dir)?.sync_all()?;

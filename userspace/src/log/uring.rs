@@ -1,7 +1,14 @@
-//! How a group commit reaches the disk: one io_uring submission of the batch's write linked
-//! (`IOSQE_IO_LINK`) to an fdatasync (`IORING_FSYNC_DATASYNC`), or the blocking
-//! `pwrite` + `fdatasync` fallback where io_uring is unavailable or `DURAPLANE_LOG_IO=blocking`
-//! forces it. Either way a commit is acknowledged only when both steps succeeded; any
+//! How a group commit reaches the disk: blocking `pwrite` + `fdatasync` from the committing
+//! thread (the default, `auto`), or one io_uring submission of the batch's write linked
+//! (`IOSQE_IO_LINK`) to an fdatasync (`IORING_FSYNC_DATASYNC`) when
+//! `DURAPLANE_LOG_IO=io_uring` asks for it.
+//!
+//! Why `auto` is blocking: io_uring has no non-blocking fdatasync; the kernel always hands
+//! it to an io-wq worker, so every commit pays a second thread wake-up (worker, then the
+//! waiting committer) on top of the device flush. Measured here (issue 6, `log_appends`,
+//! one producer, same run): io_uring 0.18–0.58 × F, blocking 0.28–1.00 × F, blocking ahead
+//! in every run; the busier the CPUs, the wider the gap. The committer is a dedicated
+//! thread either way, so blocking calls cost nothing else. Either way a commit is acknowledged only when both steps succeeded; any
 //! failure (short write, `-ENOSPC`, `-EIO`, a cancelled link, a failed submission) is an
 //! error the stream turns into poison — nothing is retried into false success.
 
@@ -71,20 +78,13 @@ pub(crate) enum Io {
 
 impl Io {
     /// Sets up the path asked for; `Err(reason)` only when io_uring was forced and cannot
-    /// be set up. Auto falls back to blocking with a debug log line saying why.
+    /// be set up. Auto is blocking (see the module comment for why).
     pub(crate) fn new(choice: Choice) -> Result<Io, String> {
         match choice {
-            Choice::Blocking => Ok(Io::Blocking),
+            Choice::Blocking | Choice::Auto => Ok(Io::Blocking),
             Choice::IoUring => IoUring::new(RING_ENTRIES)
                 .map(|r| Io::Uring(Box::new(r)))
                 .map_err(|e| format!("io_uring_setup failed: {e}")),
-            Choice::Auto => match IoUring::new(RING_ENTRIES) {
-                Ok(r) => Ok(Io::Uring(Box::new(r))),
-                Err(e) => {
-                    tracing::debug!(error = %e, "log streams: io_uring unavailable, blocking appends");
-                    Ok(Io::Blocking)
-                }
-            },
         }
     }
 
@@ -291,9 +291,20 @@ fn compare_paths() {
     f.write_all_at(&vec![0u8; 8 << 20], 0).unwrap();
     f.sync_all().unwrap();
     let buf = [0x41u8; 300];
+    let deferred = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
+        .unwrap();
     let mut paths = [
         ("blocking", Io::new(Choice::Blocking).unwrap(), 0.0f64, 0u32),
         ("io_uring", Io::new(Choice::IoUring).unwrap(), 0.0, 0),
+        (
+            "io_uring single issuer + defer taskrun",
+            Io::Uring(Box::new(deferred)),
+            0.0,
+            0,
+        ),
     ];
     let mut pos = 0u64;
     for _round in 0..10 {
