@@ -8,10 +8,12 @@
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
+    sync::mpsc::{Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
 
 use duraplane::{
+    bus::{Bus, BusConfig, BusEvent},
     localapi::Client,
     testbed::{
         Testbed,
@@ -35,6 +37,41 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A bus of the test's own whose thread lives in `host`'s namespace (so it talks to that
+/// host's corosync, or finds none).
+pub fn bus_in(tb: &Testbed, host: &str, config: BusConfig) -> (Bus, Receiver<BusEvent>) {
+    tb.run_in(host, || Bus::start(config))
+        .expect("enter namespace")
+        .expect("start bus")
+}
+
+/// The first event from `rx` matching `pred` (others are passed over); `Err` once `secs`
+/// seconds have passed or the bus has ended.
+pub fn next_event(
+    rx: &Receiver<BusEvent>,
+    secs: u64,
+    mut pred: impl FnMut(&BusEvent) -> bool,
+) -> Result<BusEvent, RecvTimeoutError> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = rx.recv_timeout(left)?;
+        if pred(&ev) {
+            return Ok(ev);
+        }
+    }
+}
+
+/// [`next_event`] that must arrive; panics naming `what`.
+pub fn wait_event(
+    rx: &Receiver<BusEvent>,
+    what: &str,
+    secs: u64,
+    pred: impl FnMut(&BusEvent) -> bool,
+) -> BusEvent {
+    next_event(rx, secs, pred).unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
 }
 
 fn indent(text: &str) -> String {
@@ -306,6 +343,11 @@ impl Cluster {
     /// Node `i`'s local API socket.
     pub fn api_path(&self, i: usize) -> PathBuf {
         self.socket(i).with_file_name("api.sock")
+    }
+
+    /// A bus of the test's own in node `i`'s namespace, on that node's corosync.
+    pub fn bus(&self, i: usize, config: BusConfig) -> (Bus, Receiver<BusEvent>) {
+        bus_in(&self.tb, self.corosync.host(i), config)
     }
 
     /// A local API client of node `i`.
