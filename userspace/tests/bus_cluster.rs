@@ -1,16 +1,13 @@
 //! The bus against a real three-node corosync cluster in network namespaces.
 
-use std::{
-    sync::mpsc::Receiver,
-    time::{Duration, Instant},
-};
+mod cluster_support;
 
+use std::{sync::mpsc::Receiver, time::Duration};
+
+use cluster_support::{Cluster, bus_in, wait_event};
 use duraplane::{
     bus::{Bus, BusConfig, BusEvent, LeaveReason, MAX_MESSAGE},
-    testbed::{
-        Testbed,
-        corosync::{CorosyncCluster, CorosyncTiming},
-    },
+    testbed::Testbed,
 };
 use nix::sys::signal::Signal;
 
@@ -26,29 +23,9 @@ fn config() -> BusConfig {
     }
 }
 
-/// Starts a bus whose thread lives in `host`'s network namespace (so it talks to that
-/// host's corosync).
-fn bus_in(tb: &Testbed, host: &str) -> (Bus, Receiver<BusEvent>) {
-    tb.run_in(host, || Bus::start(config()))
-        .expect("enter namespace")
-        .expect("start bus")
-}
-
-/// Waits for the first event matching `pred`, returning it.
-fn wait_for(
-    rx: &Receiver<BusEvent>,
-    what: &str,
-    mut pred: impl FnMut(&BusEvent) -> bool,
-) -> BusEvent {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(ev) if pred(&ev) => return ev,
-            Ok(_) => {}
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
-    }
+/// Waits (30 s) for the first event matching `pred`, returning it.
+fn wait_for(rx: &Receiver<BusEvent>, what: &str, pred: impl FnMut(&BusEvent) -> bool) -> BusEvent {
+    wait_event(rx, what, 30, pred)
 }
 
 fn view_size(ev: &BusEvent, group: &str) -> Option<usize> {
@@ -62,18 +39,10 @@ fn view_size(ev: &BusEvent, group: &str) -> Option<usize> {
 
 #[test]
 fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
-    let mut tb = Testbed::new().expect("testbed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = CorosyncCluster::start(
-        &mut tb,
-        3,
-        dir.path().to_path_buf(),
-        CorosyncTiming::default(),
-    )
-    .expect("corosync cluster");
+    // Corosync on three nodes, no daemons: the test's own buses are the members.
+    let mut c = Cluster::builder(3).up();
 
-    let mut buses: Vec<(Bus, Receiver<BusEvent>)> =
-        (0..3).map(|i| bus_in(&tb, cluster.host(i))).collect();
+    let mut buses: Vec<(Bus, Receiver<BusEvent>)> = (0..3).map(|i| c.bus(i, config())).collect();
     let mut nodeids = Vec::new();
     for (_, rx) in &buses {
         match wait_for(rx, "connected", |e| matches!(e, BusEvent::Connected { .. })) {
@@ -134,7 +103,7 @@ fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
     }
 
     // Node 2's corosync crashes: its bus reports the loss, node 1 sees node 2 leave.
-    cluster
+    c.corosync
         .kill_node(1, Signal::SIGKILL)
         .expect("kill corosync 2");
     wait_for(&buses[1].1, "disconnected", |e| {
@@ -149,7 +118,7 @@ fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
     }
 
     // Corosync comes back: the bus reconnects by itself and rejoins.
-    cluster.start_node(&tb, 1).expect("restart corosync 2");
+    c.corosync.start_node(&c.tb, 1).expect("restart corosync 2");
     wait_for(&buses[1].1, "reconnected", |e| {
         matches!(e, BusEvent::Connected { nodeid: 2 })
     });
@@ -165,7 +134,7 @@ fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
 fn bus_without_corosync_reports_disconnected_and_refuses_unknown_groups() {
     let mut tb = Testbed::new().expect("testbed");
     tb.add_host("lonely").expect("host");
-    let (bus, rx) = bus_in(&tb, "lonely");
+    let (bus, rx) = bus_in(&tb, "lonely", config());
     let ev = wait_for(&rx, "disconnected", |e| {
         matches!(e, BusEvent::Disconnected { .. })
     });
