@@ -283,3 +283,142 @@ fn addresses_outside_every_topology_are_refused() {
     assert!(matches!(planned, Err(PlumbError::NoTopology { .. })));
     assert!(!ip_addr(&tb).contains("203.0.113.9"));
 }
+
+/// `n` IPv6 VIPs in 2001:db8:1::1:0/116 (distinct solicited-node groups, like a real range).
+fn many_v6(n: u16) -> Vec<IpAddr> {
+    (0..n)
+        .map(|k| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 1, k)))
+        .collect()
+}
+
+#[test]
+fn batches_plumb_and_unplumb_many_across_windows() {
+    // More than two windows, IPv4 and IPv6 mixed, one of them already present.
+    let tb = bed();
+    let topo = topology();
+    let mut want = many_v6(300);
+    want.push(ip(V4));
+    want.push(ip(V4B));
+    let n = want.len();
+    let w = want.clone();
+    let (first, again, listed, pre_removed) = tb
+        .run_in("a", move || {
+            let mut p = Plumber::new().unwrap();
+            let ix = p.link("eth0").unwrap().unwrap().index;
+            p.add(&plan(w[5], &topo).unwrap()).unwrap();
+            let items: Vec<_> = w.iter().map(|a| (plan(*a, &topo).unwrap(), ix)).collect();
+            let first = p.add_many(&items).unwrap();
+            let again = p.add_many(&items).unwrap();
+            let listed = p.plumbed().unwrap();
+            // One removed behind our back: reported as already gone, not as an error.
+            let gone = listed.iter().find(|a| a.addr == w[7]).unwrap().clone();
+            let pre = p.remove(&gone).unwrap();
+            (first, again, listed, pre)
+        })
+        .unwrap();
+    assert!(pre_removed);
+    assert_eq!(first.len(), n);
+    assert!(!first[5], "already present is reported as such");
+    assert_eq!(first.iter().filter(|x| **x).count(), n - 1);
+    assert!(again.iter().all(|x| !x), "a second batch adds nothing");
+    let got: BTreeSet<IpAddr> = listed.iter().map(|a| a.addr).collect();
+    assert_eq!(got, want.iter().copied().collect::<BTreeSet<_>>());
+    assert!(listed.iter().all(|a| a.proto == Some(DURAVIP_PROTO)));
+    // A /128 gets its local route but no (redundant) prefix route; flags say so.
+    let v6 = listed.iter().find(|a| a.addr == want[0]).unwrap();
+    assert_eq!(v6.prefix, 128);
+    assert_ne!(v6.flags & 0x200, 0, "IFA_F_NOPREFIXROUTE: {:#x}", v6.flags);
+    let main = tb
+        .exec("a", &["ip", "-6", "route", "show", "table", "main"])
+        .unwrap();
+    assert!(!main.contains("2001:db8:1::1:0 "), "{main}");
+    let local = tb
+        .exec("a", &["ip", "-6", "route", "show", "table", "local"])
+        .unwrap();
+    assert!(local.contains("local 2001:db8:1::1:0 "), "{local}");
+
+    let (removed, left) = tb
+        .run_in("a", || {
+            let mut p = Plumber::new().unwrap();
+            let removed = p.remove_orphans().unwrap();
+            (removed, p.plumbed().unwrap())
+        })
+        .unwrap();
+    assert_eq!(
+        removed.len(),
+        n - 1,
+        "the one removed before is not counted"
+    );
+    assert!(left.is_empty(), "{left:?}");
+    let local = tb
+        .exec("a", &["ip", "-6", "route", "show", "table", "local"])
+        .unwrap();
+    assert!(
+        !local.contains("2001:db8:1::1:"),
+        "local routes left: {local}"
+    );
+    let addrs = ip_addr(&tb);
+    assert!(addrs.contains("198.51.100.1/24") && addrs.contains("2001:db8:1::1/64"));
+}
+
+#[test]
+fn a_failure_inside_a_batch_names_its_address_and_the_rest_is_plumbed() {
+    let tb = bed();
+    let topo = topology();
+    let (err, listed) = tb
+        .run_in("a", move || {
+            let mut p = Plumber::new().unwrap();
+            let ix = p.link("eth0").unwrap().unwrap().index;
+            let mut items: Vec<_> = many_v6(200)
+                .into_iter()
+                .map(|a| (plan(a, &topo).unwrap(), ix))
+                .collect();
+            // No such interface index: the kernel NACKs this one message only.
+            items[150].1 = 999_999;
+            let err = p.add_many(&items).unwrap_err();
+            (err, p.plumbed().unwrap())
+        })
+        .unwrap();
+    let bad = many_v6(200)[150];
+    assert!(
+        matches!(&err, PlumbError::Kernel { addr, .. } if *addr == bad),
+        "{err}"
+    );
+    assert_eq!(listed.len(), 199);
+    assert!(listed.iter().all(|a| a.addr != bad));
+}
+
+#[test]
+fn a_plumbed_v6_vip_answers_neighbour_solicitation() {
+    // The /128 without a prefix route is still a real address: b resolves it (NS/NA by the
+    // kernel) and gets an echo reply from it.
+    let tb = bed();
+    let topo = topology();
+    tb.run_in("a", move || {
+        let mut p = Plumber::new().unwrap();
+        let mut r = Reconciler::new(1);
+        r.reconcile(&mut p, &BTreeSet::from([ip(V6)]), &topo, Trigger::Election)
+            .unwrap();
+    })
+    .unwrap();
+    let out = tb
+        .exec_output("b", &["ping", "-6", "-c", "1", "-W", "2", V6])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let neigh = tb.exec("b", &["ip", "-6", "neigh", "show", V6]).unwrap();
+    assert!(neigh.contains("lladdr"), "{neigh}");
+    // Released: b's next probe gets no answer.
+    tb.run_in("a", || {
+        let mut p = Plumber::new().unwrap();
+        p.remove_orphans().unwrap();
+    })
+    .unwrap();
+    let out = tb
+        .exec_output("b", &["ping", "-6", "-c", "1", "-W", "1", V6])
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -31,6 +31,7 @@ use netlink_packet_route::{
         AddressScope,
     },
     link::{LinkAttribute, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -44,6 +45,18 @@ pub const DURAVIP_PROTO: u8 = 0xd5;
 
 /// Suffix of the IPv4 label (`eth1:dv`).
 pub const LABEL_SUFFIX: &str = ":dv";
+
+/// Changes sent in one `sendmsg` ([`Plumber::add_many`], [`Plumber::remove_many`]). Only the
+/// last of a window asks for an ACK; failures are NACKed anyway, at most one per message, so a
+/// window's replies (≈ 1 KiB of receive buffer each) always fit the buffer set in
+/// [`Plumber::new`] and none is dropped.
+pub const WINDOW: usize = 128;
+
+/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`, doubled).
+const RX_BUF: usize = 1 << 20;
+
+/// `RT_TABLE_LOCAL`: where the kernel puts the `local` route of every address.
+const TABLE_LOCAL: u8 = 255;
 
 /// Plumbing failures, with what an operator needs to act.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +178,8 @@ impl Plumber {
             .map_err(|source| PlumbError::Socket { source })?;
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(|source| PlumbError::Socket { source })?;
+        sock.set_rx_buf_sz(RX_BUF)
+            .map_err(|source| PlumbError::Socket { source })?;
         Ok(Plumber {
             sock,
             seq: 0,
@@ -229,6 +244,86 @@ impl Plumber {
                 }
             }
         }
+    }
+
+    /// Send changes as pipelined windows of [`WINDOW`] messages, one `sendmsg` each, and
+    /// return every message's outcome in order (`None`: done, `Some(errno)`: NACKed). Only the
+    /// last message of a window asks for an ACK: netlink handles a datagram's messages in
+    /// order, so once that ACK is read every NACK of the window has been read before it.
+    fn batch(
+        &mut self,
+        op: &'static str,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> Result<Vec<Option<std::io::Error>>, PlumbError> {
+        let mut out: Vec<Option<std::io::Error>> = Vec::with_capacity(msgs.len());
+        let mut it = msgs.into_iter().peekable();
+        let mut wire = Vec::new();
+        while it.peek().is_some() {
+            let window: Vec<_> = it.by_ref().take(WINDOW).collect();
+            let n = window.len();
+            let first = self.seq.wrapping_add(1);
+            wire.clear();
+            for (k, (msg, flags)) in window.into_iter().enumerate() {
+                self.seq = self.seq.wrapping_add(1);
+                let mut header = NetlinkHeader::default();
+                header.flags = if k + 1 == n {
+                    flags | NLM_F_ACK
+                } else {
+                    flags & !NLM_F_ACK
+                };
+                header.sequence_number = self.seq;
+                let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+                nl.finalize();
+                let start = wire.len();
+                let len = nl.buffer_len();
+                wire.resize(start + len.div_ceil(4) * 4, 0);
+                nl.serialize(&mut wire[start..start + len]);
+            }
+            let last = self.seq;
+            self.sock
+                .send(&wire, 0)
+                .map_err(|source| PlumbError::Io { op, source })?;
+            let mut res: Vec<Option<std::io::Error>> = (0..n).map(|_| None).collect();
+            let mut done = false;
+            while !done {
+                self.buf.clear();
+                self.buf.reserve(1 << 16);
+                self.sock
+                    .recv(&mut self.buf, 0)
+                    .map_err(|source| PlumbError::Io { op, source })?;
+                let mut off = 0usize;
+                while off < self.buf.len() {
+                    let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..])
+                        .map_err(|e| PlumbError::Decode {
+                            op,
+                            detail: e.to_string(),
+                        })?;
+                    let len = m.header.length as usize;
+                    if len == 0 {
+                        return Err(PlumbError::Decode {
+                            op,
+                            detail: "zero-length message".into(),
+                        });
+                    }
+                    off += len.div_ceil(4) * 4;
+                    let seq = m.header.sequence_number;
+                    let idx = seq.wrapping_sub(first) as usize;
+                    if idx >= n {
+                        continue;
+                    }
+                    if let NetlinkPayload::Error(e) = m.payload {
+                        if e.code.is_some() {
+                            res[idx] = Some(e.to_io());
+                        }
+                        if seq == last {
+                            done = true;
+                        }
+                    }
+                }
+            }
+            out.extend(res);
+        }
+        Ok(out)
     }
 
     /// Every link of the namespace.
@@ -376,9 +471,17 @@ impl Plumber {
         self.add_at(spec, link.index)
     }
 
-    /// As [`add`](Self::add) on the interface with index `index` (already looked up):
-    /// one netlink round trip per address, which is what keeps 4,096 VIPs fast.
+    /// As [`add`](Self::add) on the interface with index `index` (already looked up).
     pub fn add_at(&mut self, spec: &PlumbSpec, index: u32) -> Result<bool, PlumbError> {
+        let added = self.add_many(&[(spec.clone(), index)])?;
+        Ok(added.first().copied().unwrap_or(false))
+    }
+
+    /// The `RTM_NEWADDR` of one VIP: tagged; IPv6 without DAD, and a /128 without the prefix
+    /// route (it would be the address itself, which the kernel's `local` route already
+    /// covers, and every later IPv6 address removal walks all routes: half as many is
+    /// twice as fast).
+    fn add_message(spec: &PlumbSpec, index: u32) -> Result<AddressMessage, PlumbError> {
         let max = if spec.addr.is_ipv4() { 32 } else { 128 };
         if spec.prefix > max {
             return Err(PlumbError::BadPrefix {
@@ -389,57 +492,147 @@ impl Plumber {
         let mut m = Self::message(spec.addr, spec.prefix, index, &spec.ifname);
         if spec.addr.is_ipv6() {
             m.header.flags = AddressHeaderFlags::Nodad;
-            m.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            let mut flags = AddressFlags::Nodad;
+            if spec.prefix == max {
+                flags |= AddressFlags::Noprefixroute;
+            }
+            m.attributes.push(AddressAttribute::Flags(flags));
         }
         m.attributes
             .push(AddressAttribute::Protocol(AddressProtocol::from(
                 DURAVIP_PROTO,
             )));
-        match self.request(
-            "add address",
-            RouteNetlinkMessage::NewAddress(m),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        )? {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-            Err(source) => Err(PlumbError::Kernel {
-                op: "add address",
-                addr: spec.addr,
-                ifname: spec.ifname.clone(),
-                source,
-            }),
+        Ok(m)
+    }
+
+    /// Plumb many addresses, each on the interface index given (already looked up), in
+    /// pipelined windows ([`WINDOW`] per `sendmsg`) instead of a round trip each. Per
+    /// address, in order: `true` added, `false` already present. Any other failure is
+    /// returned (the first one) after the whole batch went through: the rest is plumbed,
+    /// and a later reconcile finishes the job.
+    ///
+    /// IPv6 costs the kernel more than the message: every `RTM_NEWADDR` re-announces all
+    /// multicast groups of the interface (`ipv6_find_idev` → `ipv6_mc_up`), and each IPv6
+    /// address joins its own solicited-node group, so n addresses cost O(n²) (docs/duravip.md,
+    /// "Plumbing cost").
+    pub fn add_many(&mut self, items: &[(PlumbSpec, u32)]) -> Result<Vec<bool>, PlumbError> {
+        let mut msgs = Vec::with_capacity(items.len());
+        for (spec, index) in items {
+            msgs.push((
+                RouteNetlinkMessage::NewAddress(Self::add_message(spec, *index)?),
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
+            ));
+        }
+        let res = self.batch("add address", msgs)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut failed = None;
+        for ((spec, _), r) in items.iter().zip(res) {
+            match r {
+                None => out.push(true),
+                Some(e) if e.raw_os_error() == Some(libc::EEXIST) => out.push(false),
+                Some(source) => {
+                    out.push(false);
+                    failed.get_or_insert(PlumbError::Kernel {
+                        op: "add address",
+                        addr: spec.addr,
+                        ifname: spec.ifname.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
     }
 
     /// Remove one address. Already gone → `Ok(false)`.
     pub fn remove(&mut self, a: &IfAddress) -> Result<bool, PlumbError> {
-        let m = Self::message(a.addr, a.prefix, a.index, "");
-        match self.request(
-            "remove address",
-            RouteNetlinkMessage::DelAddress(m),
-            NLM_F_REQUEST | NLM_F_ACK,
-        )? {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(false),
-            Err(source) => Err(PlumbError::Kernel {
-                op: "remove address",
-                addr: a.addr,
-                ifname: format!("ifindex {}", a.index),
-                source,
-            }),
+        let removed = self.remove_many(std::slice::from_ref(a))?;
+        Ok(removed.first().copied().unwrap_or(false))
+    }
+
+    /// The kernel's `local` route of an IPv6 address (table local, on its interface).
+    fn local_route(a: &IfAddress) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = family(&a.addr);
+        r.header.destination_prefix_length = 128;
+        r.header.table = TABLE_LOCAL;
+        r.header.kind = RouteType::Local;
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(a.addr)));
+        r.attributes.push(RouteAttribute::Oif(a.index));
+        r
+    }
+
+    /// Remove many addresses in pipelined windows. Per address, in order: `true` removed,
+    /// `false` already gone; any other failure is returned (the first) after the batch.
+    ///
+    /// Pass them in the order [`addresses`](Self::addresses) lists them: the kernel lists an
+    /// interface's addresses (and multicast groups) newest first and looks each one up from
+    /// the head, so that order finds every one at once. IPv6 addresses lose their `local`
+    /// route first (the address stops receiving at that moment, which a release wants
+    /// anyway): removing an IPv6 address walks every route of the namespace
+    /// (`rt6_remove_prefsrc`), and without the 4,096 local routes that walk is short.
+    pub fn remove_many(&mut self, addrs: &[IfAddress]) -> Result<Vec<bool>, PlumbError> {
+        let routes: Vec<_> = addrs
+            .iter()
+            .filter(|a| a.addr.is_ipv6())
+            .map(|a| {
+                (
+                    RouteNetlinkMessage::DelRoute(Self::local_route(a)),
+                    NLM_F_REQUEST,
+                )
+            })
+            .collect();
+        if !routes.is_empty() {
+            // A NACK (ESRCH) only means the route was already gone: the address removal
+            // below is what counts.
+            self.batch("remove local route", routes)?;
+        }
+        let msgs = addrs
+            .iter()
+            .map(|a| {
+                (
+                    RouteNetlinkMessage::DelAddress(Self::message(a.addr, a.prefix, a.index, "")),
+                    NLM_F_REQUEST,
+                )
+            })
+            .collect();
+        let res = self.batch("remove address", msgs)?;
+        let mut out = Vec::with_capacity(addrs.len());
+        let mut failed = None;
+        for (a, r) in addrs.iter().zip(res) {
+            match r {
+                None => out.push(true),
+                Some(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => out.push(false),
+                Some(source) => {
+                    out.push(false);
+                    failed.get_or_insert(PlumbError::Kernel {
+                        op: "remove address",
+                        addr: a.addr,
+                        ifname: format!("ifindex {}", a.index),
+                        source,
+                    });
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
     }
 
     /// Remove every tagged address: the clean slate Momentum starts from. Returns them.
     pub fn remove_orphans(&mut self) -> Result<Vec<IfAddress>, PlumbError> {
-        let mut removed = Vec::new();
-        for a in self.plumbed()? {
-            if self.remove(&a)? {
-                removed.push(a);
-            }
-        }
-        Ok(removed)
+        let found = self.plumbed()?;
+        let removed = self.remove_many(&found)?;
+        Ok(found
+            .into_iter()
+            .zip(removed)
+            .filter_map(|(a, r)| r.then_some(a))
+            .collect())
     }
 }
 
@@ -519,19 +712,29 @@ impl Reconciler {
         }
         let plumbed = p.plumbed()?;
         // Remove what is not wanted, or wanted elsewhere / with another prefix.
+        // (Kept in the kernel's listing order: see `Plumber::remove_many`.)
         let mut present = BTreeSet::new();
+        let mut unwanted = Vec::new();
         for a in plumbed {
             let right = specs
                 .get(&a.addr)
                 .is_some_and(|(s, ix)| *ix == a.index && s.prefix == a.prefix);
             if right {
                 present.insert(a.addr);
-            } else if p.remove(&a)? {
-                r.removed.push(a);
+            } else {
+                unwanted.push(a);
             }
         }
+        let gone = p.remove_many(&unwanted)?;
+        r.removed.extend(
+            unwanted
+                .into_iter()
+                .zip(gone)
+                .filter_map(|(a, g)| g.then_some(a)),
+        );
         self.missing
             .retain(|a, _| specs.contains_key(a) && !present.contains(a));
+        let mut wanted = Vec::new();
         for (a, (s, ix)) in &specs {
             if present.contains(a) {
                 continue;
@@ -545,9 +748,10 @@ impl Reconciler {
                 }
             }
             self.missing.remove(a);
-            p.add_at(s, *ix)?;
-            r.added.push(s.clone());
+            wanted.push((s.clone(), *ix));
         }
+        p.add_many(&wanted)?;
+        r.added.extend(wanted.into_iter().map(|(s, _)| s));
         Ok(r)
     }
 }
