@@ -248,7 +248,13 @@ struct Writer {
     zeroed: u64,
     /// io_uring or blocking; kept across segment rolls.
     io: Io,
+    /// The commit buffer, kept between commits (and rolls): a fresh multi-megabyte `Vec`
+    /// per commit was an mmap, page faults and regrowth copies on every commit.
+    buf: Vec<u8>,
 }
+
+/// Largest commit buffer kept for the next commit (a bigger one is freed after use).
+const KEEP_BUF: usize = 8 << 20;
 
 /// Zero fill written ahead of the data, in the preallocated (unwritten) part of a segment.
 /// Writing into unwritten extents makes every fdatasync commit an extent conversion to the
@@ -270,6 +276,8 @@ struct SpareState {
     preparing: bool,
     /// The last preparation failed (e.g. no space): not retried before the next roll.
     failed: bool,
+    /// The last preparing thread, joined on close so no spare outlives the stream.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Sub {
@@ -379,7 +387,22 @@ enum Waiter {
 
 struct Ticket {
     waiter: Waiter,
-    payloads: Vec<Vec<u8>>,
+    payloads: Payloads,
+}
+
+/// A ticket's records: one copy, no second allocation for the common single record.
+enum Payloads {
+    One(Vec<u8>),
+    Many(Vec<Vec<u8>>),
+}
+
+impl Payloads {
+    fn as_slice(&self) -> &[Vec<u8>] {
+        match self {
+            Payloads::One(p) => std::slice::from_ref(p),
+            Payloads::Many(v) => v,
+        }
+    }
 }
 
 /// A pipelined append in flight ([`Stream::append_async`]): the record is acknowledged —
@@ -478,8 +501,19 @@ impl Drop for Inner {
         if let Some(t) = self.committer.get() {
             t.unpark();
         }
-        // Still under the directory lock (`_lock` is dropped after this body).
-        if let Some((_, p)) = lock(&self.spare).ready.take() {
+        // Still under the directory lock (`_lock` is dropped after this body). A spare
+        // being prepared is abandoned at its next chunk (its thread sees no strong
+        // reference) and removed by that thread; wait for it, unless this is that thread.
+        let (ready, thread) = {
+            let mut sp = lock(&self.spare);
+            (sp.ready.take(), sp.thread.take())
+        };
+        if let Some(t) = thread
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+        if let Some((_, p)) = ready {
             let _ = fs::remove_file(p);
         }
     }
@@ -734,6 +768,7 @@ impl Stream {
             pos: SEGMENT_HEADER_LEN + scan.valid_len as u64,
             end,
             buffered_records: 0,
+            buf: Vec::new(),
             zeroed: if fresh {
                 segment_size
             } else {
@@ -848,7 +883,7 @@ impl Stream {
         }
         st.pending.push(Ticket {
             waiter: Waiter::Async(slot.clone()),
-            payloads: vec![payload.to_vec()],
+            payloads: Payloads::One(payload.to_vec()),
         });
         st.pending_records += 1;
         let gatherer = if st.pending_records >= st.gather_target {
@@ -934,7 +969,10 @@ impl Stream {
         }
         st.pending.push(Ticket {
             waiter: Waiter::Sync(slot.clone()),
-            payloads: payloads.iter().map(|p| p.as_ref().to_vec()).collect(),
+            payloads: match payloads {
+                [one] => Payloads::One(one.as_ref().to_vec()),
+                many => Payloads::Many(many.iter().map(|p| p.as_ref().to_vec()).collect()),
+            },
         });
         st.pending_records += payloads.len();
         if st.pending_records >= st.gather_target
@@ -1050,7 +1088,14 @@ impl Stream {
         let inner = &*self.inner;
         let mut w = lock(&inner.writer);
         let mut out: Vec<(Waiter, Result<Vec<Offset>>)> = Vec::with_capacity(batch.len());
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let bytes: u64 = batch
+            .iter()
+            .flat_map(|t| t.payloads.as_slice())
+            .map(|p| frame::frame_len(p.len()))
+            .sum();
+        buf.reserve(bytes.min(inner.segment_size) as usize);
         let mut unflushed = 0usize; // tickets in `out` whose frames are in `buf`
         let ts = files::now_ns();
         let mut failed: Option<LogError> = None;
@@ -1059,7 +1104,8 @@ impl Stream {
                 out.push((t.waiter, Err(e.clone())));
                 continue;
             }
-            let total: u64 = t.payloads.iter().map(|p| frame::frame_len(p.len())).sum();
+            let payloads = t.payloads.as_slice();
+            let total: u64 = payloads.iter().map(|p| frame::frame_len(p.len())).sum();
             let buffered = buf.len() as u64;
             if w.pos + buffered + total > inner.segment_size
                 && w.pos + buffered > SEGMENT_HEADER_LEN
@@ -1077,8 +1123,8 @@ impl Stream {
                     continue;
                 }
             }
-            let mut offs = Vec::with_capacity(t.payloads.len());
-            for p in &t.payloads {
+            let mut offs = Vec::with_capacity(payloads.len());
+            for p in payloads {
                 let off = w.end + buf.len() as u64;
                 frame::encode_into(&mut buf, off, ts, p);
                 offs.push(off);
@@ -1089,6 +1135,10 @@ impl Stream {
         }
         if let Err(e) = self.flush(&mut w, &mut buf) {
             fail_last(&mut out, unflushed, &e);
+        }
+        if buf.capacity() <= KEEP_BUF {
+            buf.clear();
+            w.buf = buf;
         }
         out
     }
@@ -1170,10 +1220,14 @@ impl Stream {
                     }
                 }
             });
-        if spawned.is_err() {
-            let mut sp = lock(&inner.spare);
-            sp.preparing = false;
-            sp.failed = true;
+        let mut sp = lock(&inner.spare);
+        match spawned {
+            // The previous thread (if any) has finished: detaching it is fine.
+            Ok(t) => sp.thread = Some(t),
+            Err(_) => {
+                sp.preparing = false;
+                sp.failed = true;
+            }
         }
     }
 
@@ -1236,6 +1290,7 @@ impl Stream {
             m.disk_full = false;
         }
         let io = std::mem::replace(&mut w.io, Io::Blocking);
+        let buf = std::mem::take(&mut w.buf);
         *w = Writer {
             file,
             path,
@@ -1243,6 +1298,7 @@ impl Stream {
             pos: SEGMENT_HEADER_LEN,
             end: w.end,
             buffered_records: 0,
+            buf,
             zeroed: if prezeroed {
                 inner.segment_size
             } else {
