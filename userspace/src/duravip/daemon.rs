@@ -493,25 +493,39 @@ impl RingPairing {
     /// Whether the quorum flag may not be trusted for the view (take nothing new). Only
     /// after `wait` of being unpaired does the flag count anyway, with a warning.
     fn judge(&mut self, rings: Rings, now: Instant, wait: Duration) -> bool {
+        let show = |r: Option<RingId>| r.map_or_else(|| "none".to_owned(), |r| r.to_string());
         if rings.paired() {
-            self.unpaired_since = None;
+            if let Some(since) = self.unpaired_since.take() {
+                tracing::info!(
+                    ring = %show(rings.quorum_ring),
+                    held_ms = now.saturating_duration_since(since).as_millis() as u64,
+                    "DuraVIP: view and quorum verdict paired again"
+                );
+            }
             self.warned = false;
             return false;
         }
-        let since = *self.unpaired_since.get_or_insert(now);
+        let since = match self.unpaired_since {
+            Some(t) => t,
+            None => {
+                tracing::info!(
+                    view_ring = %show(rings.ring),
+                    view_ring_pending = rings.pending,
+                    quorum_ring = %show(rings.quorum_ring),
+                    "DuraVIP: view and quorum verdict about different rings; taking nothing new"
+                );
+                *self.unpaired_since.insert(now)
+            }
+        };
         if now.saturating_duration_since(since) < wait {
-            tracing::debug!(
-                ?rings,
-                "DuraVIP: view and quorum verdict not yet about the same ring"
-            );
             return true;
         }
         if !self.warned {
             self.warned = true;
             tracing::warn!(
-                ring = ?rings.ring,
-                quorum_ring = ?rings.quorum_ring,
-                pending = rings.pending,
+                view_ring = %show(rings.ring),
+                view_ring_pending = rings.pending,
+                quorum_ring = %show(rings.quorum_ring),
                 waited_ms = wait.as_millis() as u64,
                 "DuraVIP: corosync never paired the view with a quorum verdict; trusting the quorum flag as it is"
             );
