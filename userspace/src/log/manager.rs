@@ -25,8 +25,8 @@ use std::{
 };
 
 use super::{
-    Offset, Record,
-    service::{Delivery, LogClient, LogClientError, MAX_WINDOW, code},
+    Offset,
+    service::{BatchDelivery, LogClient, LogClientError, MAX_WINDOW, RecordsBuf, code},
 };
 use crate::config::parser::{Node, Scope, Tree, Value, ValueKind, parse_file};
 use crate::engine::{ClusterKey, KeyError};
@@ -361,26 +361,138 @@ fn fsync_dir(dir: &Path) -> Result<(), ManagerError> {
         .map_err(ioe("fsync directory", dir))
 }
 
-/// Write-new + fsync + rename + directory fsync: the state is the old or the new one.
-fn save_state(path: &Path, st: &State) -> Result<(), ManagerError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(ioe("create", &tmp))?;
-    f.write_all(st.encode().as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(ioe("write", &tmp))?;
-    fs::rename(&tmp, path).map_err(ioe("rename", path))?;
-    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+/// Bytes per state slot (the encoded state, with its path, must fit).
+const STATE_SLOT: u64 = 8192;
+const STATE_MAGIC: &[u8; 4] = b"DPMS";
+/// Slot header: magic, `u64 seq`, `u32 len`, `u32 crc32c(seq, len, text)`.
+const SLOT_HDR: usize = 20;
+
+/// The per-(node, log) state file: two alternating slots, so a save after every batch is
+/// one in-place write + fdatasync (no new file, rename and directory fsync each time); a
+/// torn write spoils only the slot being written and the other keeps the previous state.
+/// The first save (and one after a file in the older single-text format) writes a new
+/// file and renames it into place.
+#[derive(Debug)]
+struct StateFile {
+    path: PathBuf,
+    file: Option<File>,
+    seq: u64,
 }
 
-fn load_state(path: &Path) -> Result<State, ManagerError> {
-    match fs::read_to_string(path) {
-        Ok(s) => State::decode(&s).ok_or_else(|| ManagerError::Invalid {
+fn state_slot(seq: u64, st: &State) -> Option<Vec<u8>> {
+    let text = st.encode();
+    if text.len() > STATE_SLOT as usize - SLOT_HDR {
+        return None;
+    }
+    let mut v = Vec::with_capacity(SLOT_HDR + text.len());
+    v.extend_from_slice(STATE_MAGIC);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&v[4..16]), text.as_bytes());
+    v.extend_from_slice(&crc.to_be_bytes());
+    v.extend_from_slice(text.as_bytes());
+    Some(v)
+}
+
+fn parse_slot(b: &[u8]) -> Option<(u64, State)> {
+    if b.len() < SLOT_HDR || &b[..4] != STATE_MAGIC {
+        return None;
+    }
+    let seq = u64::from_be_bytes(b[4..12].try_into().ok()?);
+    let n = u32::from_be_bytes(b[12..16].try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(b[16..20].try_into().ok()?);
+    let text = b.get(SLOT_HDR..SLOT_HDR.checked_add(n)?)?;
+    if crc32c::crc32c_append(crc32c::crc32c(&b[4..16]), text) != crc {
+        return None;
+    }
+    Some((seq, State::decode(std::str::from_utf8(text).ok()?)?))
+}
+
+impl StateFile {
+    fn load(path: &Path) -> Result<(StateFile, State), ManagerError> {
+        let unreadable = || ManagerError::Invalid {
             path: path.to_owned(),
             what: "unreadable manager state (delete it to re-fetch from the node's checkpoint)"
                 .into(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
-        Err(e) => Err(ioe("read", path)(e)),
+        };
+        let mut sf = StateFile {
+            path: path.to_owned(),
+            file: None,
+            seq: 0,
+        };
+        let b = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((sf, State::default())),
+            Err(e) => return Err(ioe("read", path)(e)),
+        };
+        if !b.starts_with(STATE_MAGIC) {
+            // The single-text format; the next save converts it.
+            let st = std::str::from_utf8(&b)
+                .ok()
+                .and_then(State::decode)
+                .ok_or_else(unreadable)?;
+            return Ok((sf, st));
+        }
+        let slot = |i: u64| {
+            let at = (i * STATE_SLOT) as usize;
+            b.get(at..b.len().min(at + STATE_SLOT as usize))
+                .and_then(parse_slot)
+        };
+        let (seq, st) = match (slot(0), slot(1)) {
+            (Some(a), Some(b)) => {
+                if a.0 >= b.0 {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return Err(unreadable()),
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(ioe("open", path))?;
+        sf.file = Some(f);
+        sf.seq = seq;
+        Ok((sf, st))
+    }
+
+    /// Makes `st` the durable state.
+    fn save(&mut self, st: &State) -> Result<(), ManagerError> {
+        use std::os::unix::fs::FileExt;
+        let seq = self.seq + 1;
+        let slot = state_slot(seq, st).ok_or_else(|| ManagerError::Invalid {
+            path: self.path.clone(),
+            what: "manager state too long (consolidated file path)".into(),
+        })?;
+        let at = (seq % 2) * STATE_SLOT;
+        match &self.file {
+            Some(f) => f
+                .write_all_at(&slot, at)
+                .and_then(|_| f.sync_data())
+                .map_err(ioe("write", &self.path))?,
+            None => {
+                let tmp = self.path.with_extension("tmp");
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(&tmp)
+                    .map_err(ioe("create", &tmp))?;
+                f.set_len(2 * STATE_SLOT)
+                    .and_then(|_| f.write_all_at(&slot, at))
+                    .and_then(|_| f.sync_all())
+                    .map_err(ioe("write", &tmp))?;
+                fs::rename(&tmp, &self.path).map_err(ioe("rename", &self.path))?;
+                fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+                self.file = Some(f);
+            }
+        }
+        self.seq = seq;
+        Ok(())
     }
 }
 
@@ -506,8 +618,10 @@ struct Sink {
     files: Arc<OpenFiles>,
     node: String,
     log: String,
-    state_path: PathBuf,
+    state: StateFile,
     st: State,
+    /// The batch being written, reused (see [`Sink::write`]).
+    buf: Vec<u8>,
 }
 
 impl Sink {
@@ -520,7 +634,7 @@ impl Sink {
         let dir = state_dir(&cfg.logfile);
         make_dirs(&dir, 0o700)?;
         let state_path = dir.join(format!("{node}.{log}.state"));
-        let st = load_state(&state_path)?;
+        let (state, st) = StateFile::load(&state_path)?;
         // Cut whatever was appended after the last committed state (a crash between
         // the data fsync and the state write): those records will be fetched again.
         if let Some(f) = &st.file
@@ -541,22 +655,25 @@ impl Sink {
             files,
             node: node.into(),
             log: log.into(),
-            state_path,
+            state,
             st,
+            buf: Vec::new(),
         })
     }
 
     /// Appends the new records (skipping any at or below the last written offset),
     /// durably; returns the offset to checkpoint on the node.
-    fn write(&mut self, recs: &[Record]) -> Result<Option<Offset>, ManagerError> {
-        let Some(last_rec) = recs.last() else {
+    fn write(&mut self, frames: &[RecordsBuf]) -> Result<Option<Offset>, ManagerError> {
+        let Some(last_off) = frames.iter().rev().find_map(|f| f.last()).map(|r| r.offset) else {
             return Ok(None);
         };
-        let fresh: Vec<&Record> = recs
+        let last = self.st.last;
+        let mut fresh = frames
             .iter()
-            .filter(|r| self.st.last.is_none_or(|l| r.offset > l))
-            .collect();
-        if !fresh.is_empty() {
+            .flat_map(|f| f.iter())
+            .filter(|r| last.is_none_or(|l| r.offset > l))
+            .peekable();
+        if fresh.peek().is_some() {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -575,30 +692,41 @@ impl Sink {
                 // crash mid-write cuts exactly our part.
                 self.st.file = Some(path.clone());
                 self.st.len = len;
-                save_state(&self.state_path, &self.st)?;
+                self.state.save(&self.st)?;
             }
-            let mut buf = Vec::new();
-            for r in &fresh {
-                buf.extend_from_slice(&r.payload);
+            // One buffer kept across batches: writing from memory the process already
+            // uses is several times cheaper here than from freshly faulted-in pages (a
+            // new batch-sized buffer, or the per-record allocations themselves).
+            let buf = &mut self.buf;
+            buf.clear();
+            for r in fresh {
+                buf.extend_from_slice(r.payload);
                 if !r.payload.ends_with(b"\n") {
                     buf.push(b'\n');
                 }
             }
             // On failure the handle is dropped (closed), never reused.
-            f.write_all(&buf)
+            f.write_all(buf)
                 .and_then(|_| f.sync_data())
                 .map_err(ioe("write", &path))?;
+            let total = buf.len() as u64;
+            // The consolidated files are write-once: once durable, their pages are only
+            // cache pollution. Dropping them hands the next batch recently freed pages
+            // instead of new ones (which on a VM can cost more than the write itself).
+            // Advice only; a failure changes nothing for correctness.
+            let _ = nix::fcntl::posix_fadvise(
+                &f,
+                len as libc::off_t,
+                total as libc::off_t,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
             self.files.put(path, f);
-            self.st.len = len + buf.len() as u64;
+            self.st.len = len + total;
             fault(Fault::BeforeState);
         }
-        self.st.last = Some(
-            self.st
-                .last
-                .map_or(last_rec.offset, |l| l.max(last_rec.offset)),
-        );
-        save_state(&self.state_path, &self.st)?;
-        Ok(Some(last_rec.offset))
+        self.st.last = Some(self.st.last.map_or(last_off, |l| l.max(last_off)));
+        self.state.save(&self.st)?;
+        Ok(Some(last_off))
     }
 }
 
@@ -833,9 +961,9 @@ impl NodePuller {
         );
         // Receiving and writing overlap: a writer thread makes each batch durable while
         // the next arrives; a checkpoint goes out only for a batch whose write finished.
-        // At most two batches of ≤ half the node's window are in flight, so the window
-        // never closes while a write runs.
-        let (batches, for_writer) = std::sync::mpsc::sync_channel::<Vec<Record>>(1);
+        // At most two batches of ≤ a quarter of the node's window are in flight, plus
+        // the one arriving, so the window never closes while a write runs.
+        let (batches, for_writer) = std::sync::mpsc::sync_channel::<Vec<RecordsBuf>>(1);
         let (written, results) = std::sync::mpsc::channel::<Result<Option<Offset>, ManagerError>>();
         std::thread::scope(|scope| {
             scope.spawn(move || {
@@ -859,7 +987,7 @@ impl NodePuller {
         &self,
         log: &str,
         c: &mut LogClient,
-        batches: &std::sync::mpsc::SyncSender<Vec<Record>>,
+        batches: &std::sync::mpsc::SyncSender<Vec<RecordsBuf>>,
         results: &std::sync::mpsc::Receiver<Result<Option<Offset>, ManagerError>>,
     ) -> Result<(), SessionError> {
         let mut in_flight = 0usize;
@@ -887,9 +1015,9 @@ impl NodePuller {
             };
         while !self.stop.load(Ordering::Relaxed) {
             settle(&mut in_flight, c, false)?;
-            // Everything that is here now (up to half the window), then hand it over.
-            let mut recs: Vec<Record> = Vec::new();
-            let mut bytes = 0u64;
+            // Everything that is here now (up to a batch), then hand it over.
+            let mut recs: Vec<RecordsBuf> = Vec::new();
+            let (mut bytes, mut count) = (0u64, 0usize);
             // Capped so a keepalive goes out well within the node's 30 s idle timeout;
             // short while a write is in flight, so its checkpoint goes out promptly.
             let wait = if in_flight > 0 {
@@ -899,14 +1027,15 @@ impl NodePuller {
                     .log_idle_interval
                     .clamp(Duration::from_millis(10), Duration::from_secs(10))
             };
-            let mut d = c.poll(wait)?;
+            let mut d = c.poll_batch(wait)?;
             while let Some(x) = d {
                 match x {
-                    Delivery::Records(r) => {
-                        bytes += r.iter().map(|x| x.payload.len() as u64 + 32).sum::<u64>();
-                        recs.extend(r);
+                    BatchDelivery::Records(r) => {
+                        bytes += r.payload_bytes() + 32 * r.len() as u64;
+                        count += r.len();
+                        recs.push(r);
                     }
-                    Delivery::Gap { from, to } => {
+                    BatchDelivery::Gap { from, to } => {
                         tracing::warn!(
                             node = self.node,
                             log,
@@ -915,12 +1044,16 @@ impl NodePuller {
                             "manager: the node dropped records (disk policy drop_oldest)"
                         );
                     }
-                    Delivery::Checkpointed { .. } => {}
+                    BatchDelivery::Checkpointed { .. } => {}
                 }
-                if recs.len() >= 65_536 || bytes >= u64::from(MAX_WINDOW) / 2 {
+                if count >= 65_536 || bytes >= BATCH {
                     break;
                 }
-                d = c.poll(Duration::from_millis(1))?;
+                // A write that finished while this batch fills is checkpointed now, not
+                // after the batch: the node makes it durable while records keep coming,
+                // and its window reopens before it runs dry.
+                settle(&mut in_flight, c, false)?;
+                d = c.poll_batch(Duration::from_millis(1))?;
             }
             if recs.is_empty() {
                 continue;
@@ -929,7 +1062,7 @@ impl NodePuller {
             // means a backlog: pull on at once, so it drains at what the link and disk
             // allow — jlog's "sleep between every segment" caps a pull near one segment
             // per log_active_interval. A trickle of live records is paced as configured.
-            let behind = recs.len() >= 65_536 || bytes >= BACKLOG_BATCH;
+            let behind = count >= 65_536 || bytes >= BACKLOG_BATCH;
             if batches.send(recs).is_err() {
                 // The writer stopped on an error: it is in `results`.
                 settle(&mut in_flight, c, true)?;
@@ -957,6 +1090,11 @@ impl NodePuller {
         Ok(())
     }
 }
+
+/// Bytes per batch handed to the writer: a quarter of the window, so two batches being
+/// written (unacknowledged until durable) and one being received fit in the node's window
+/// and the node never waits for a checkpoint while the manager keeps up.
+const BATCH: u64 = MAX_WINDOW as u64 / 4;
 
 /// A batch at least this large means the manager is behind and does not pace itself.
 const BACKLOG_BATCH: u64 = 1 << 20;
@@ -1041,6 +1179,49 @@ mod tests {
             Some(State::default())
         );
         assert_eq!(State::decode("garbage"), None);
+    }
+
+    #[test]
+    fn state_file_keeps_the_last_whole_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.log.state");
+        // The single-text format of earlier versions still loads.
+        let old = State {
+            last: Some(7),
+            file: Some("/o".into()),
+            len: 3,
+        };
+        fs::write(&p, old.encode()).unwrap();
+        let (mut sf, st) = StateFile::load(&p).unwrap();
+        assert_eq!(st, old);
+        let at = |last: u64| State {
+            last: Some(last),
+            file: Some(dir.path().join("out")),
+            len: last * 10,
+        };
+        for last in [10, 11, 12] {
+            sf.save(&at(last)).unwrap();
+        }
+        drop(sf);
+        assert_eq!(StateFile::load(&p).unwrap().1, at(12));
+        // A torn write of the newest slot (seq 3: slot 1) leaves the one before it.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all_at(b"garbage", STATE_SLOT + SLOT_HDR as u64 + 5)
+                .unwrap();
+        }
+        let (mut sf, st) = StateFile::load(&p).unwrap();
+        assert_eq!(st, at(11));
+        // Saving goes on after the slot that survived, overwriting the torn one.
+        sf.save(&at(13)).unwrap();
+        assert_eq!(StateFile::load(&p).unwrap().1, at(13));
+        // Both slots spoiled: refused, never silently reset to "nothing written".
+        fs::write(&p, vec![0x44u8; 2 * STATE_SLOT as usize]).unwrap();
+        assert!(matches!(
+            StateFile::load(&p),
+            Err(ManagerError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub mod code {
 pub const DEFAULT_WINDOW: u32 = 8 << 20;
 /// Window bounds (a client asking for more or less is clamped).
 pub const MIN_WINDOW: u32 = 64 << 10;
-pub const MAX_WINDOW: u32 = 32 << 20;
+pub const MAX_WINDOW: u32 = 64 << 20;
 /// Largest RECORDS payload the service builds (below the engine's 1 MiB frame limit).
 pub const BATCH_BYTES: usize = 768 << 10;
 /// Per-record overhead in a RECORDS payload.
@@ -188,6 +188,78 @@ pub fn decode_records(p: &[u8]) -> Result<Vec<Record>, WireError> {
         });
     }
     Ok(out)
+}
+
+/// A RECORDS payload kept whole, its records read in place: a bulk subscriber (the
+/// manager) gets no allocation and no copy per record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordsBuf {
+    payload: Vec<u8>,
+    /// Per record: offset, timestamp, payload start and length within `payload`.
+    index: Vec<(Offset, u64, usize, usize)>,
+}
+
+/// One record of a [`RecordsBuf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub offset: Offset,
+    pub timestamp_ns: u64,
+    pub payload: &'a [u8],
+}
+
+impl RecordsBuf {
+    /// Checks and indexes a RECORDS payload.
+    pub fn parse(payload: Vec<u8>) -> Result<RecordsBuf, WireError> {
+        let mut index = Vec::new();
+        let mut c = Cur {
+            b: &payload,
+            kind: kind::RECORDS,
+        };
+        while !c.b.is_empty() {
+            let offset = c.u64()?;
+            let timestamp_ns = c.u64()?;
+            let n = c.u32()? as usize;
+            let start = payload.len() - c.b.len();
+            c.take(n)?;
+            index.push((offset, timestamp_ns, start, n));
+        }
+        Ok(RecordsBuf { payload, index })
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = RecordRef<'_>> + '_ {
+        self.index
+            .iter()
+            .map(|&(offset, timestamp_ns, start, n)| RecordRef {
+                offset,
+                timestamp_ns,
+                payload: &self.payload[start..start + n],
+            })
+    }
+
+    pub fn last(&self) -> Option<RecordRef<'_>> {
+        self.iter().next_back()
+    }
+
+    /// Sum of the records' payload lengths.
+    pub fn payload_bytes(&self) -> u64 {
+        self.index.iter().map(|r| r.3 as u64).sum()
+    }
+}
+
+/// What [`LogClient::poll_batch`] delivers: [`Delivery`] with records kept in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchDelivery {
+    Records(RecordsBuf),
+    Gap { from: Offset, to: Offset },
+    Checkpointed { offset: Offset, next: Offset },
 }
 
 /// The published streams, by `logs` name.
@@ -796,6 +868,14 @@ impl LogClient {
         if let Some(d) = self.pending.pop_front() {
             return Ok(Some(d));
         }
+        match self.recv_within(timeout)? {
+            Some(f) => self.decode(f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame within `timeout`; `None` (after a keepalive) when none came.
+    fn recv_within(&mut self, timeout: Duration) -> Result<Option<Frame>, LogClientError> {
         let io = |source| {
             LogClientError::Client(ClientError::Io {
                 addr: self.addr,
@@ -807,7 +887,7 @@ impl LogClient {
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(io)?;
         match self.recv() {
-            Ok(f) => self.decode(f).map(Some),
+            Ok(f) => Ok(Some(f)),
             Err(LogClientError::Client(ClientError::Io { source, .. }))
                 if matches!(
                     source.kind(),
@@ -819,6 +899,33 @@ impl LogClient {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// [`LogClient::poll`] for bulk subscribers: each RECORDS frame as one [`RecordsBuf`].
+    pub fn poll_batch(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<BatchDelivery>, LogClientError> {
+        let d = match self.pending.pop_front() {
+            Some(d) => d,
+            None => match self.recv_within(timeout)? {
+                None => return Ok(None),
+                Some(f) if f.kind == kind::RECORDS => {
+                    return Ok(Some(BatchDelivery::Records(
+                        RecordsBuf::parse(f.payload).map_err(|e| self.wire(e))?,
+                    )));
+                }
+                Some(f) => self.decode(f)?,
+            },
+        };
+        Ok(Some(match d {
+            // Only records a blocking `checkpoint` held back arrive here decoded.
+            Delivery::Records(r) => BatchDelivery::Records(
+                RecordsBuf::parse(encode_records(&r)).map_err(|e| self.wire(e))?,
+            ),
+            Delivery::Gap { from, to } => BatchDelivery::Gap { from, to },
+            Delivery::Checkpointed { offset, next } => BatchDelivery::Checkpointed { offset, next },
+        }))
     }
 
     fn decode(&self, f: Frame) -> Result<Delivery, LogClientError> {
@@ -890,5 +997,50 @@ impl LogClient {
     /// Sends raw bytes (tests of the hostile path).
     pub fn send_raw(&mut self, f: &Frame) -> Result<(), LogClientError> {
         Ok(self.c.send(f)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_buf_reads_records_in_place() {
+        let recs = vec![
+            Record {
+                offset: 0,
+                timestamp_ns: 5,
+                payload: b"one\n".to_vec(),
+            },
+            Record {
+                offset: 36,
+                timestamp_ns: 6,
+                payload: Vec::new(),
+            },
+            Record {
+                offset: 68,
+                timestamp_ns: 7,
+                payload: b"three".to_vec(),
+            },
+        ];
+        let wire = encode_records(&recs);
+        let b = RecordsBuf::parse(wire.clone()).unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.payload_bytes(), 9);
+        let got: Vec<Record> = b
+            .iter()
+            .map(|r| Record {
+                offset: r.offset,
+                timestamp_ns: r.timestamp_ns,
+                payload: r.payload.to_vec(),
+            })
+            .collect();
+        assert_eq!(got, decode_records(&wire).unwrap());
+        assert_eq!(got, recs);
+        assert_eq!(b.last().map(|r| r.offset), Some(68));
+        // A record running past the frame is refused, as by `decode_records`.
+        let err = RecordsBuf::parse(wire[..wire.len() - 1].to_vec()).unwrap_err();
+        assert_eq!(err.why, "truncated");
+        assert!(RecordsBuf::parse(Vec::new()).unwrap().is_empty());
     }
 }
