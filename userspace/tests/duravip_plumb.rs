@@ -422,3 +422,43 @@ fn a_plumbed_v6_vip_answers_neighbour_solicitation() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn releasing_a_v6_vip_with_a_shorter_cidrmask_keeps_the_main_address_routes() {
+    // cidrmask 64: the VIP shares the /64 prefix route with the main address. Release
+    // removes the VIP's own local route and address, nothing of the main address.
+    let tb = bed();
+    let mut topo = topology();
+    topo[1].cidrmask = 64;
+    let (added, removed) = tb
+        .run_in("a", move || {
+            let mut p = Plumber::new().unwrap();
+            let mut r = Reconciler::new(1);
+            let want = BTreeSet::from([ip(V6)]);
+            let added = r
+                .reconcile(&mut p, &want, &topo, Trigger::Election)
+                .unwrap();
+            let removed = r
+                .reconcile(&mut p, &BTreeSet::new(), &topo, Trigger::Election)
+                .unwrap();
+            (added, removed)
+        })
+        .unwrap();
+    assert_eq!(added.added.len(), 1);
+    assert_eq!(added.added[0].prefix, 64);
+    assert_eq!(removed.removed.len(), 1);
+    assert!(!ip_addr(&tb).contains(V6));
+    let local = tb
+        .exec("a", &["ip", "-6", "route", "show", "table", "local"])
+        .unwrap();
+    assert!(!local.contains(V6), "{local}");
+    assert!(local.contains("local 2001:db8:1::1 "), "{local}");
+    let main = tb
+        .exec("a", &["ip", "-6", "route", "show", "table", "main"])
+        .unwrap();
+    assert!(main.contains("2001:db8:1::/64"), "{main}");
+    let out = tb
+        .exec_output("b", &["ping", "-6", "-c", "1", "-W", "2", "2001:db8:1::1"])
+        .unwrap();
+    assert!(out.status.success(), "main address still reachable");
+}
