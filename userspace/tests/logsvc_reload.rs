@@ -3,20 +3,26 @@
 //! with its subscribers) and takes appends at once, a removed one is closed — its
 //! directory's lock is released, so another process can open it — and every record
 //! acknowledged before, during and after the reloads is in the stream, byte for byte.
+//! The port-4802 log service publishes the reloaded `logs` set: new subscriptions see it
+//! at once, a subscription to a log no longer published ends with an error frame.
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use duraplane::{
+    engine::ClusterKey,
     log::{
         Entry, Offset, Stream, StreamOptions,
         daemon::{LocalLogClient, LocalLogError, local_socket_path},
+        service::{Delivery, LogClient, LogClientError, code},
     },
     testbed::{Testbed, daemons::DaemonNode},
 };
@@ -177,4 +183,186 @@ fn reload_opens_and_closes_streams_without_losing_acknowledged_records() {
         assert_eq!(got, acked[stream], "{stream}");
     }
     assert!(acked["custlog"].len() >= 200);
+}
+
+const KEY: &[u8] = b"log-reload-test-key-0123456789abcdef";
+
+/// A daemon config with a 4802 listener, destinations custlog and acctlog, and `logs`
+/// publishing `published` (names among those two).
+fn published_config(dir: &Path, socket: &Path, key: &Path, published: &[&str]) -> String {
+    let d = dir.display();
+    let logs: String = published
+        .iter()
+        .map(|name| {
+            let stream = if *name == "custlog" { "cust" } else { "acct" };
+            format!("    {name} = \"{d}/logs/{stream}.cluster\"\n")
+        })
+        .collect();
+    format!(
+        r#"ECCluster_Listener {{
+  Listen "192.0.2.1:4802" {{}}
+}}
+ec_logger "ec_logger" {{
+  custlog = "cluster://{d}/logs/cust.cluster=>master"
+  acctlog = "cluster://{d}/logs/acct.cluster=>master"
+}}
+cluster {{
+  nodename = "solo"
+  nodeaddr = "192.0.2.1"
+  logs = [
+{logs}  ]
+}}
+duraplane {{
+  control_socket = "{}"
+  metrics = "off"
+  cluster_key_file = "{}"
+}}
+"#,
+        socket.display(),
+        key.display()
+    )
+}
+
+/// A log client connected from inside the daemon's namespace (the socket stays there, so
+/// the client can be used from this thread afterwards).
+fn connect(tb: &Testbed) -> LogClient {
+    tb.run_in("solo", || {
+        let key = ClusterKey::from_bytes(KEY).expect("key");
+        let addr: SocketAddr = "192.0.2.1:4802".parse().expect("addr");
+        LogClient::connect(addr, &key, "mgr1", Duration::from_secs(5))
+    })
+    .expect("netns")
+    .expect("connect to the log service")
+}
+
+/// The payloads delivered until `n` arrived; any other delivery or error fails the test.
+fn receive(c: &mut LogClient, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} records",
+            got.len()
+        );
+        match c.poll(Duration::from_millis(200)).expect("poll") {
+            Some(Delivery::Records(r)) => got.extend(r.into_iter().map(|r| r.payload)),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    got
+}
+
+fn refused_code(r: Result<Offset, LogClientError>) -> u16 {
+    match r {
+        Err(LogClientError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn reload_changes_what_the_log_service_publishes() {
+    let mut tb = Testbed::new().expect("testbed");
+    tb.add_host("solo").expect("host");
+    tb.attach("solo", &["192.0.2.1/24"]).expect("attach");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let key = d.join("cluster.key");
+    std::fs::write(&key, KEY).expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600");
+    let socket = d.join("solo.sock");
+    let node = DaemonNode::start(
+        &tb,
+        Path::new(BIN),
+        "solo",
+        d,
+        socket.clone(),
+        &published_config(d, &socket, &key, &["custlog"]),
+    )
+    .expect("daemon");
+    let mut w = LocalLogClient::connect(&local_socket_path(&socket)).expect("local socket");
+    for i in 0..3 {
+        w.append("custlog", format!("cust {i}\n").as_bytes())
+            .expect("append custlog");
+        w.append("acctlog", format!("acct {i}\n").as_bytes())
+            .expect("append acctlog");
+    }
+
+    // Before: only custlog is published.
+    let mut c = connect(&tb);
+    assert_eq!(c.list().expect("list"), vec!["custlog"]);
+    assert_eq!(
+        refused_code(c.subscribe("acctlog", "master", 0)),
+        code::UNKNOWN_LOG
+    );
+    let mut sub = connect(&tb);
+    assert_eq!(sub.subscribe("custlog", "master", 0).expect("subscribe"), 0);
+    assert_eq!(
+        receive(&mut sub, 3),
+        (0..3)
+            .map(|i| format!("cust {i}\n").into_bytes())
+            .collect::<Vec<_>>()
+    );
+
+    // Reload: acctlog published instead of custlog (custlog stays a destination).
+    std::fs::write(
+        &node.config,
+        published_config(d, &socket, &key, &["acctlog"]),
+    )
+    .expect("write config");
+    let out = node
+        .console(Path::new(BIN), "config reload")
+        .unwrap_or_else(|e| panic!("config reload: {e}"));
+    assert!(out.contains("Configuration reloaded"), "{out}");
+    assert!(!out.contains("error:"), "{out}");
+
+    // The running custlog subscription ends with an error frame saying why.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        assert!(
+            Instant::now() < deadline,
+            "custlog subscription still running"
+        );
+        match sub.poll(Duration::from_millis(200)) {
+            Ok(None) => {}
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Err(e) => break e,
+        }
+    };
+    match ended {
+        LogClientError::Refused {
+            code: c, message, ..
+        } => {
+            assert_eq!(c, code::UNPUBLISHED, "{message}");
+            assert!(message.contains("custlog"), "{message}");
+        }
+        other => panic!("expected an UNPUBLISHED error frame, got {other}"),
+    }
+
+    // The connection stays usable: it can subscribe again (to what is published now).
+    assert_eq!(
+        refused_code(sub.subscribe("custlog", "master", 0)),
+        code::UNKNOWN_LOG
+    );
+
+    // New subscriptions see the new set.
+    let mut c = connect(&tb);
+    assert_eq!(c.list().expect("list"), vec!["acctlog"]);
+    assert_eq!(
+        refused_code(c.subscribe("custlog", "master", 0)),
+        code::UNKNOWN_LOG
+    );
+    let mut c = connect(&tb);
+    assert_eq!(c.subscribe("acctlog", "master", 0).expect("subscribe"), 0);
+    assert_eq!(
+        receive(&mut c, 3),
+        (0..3)
+            .map(|i| format!("acct {i}\n").into_bytes())
+            .collect::<Vec<_>>()
+    );
+    // custlog still takes appends locally: only its publication changed.
+    w.append("custlog", b"cust after reload\n")
+        .expect("append custlog after reload");
 }

@@ -435,8 +435,7 @@ impl LogDaemon {
         bus: Option<&crate::bus::BusService>,
     ) -> LogDaemon {
         let (streams, _failed) = resolve(cfg, &BTreeMap::new());
-        // The port-4802 service publishes what the configuration publishes at start;
-        // `logs` changes on reload reach the local socket, the service after a restart.
+        // What the port-4802 service publishes; a reload replaces it (`apply_reload`).
         let published: Published = Arc::new(streams.published.clone());
         let (mut service, handle) = LogService::new(published.clone());
         if let Some(b) = bus {
@@ -496,14 +495,14 @@ impl LogDaemon {
     /// record is acknowledged only once durable, and closing never truncates.
     fn apply_reload(
         shared: &Shared,
-        published: &Published,
+        service: &LogServiceHandle,
         new: &Config,
     ) -> Result<(usize, usize), LogReloadError> {
         let prev = read_streams(shared).by_path.clone();
-        // The service keeps serving what it published at start: a destination removed
-        // and added back must get that same handle (its directory is locked by it).
+        // Streams the service still serves (subscriptions end once the new set is
+        // published) must be reused, never opened again (their directory is locked).
         let mut held = prev.clone();
-        for s in published.values() {
+        for s in service.logs().values() {
             held.entry(s.path().to_owned()).or_insert_with(|| s.clone());
         }
         let (streams, failed) = resolve(new, &held);
@@ -513,13 +512,14 @@ impl LogDaemon {
             .iter()
             .map(|(k, s)| (k, s.path()))
             .collect();
+        let published = service.logs();
         let served: BTreeMap<&String, &Path> =
             published.iter().map(|(k, s)| (k, s.path())).collect();
         if now != served {
-            tracing::warn!(
-                "cluster logs changed: the local socket uses the new set now, the port-4802 log service publishes it after a restart"
-            );
+            tracing::info!(logs = ?now.keys().collect::<Vec<_>>(), "cluster logs changed: the port-4802 log service publishes the new set");
+            service.publish(Arc::new(streams.published.clone()));
         }
+        drop(published);
         let opened = streams
             .by_path
             .keys()
@@ -583,7 +583,7 @@ impl LogDaemon {
         ) {
             tracing::warn!(error = %e, "cannot register cluster show logs");
         }
-        let published = self.published.clone();
+        let service = self.handle.clone();
         let (shared, sock, threads, stop) = (
             self.shared.clone(),
             self.socket.clone(),
@@ -593,7 +593,7 @@ impl LogDaemon {
         services.reloader.register(
             "logs",
             Arc::new(move |_old, new| {
-                LogDaemon::apply_reload(&shared, &published, new)?;
+                LogDaemon::apply_reload(&shared, &service, new)?;
                 ensure_socket(
                     &shared,
                     &sock,

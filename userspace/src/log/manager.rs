@@ -883,38 +883,52 @@ impl NodePuller {
         }
     }
 
-    /// Lists the node's logs (retrying), then pulls each on its own connection.
+    /// Lists the node's logs, pulls each on its own connection, and lists again every
+    /// `log_idle_interval` (at least 1 s): a log a reload publishes is pulled from then
+    /// on; the puller of one no longer published ends, and starts again if it returns.
     fn run(self) {
-        let logs = loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
+        let mut pulling: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+        while !self.stop.load(Ordering::Relaxed) {
             match LogClient::connect(self.addr, &self.key, &self.me, Duration::from_secs(5))
                 .and_then(|mut c| c.list())
             {
-                Ok(l) => break l,
+                Ok(logs) => {
+                    for log in logs {
+                        if pulling.get(&log).is_some_and(|t| !t.is_finished()) {
+                            continue;
+                        }
+                        if let Some(t) = pulling.remove(&log) {
+                            let _ = t.join();
+                        }
+                        let p = self.clone();
+                        let l = log.clone();
+                        match std::thread::Builder::new()
+                            .name(format!("mgr-{}-{log}", self.node))
+                            .spawn(move || p.pull(&l))
+                        {
+                            Ok(t) => {
+                                pulling.insert(log, t);
+                            }
+                            Err(e) => {
+                                tracing::error!(node = self.node, log, error = %e, "manager: cannot start a puller thread")
+                            }
+                        }
+                    }
+                    self.sleep(self.cfg.log_idle_interval.max(Duration::from_secs(1)));
+                }
                 Err(e) => {
                     tracing::warn!(node = self.node, addr = %self.addr, error = %e, "manager: cannot list the node's logs");
                     self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
                 }
             }
-        };
-        let threads: Vec<_> = logs
-            .into_iter()
-            .filter_map(|log| {
-                let p = self.clone();
-                std::thread::Builder::new()
-                    .name(format!("mgr-{}-{log}", self.node))
-                    .spawn(move || p.pull(&log))
-                    .ok()
-            })
-            .collect();
-        for t in threads {
+        }
+        for t in pulling.into_values() {
             let _ = t.join();
         }
     }
 
-    /// Pulls one log until stopped, reconnecting after failures.
+    /// Pulls one log until stopped or the node no longer publishes it, reconnecting
+    /// after failures.
     fn pull(&self, log: &str) {
         let mut sink = match Sink::open(self.cfg.clone(), self.files.clone(), &self.node, log) {
             Ok(s) => s,
@@ -924,9 +938,23 @@ impl NodePuller {
             }
         };
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.session(log, &mut sink) {
-                tracing::warn!(node = self.node, log, error = %e, "manager: log session ended");
-                self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
+            match self.session(log, &mut sink) {
+                Ok(()) => {}
+                Err(SessionError::Client(LogClientError::Refused {
+                    code: code::UNKNOWN_LOG | code::UNPUBLISHED,
+                    ..
+                })) => {
+                    tracing::info!(
+                        node = self.node,
+                        log,
+                        "manager: the node no longer publishes this log"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node = self.node, log, error = %e, "manager: log session ended");
+                    self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::{
-        Arc, OnceLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
@@ -60,6 +60,8 @@ pub mod code {
     pub const STORAGE: u16 = 4;
     pub const RECORD_TOO_LARGE: u16 = 5;
     pub const NOT_READY: u16 = 6;
+    /// A reload stopped publishing the log a subscription was reading.
+    pub const UNPUBLISHED: u16 = 7;
 }
 
 /// Default unacknowledged bytes in flight per subscription.
@@ -265,6 +267,27 @@ pub enum BatchDelivery {
 /// The published streams, by `logs` name.
 pub type Published = Arc<BTreeMap<String, Stream>>;
 
+/// The published set as the service sees it now: replaced whole on reload. `generation`
+/// changes with every replacement, so a subscription checks its log only then.
+#[derive(Debug)]
+struct PublishedSet {
+    logs: RwLock<Published>,
+    generation: AtomicU64,
+}
+
+impl PublishedSet {
+    fn get(&self) -> Published {
+        self.logs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether `log` is still published as the same stream (the same directory).
+    fn serves(&self, log: &str, stream: &Stream) -> bool {
+        self.get()
+            .get(log)
+            .is_some_and(|s| s.path() == stream.path())
+    }
+}
+
 /// The cluster's live members as (nodename, listener address), from the bus.
 pub type MembersFn = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 
@@ -280,7 +303,7 @@ struct Sub {
 /// The engine service. Build it with [`LogService::new`], register it under
 /// [`ServiceId::LOG`], then hand it the engine's handle with [`LogServiceHandle::attach`].
 pub struct LogService {
-    logs: Published,
+    logs: Arc<PublishedSet>,
     members: Option<MembersFn>,
     handle: Arc<OnceLock<EngineHandle>>,
     counters: Arc<LogServiceCounters>,
@@ -292,7 +315,7 @@ pub struct LogService {
 pub struct LogServiceHandle {
     handle: Arc<OnceLock<EngineHandle>>,
     counters: Arc<LogServiceCounters>,
-    logs: Published,
+    logs: Arc<PublishedSet>,
 }
 
 impl LogServiceHandle {
@@ -303,8 +326,17 @@ impl LogServiceHandle {
     pub fn counters(&self) -> &LogServiceCounters {
         &self.counters
     }
-    pub fn logs(&self) -> &Published {
-        &self.logs
+    /// The logs published now.
+    pub fn logs(&self) -> Published {
+        self.logs.get()
+    }
+
+    /// Replaces the published set (configuration reload): new subscriptions see `logs`
+    /// at once; a running subscription to a log no longer published (or now published
+    /// from another directory) ends with an [`code::UNPUBLISHED`] error frame.
+    pub fn publish(&self, logs: Published) {
+        *self.logs.logs.write().unwrap_or_else(|p| p.into_inner()) = logs;
+        self.logs.generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -312,6 +344,10 @@ impl LogService {
     pub fn new(logs: Published) -> (LogService, LogServiceHandle) {
         let handle = Arc::new(OnceLock::new());
         let counters = Arc::new(LogServiceCounters::default());
+        let logs = Arc::new(PublishedSet {
+            logs: RwLock::new(logs),
+            generation: AtomicU64::new(0),
+        });
         (
             LogService {
                 logs: logs.clone(),
@@ -377,7 +413,8 @@ impl LogService {
             );
             return Ok(());
         }
-        let Some(stream) = self.logs.get(&log).cloned() else {
+        let generation = self.logs.generation.load(Ordering::Acquire);
+        let Some(stream) = self.logs.get().get(&log).cloned() else {
             self.refuse(
                 ctx,
                 conn,
@@ -421,6 +458,8 @@ impl LogService {
             rx,
             window,
             counters,
+            published: self.logs.clone(),
+            generation,
         };
         let thread = std::thread::Builder::new()
             .name(format!("log-sub-{}", conn.0))
@@ -451,8 +490,9 @@ impl Service for LogService {
         let r = match f.kind {
             kind::LIST => {
                 if f.payload.is_empty() {
-                    let mut v = (self.logs.len() as u16).to_be_bytes().to_vec();
-                    for name in self.logs.keys() {
+                    let logs = self.logs.get();
+                    let mut v = (logs.len() as u16).to_be_bytes().to_vec();
+                    for name in logs.keys() {
                         put_str(&mut v, name);
                     }
                     ctx.send(conn, &frame(kind::LOGS, v));
@@ -509,6 +549,14 @@ impl Service for LogService {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Box<dyn Any + Send>) {
+        // A subscription ended by itself (its log is no longer published).
+        let msg = match msg.downcast::<SubEnded>() {
+            Ok(m) => {
+                self.drop_sub(m.0);
+                return;
+            }
+            Err(other) => other,
+        };
         // A worker found a bad checkpoint (not an offset it sent): count and close.
         if let Ok(m) = msg.downcast::<BadCheckpoint>() {
             self.malformed(
@@ -524,6 +572,8 @@ impl Service for LogService {
 }
 
 struct BadCheckpoint(ConnId);
+
+struct SubEnded(ConnId);
 
 /// A subscription's flow state: durable position, end of what was sent, offsets in flight.
 struct Flow {
@@ -541,13 +591,47 @@ struct Worker {
     rx: mpsc::Receiver<WorkerMsg>,
     window: u64,
     counters: Arc<LogServiceCounters>,
+    published: Arc<PublishedSet>,
+    /// The published set's generation this subscription last checked its log against.
+    generation: u64,
 }
 
 /// How often a caught-up subscription looks for new records.
 const TAIL_POLL: Duration = Duration::from_millis(10);
 
 impl Worker {
-    fn run(self) {
+    /// `false` (after the error frame) once a reload stopped publishing this log.
+    fn still_published(&mut self) -> bool {
+        let g = self.published.generation.load(Ordering::Acquire);
+        if g == self.generation {
+            return true;
+        }
+        self.generation = g;
+        if self.published.serves(&self.log, &self.stream) {
+            return true;
+        }
+        tracing::info!(
+            log = self.log,
+            subscriber = self.sub,
+            "log service: log no longer published, ending its subscription"
+        );
+        let msg = format!(
+            "log {:?} is no longer published (configuration reload)",
+            self.log
+        );
+        // The connection stays open (closing could drop the frame still queued): the
+        // service forgets the subscription first, so the client, once it reads the
+        // error, may subscribe again on it.
+        let _ = self
+            .engine
+            .post(ServiceId::LOG, Box::new(SubEnded(self.conn)));
+        let _ = self
+            .engine
+            .send(self.conn, error_frame(code::UNPUBLISHED, &msg));
+        false
+    }
+
+    fn run(mut self) {
         let (mut reader, acked) = match self
             .stream
             .read_from(&self.sub)
@@ -563,6 +647,9 @@ impl Worker {
         };
         let mut held: Option<Record> = None;
         loop {
+            if !self.still_published() {
+                return;
+            }
             // Checkpoints first: they free the window. A full window waits for one.
             let msg = if st.sent_end.saturating_sub(st.acked) >= self.window {
                 match self.rx.recv_timeout(Duration::from_secs(1)) {
