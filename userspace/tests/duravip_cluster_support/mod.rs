@@ -16,7 +16,7 @@ use std::{
 
 pub use cluster_support::{BIN, Cluster, wait_until};
 use cluster_support::{VIP_TOPOLOGY, binding};
-use duraplane::testbed::{ProcessGuard, Stream};
+use duraplane::testbed::{ProcessGuard, Stream, corosync::CorosyncTiming};
 
 pub const OBS: &str = "obs";
 pub const PORT: u16 = 2525;
@@ -38,12 +38,18 @@ fn serve(l: TcpListener, name: String) {
 /// The DuraVIP harness on the shared testbed (an inherent impl: same test crate).
 impl Cluster {
     pub fn start(vips: &[Vip]) -> Cluster {
+        Cluster::start_timed(vips, CorosyncTiming::default())
+    }
+
+    /// As [`Cluster::start`] with the given corosync timing.
+    pub fn start_timed(vips: &[Vip], timing: CorosyncTiming) -> Cluster {
         let bindings: String = vips
             .iter()
             .enumerate()
             .map(|(k, v)| binding(k, v.addr, v.preference))
             .collect();
         let mut c = Cluster::builder(3)
+            .timing(timing)
             .cluster(|_| {
                 format!(
                     "view_mature_time = 2\nview_balance_interval = 0.5\n\
