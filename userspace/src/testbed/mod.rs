@@ -389,8 +389,10 @@ impl Testbed {
         run(&args).map(|_| ())
     }
 
-    /// Turn GRO on for an interface in `host`. XDP_TX / XDP_REDIRECT frames into a veth
-    /// are only delivered when the peer runs NAPI: an XDP program or GRO on that peer.
+    /// Turn GRO on for an interface in `host`. Frames sent into a veth through
+    /// `ndo_xdp_xmit` (live frames, XDP_REDIRECT) reach a peer with GRO on; native-mode
+    /// XDP_TX replies on 6.18 are only delivered when the peer has an XDP program of its
+    /// own (`veth_xdp_flush` wakes the peer's NAPI only then; docs/duravip.md).
     pub fn enable_gro(&self, host: &str, ifname: &str) -> Result<(), TestbedError> {
         let ifname = ifname.to_string();
         self.run_in(host, move || ethtool::set_gro(&ifname, true))?
