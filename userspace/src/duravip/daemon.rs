@@ -180,6 +180,9 @@ impl Prepared {
         if !errors.is_empty() {
             return Err(DuravipError::Invalid { errors });
         }
+        if let Some(advice) = super::decl::address_plan_advice(&cfg.duravips) {
+            tracing::warn!("DuraVIP: {advice}");
+        }
         let reaper = if cfg.duravips.is_empty() {
             None
         } else {

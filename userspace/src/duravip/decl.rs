@@ -142,6 +142,37 @@ pub fn validate(
     errs
 }
 
+/// IPv6 DuraVIPs above which the address plan is checked (see [`address_plan_advice`]).
+const PLAN_CHECK_VIPS: usize = 512;
+
+/// Advice when many IPv6 VIPs each need their own solicited-node multicast group: the
+/// kernel walks every group of the interface on each address add, so plumbing n such VIPs
+/// costs O(n²) (≈ 6 s for 4,096 on the project's machine) while VIPs sharing their low 24
+/// bits (one group) plumb in ≈ 0.3 s (`vip_scale` bench, docs/duravip.md).
+pub fn address_plan_advice(decls: &[DuravipDecl]) -> Option<String> {
+    let v6: BTreeSet<std::net::Ipv6Addr> = decls
+        .iter()
+        .filter_map(|d| match d.addr {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    let groups: BTreeSet<u32> = v6
+        .iter()
+        .map(|a| u32::from_be_bytes(a.octets()[12..16].try_into().unwrap_or([0; 4])) & 0x00ff_ffff)
+        .collect();
+    (v6.len() > PLAN_CHECK_VIPS && groups.len() > PLAN_CHECK_VIPS / 2).then(|| {
+        format!(
+            "{} IPv6 DuraVIPs use {} solicited-node multicast groups (one per distinct low 24 bits): \
+             the kernel's cost of plumbing them grows with the square of that number, so a takeover \
+             of all of them takes seconds; VIPs that share their low 24 bits (e.g. one ::1 per /80) \
+             plumb ~20× faster (docs/duravip.md, \"Plumbing cost\")",
+            v6.len(),
+            groups.len()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +274,35 @@ mod tests {
         let b: IpAddr = "198.51.100.2".parse().unwrap();
         assert_eq!(topology_for(&t, &b).unwrap().network.prefix, 24);
         assert!(topology_for(&t, &"2001:db8::1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn address_plan_advice_counts_solicited_node_groups() {
+        let spread: Vec<DuravipDecl> = (1..=600u32)
+            .map(|k| {
+                decl(
+                    &format!("2001:db8:1::{:x}:{:x}", k >> 16, k & 0xffff),
+                    binding("b"),
+                    None,
+                    None,
+                )
+            })
+            .collect();
+        let advice = address_plan_advice(&spread).expect("600 groups");
+        assert!(advice.contains("600 IPv6 DuraVIPs use 600"), "{advice}");
+        // The same count sharing the low 24 bits: one group, no advice.
+        let shared: Vec<DuravipDecl> = (1..=600u32)
+            .map(|k| {
+                decl(
+                    &format!("2001:db8:1:0:0:{k:x}:0:1"),
+                    binding("b"),
+                    None,
+                    None,
+                )
+            })
+            .collect();
+        assert_eq!(address_plan_advice(&shared), None);
+        // Few VIPs: nothing to say.
+        assert_eq!(address_plan_advice(&spread[..100]), None);
     }
 }
