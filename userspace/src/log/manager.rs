@@ -612,16 +612,39 @@ impl OpenFiles {
     }
 }
 
-/// One (node, log) consolidation: the state file and the output.
+/// One (node, log) consolidation: the output ([`Appender`]) and the state file.
 struct Sink {
+    appender: Appender,
+    state: StateFile,
+}
+
+/// Appends batches to the consolidated file (without syncing them).
+struct Appender {
     cfg: Arc<LogsConfig>,
     files: Arc<OpenFiles>,
     node: String,
     log: String,
-    state: StateFile,
+    /// The state once everything appended so far is committed: ahead of the state file
+    /// while a batch is being made durable.
     st: State,
-    /// The batch being written, reused (see [`Sink::write`]).
+    /// The batch being written, reused (see [`Appender::append`]).
     buf: Vec<u8>,
+}
+
+/// An appended batch, to be made durable and then committed as `st`.
+struct Pending {
+    /// The file's handle (a duplicate of the cached one), and the range appended.
+    data: Option<(PathBuf, File, u64, u64)>,
+    st: State,
+    last: Offset,
+}
+
+/// What the appender asks of the committer, in order.
+enum Job {
+    Commit(Pending),
+    /// Switching files: the new file and its current length must be the committed state
+    /// before a byte goes to it (a crash mid-write then cuts exactly our part).
+    Switch(State, std::sync::mpsc::SyncSender<Result<(), ManagerError>>),
 }
 
 impl Sink {
@@ -635,8 +658,8 @@ impl Sink {
         make_dirs(&dir, 0o700)?;
         let state_path = dir.join(format!("{node}.{log}.state"));
         let (state, st) = StateFile::load(&state_path)?;
-        // Cut whatever was appended after the last committed state (a crash between
-        // the data fsync and the state write): those records will be fetched again.
+        // Cut whatever was appended after the last committed state (a crash, or a failed
+        // session, between a write and its commit): those records will be fetched again.
         if let Some(f) = &st.file
             && let Ok(m) = fs::metadata(f)
             && m.len() > st.len
@@ -651,19 +674,28 @@ impl Sink {
             tracing::warn!(file = %f.display(), cut = m.len() - st.len, "manager: cut an uncommitted tail (will be re-fetched)");
         }
         Ok(Sink {
-            cfg,
-            files,
-            node: node.into(),
-            log: log.into(),
+            appender: Appender {
+                cfg,
+                files,
+                node: node.into(),
+                log: log.into(),
+                st,
+                buf: Vec::new(),
+            },
             state,
-            st,
-            buf: Vec::new(),
         })
     }
+}
 
-    /// Appends the new records (skipping any at or below the last written offset),
-    /// durably; returns the offset to checkpoint on the node.
-    fn write(&mut self, frames: &[RecordsBuf]) -> Result<Option<Offset>, ManagerError> {
+impl Appender {
+    /// Appends the new records (skipping any at or below the last appended offset),
+    /// without syncing; `switch` commits a new file's starting state before its first
+    /// write. `None` for an empty batch.
+    fn append(
+        &mut self,
+        frames: &[RecordsBuf],
+        switch: &mut dyn FnMut(&State) -> Result<(), ManagerError>,
+    ) -> Result<Option<Pending>, ManagerError> {
         let Some(last_off) = frames.iter().rev().find_map(|f| f.last()).map(|r| r.offset) else {
             return Ok(None);
         };
@@ -673,6 +705,7 @@ impl Sink {
             .flat_map(|f| f.iter())
             .filter(|r| last.is_none_or(|l| r.offset > l))
             .peekable();
+        let mut data = None;
         if fresh.peek().is_some() {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -688,11 +721,11 @@ impl Sink {
             let mut f = self.files.take(&path, &self.cfg)?;
             let len = f.metadata().map_err(ioe("stat", &path))?.len();
             if self.st.file.as_ref() != Some(&path) {
-                // Switching files: commit the new file's current length first so a
-                // crash mid-write cuts exactly our part.
-                self.st.file = Some(path.clone());
-                self.st.len = len;
-                self.state.save(&self.st)?;
+                let mut st = self.st.clone();
+                st.file = Some(path.clone());
+                st.len = len;
+                switch(&st)?;
+                self.st = st;
             }
             // One buffer kept across batches: writing from memory the process already
             // uses is several times cheaper here than from freshly faulted-in pages (a
@@ -706,28 +739,40 @@ impl Sink {
                 }
             }
             // On failure the handle is dropped (closed), never reused.
-            f.write_all(buf)
-                .and_then(|_| f.sync_data())
-                .map_err(ioe("write", &path))?;
+            f.write_all(buf).map_err(ioe("write", &path))?;
             let total = buf.len() as u64;
-            // The consolidated files are write-once: once durable, their pages are only
-            // cache pollution. Dropping them hands the next batch recently freed pages
-            // instead of new ones (which on a VM can cost more than the write itself).
-            // Advice only; a failure changes nothing for correctness.
-            let _ = nix::fcntl::posix_fadvise(
-                &f,
-                len as libc::off_t,
-                total as libc::off_t,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            );
-            self.files.put(path, f);
+            let dup = f.try_clone().map_err(ioe("duplicate handle of", &path))?;
+            self.files.put(path.clone(), f);
             self.st.len = len + total;
-            fault(Fault::BeforeState);
+            data = Some((path, dup, len, total));
         }
         self.st.last = Some(self.st.last.map_or(last_off, |l| l.max(last_off)));
-        self.state.save(&self.st)?;
-        Ok(Some(last_off))
+        Ok(Some(Pending {
+            data,
+            st: self.st.clone(),
+            last: last_off,
+        }))
     }
+}
+
+/// Makes an appended batch durable, then its state; returns the offset to checkpoint.
+fn commit(state: &mut StateFile, p: Pending) -> Result<Offset, ManagerError> {
+    if let Some((path, f, at, n)) = &p.data {
+        f.sync_data().map_err(ioe("write", path))?;
+        // The consolidated files are write-once: once durable, their pages are only
+        // cache pollution. Dropping them hands the next batch recently freed pages
+        // instead of new ones (which on a VM can cost more than the write itself).
+        // Advice only; a failure changes nothing for correctness.
+        let _ = nix::fcntl::posix_fadvise(
+            f,
+            *at as libc::off_t,
+            *n as libc::off_t,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        fault(Fault::BeforeState);
+    }
+    state.save(&p.st)?;
+    Ok(p.last)
 }
 
 /// How the manager is run.
@@ -954,6 +999,15 @@ impl NodePuller {
                 Err(e) => {
                     tracing::warn!(node = self.node, log, error = %e, "manager: log session ended");
                     self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
+                    // Start again from the committed state: a batch appended but not
+                    // committed is cut, and fetched again.
+                    match Sink::open(self.cfg.clone(), self.files.clone(), &self.node, log) {
+                        Ok(s) => sink = s,
+                        Err(e) => {
+                            tracing::error!(node = self.node, log, error = %e, "manager: cannot reopen the consolidated log state");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -987,19 +1041,65 @@ impl NodePuller {
             next,
             "manager: pulling"
         );
-        // Receiving and writing overlap: a writer thread makes each batch durable while
-        // the next arrives; a checkpoint goes out only for a batch whose write finished.
-        // At most two batches of ≤ a quarter of the node's window are in flight, plus
-        // the one arriving, so the window never closes while a write runs.
+        // Receiving, writing and syncing overlap: a writer thread appends a batch while
+        // a committer thread makes the previous one durable (fdatasync, then the state)
+        // and the next arrives; a checkpoint goes out only for a committed batch, in
+        // order. At most two batches of ≤ a quarter of the node's window are in flight,
+        // plus the one arriving, so the window never closes while a write runs.
         let (batches, for_writer) = std::sync::mpsc::sync_channel::<Vec<RecordsBuf>>(1);
+        let (jobs, for_committer) = std::sync::mpsc::sync_channel::<Job>(1);
         let (written, results) = std::sync::mpsc::channel::<Result<Option<Offset>, ManagerError>>();
+        let Sink { appender, state } = sink;
         std::thread::scope(|scope| {
+            let w = written.clone();
+            scope.spawn(move || {
+                for job in for_committer {
+                    match job {
+                        Job::Commit(p) => {
+                            let r = commit(state, p).map(Some);
+                            let failed = r.is_err();
+                            if w.send(r).is_err() || failed {
+                                return;
+                            }
+                        }
+                        Job::Switch(st, ack) => {
+                            let r = state.save(&st);
+                            let failed = r.is_err();
+                            if ack.send(r).is_err() || failed {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
             scope.spawn(move || {
                 for recs in for_writer {
-                    let r = sink.write(&recs);
-                    let failed = r.is_err();
-                    if written.send(r).is_err() || failed {
-                        return;
+                    let mut switch = |st: &State| {
+                        let (ack, done) = std::sync::mpsc::sync_channel(1);
+                        let gone = || ManagerError::Invalid {
+                            path: PathBuf::from(log),
+                            what: "the consolidated-log committer stopped".into(),
+                        };
+                        jobs.send(Job::Switch(st.clone(), ack))
+                            .map_err(|_| gone())?;
+                        done.recv().map_err(|_| gone())?
+                    };
+                    let r = appender.append(&recs, &mut switch);
+                    match r {
+                        Ok(Some(p)) => {
+                            if jobs.send(Job::Commit(p)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            if written.send(Ok(None)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = written.send(Err(e));
+                            return;
+                        }
                     }
                 }
             });
