@@ -53,7 +53,7 @@ pub(super) fn base_dir() -> PathBuf {
 
 /// F: 4 KiB overwrites of one preallocated block, each followed by fdatasync.
 fn calibrate_fsync(dir: &Path, secs: f64) -> Result<f64> {
-    let mut c = FsyncCalibration::new(dir)?;
+    let mut c = FsyncCalibration::new(dir, "calib-fsync")?;
     let (n, took) = c.run(secs)?;
     Ok(n as f64 / took)
 }
@@ -67,8 +67,8 @@ struct FsyncCalibration {
 }
 
 impl FsyncCalibration {
-    fn new(dir: &Path) -> Result<FsyncCalibration> {
-        let path = dir.join("calib-fsync");
+    fn new(dir: &Path, name: &str) -> Result<FsyncCalibration> {
+        let path = dir.join(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -87,11 +87,16 @@ impl FsyncCalibration {
         let start = Instant::now();
         let mut n = 0u64;
         while start.elapsed().as_secs_f64() < secs {
-            self.file.write_all_at(&self.buf, 0)?;
-            self.file.sync_data()?;
+            self.once()?;
             n += 1;
         }
         Ok((n, start.elapsed().as_secs_f64()))
+    }
+
+    fn once(&mut self) -> Result<()> {
+        self.file.write_all_at(&self.buf, 0)?;
+        self.file.sync_data()?;
+        Ok(())
     }
 }
 
@@ -165,7 +170,7 @@ fn one_producer_on(dir: &Path, secs: f64, io: &str) -> Result<(f64, f64, String)
 
 fn one_producer(dir: &Path, secs: f64) -> Result<(f64, f64, String)> {
     let s = open(dir, "one.cluster", 64 << 20)?;
-    let mut calib = FsyncCalibration::new(dir)?;
+    let mut calib = FsyncCalibration::new(dir, "calib-fsync")?;
     let path = s.io_path().as_str().to_owned();
     let rec = [0x41u8; 256];
     let slice = secs / SLICES as f64;
@@ -206,6 +211,28 @@ struct OpenLoop {
     max_batch: u64,
     max_in_flight: usize,
     io: &'static str,
+    segment_rolls: u64,
+    /// Slowest 4 KiB overwrite + fdatasync of the disk probe during the run (µs).
+    probe_max_us: u64,
+}
+
+/// Samples the disk while a phase runs: one 4 KiB overwrite + fdatasync of its own file
+/// every 10 ms (a light load next to the phase's own), so a latency tail can be told apart
+/// from a disk that stalled for everyone. Returns the slowest sample (µs) when stopped.
+fn disk_probe(dir: &Path, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<u64>> {
+    let mut c = FsyncCalibration::new(dir, "probe-fsync")?;
+    Ok(std::thread::spawn(move || {
+        let mut max = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            if c.once().is_err() {
+                break;
+            }
+            max = max.max(t.elapsed().as_micros() as u64);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        max
+    }))
 }
 
 /// Open loop: producer `p` intends to send record `k` at `start + (k + p/P)·P/OFFERED`;
@@ -213,6 +240,8 @@ struct OpenLoop {
 /// due. Latency = durable acknowledgement (the commit's completion time) − intended time.
 fn open_loop(dir: &Path, secs: f64, producers: usize) -> Result<OpenLoop> {
     let s = open(dir, "open.cluster", 64 << 20)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = disk_probe(dir, stop.clone())?;
     let interval = Duration::from_secs_f64(producers as f64 / OFFERED);
     let start = Instant::now() + Duration::from_millis(20);
     let run = Duration::from_secs_f64(secs);
@@ -288,9 +317,15 @@ fn open_loop(dir: &Path, secs: f64, producers: usize) -> Result<OpenLoop> {
         max_in_flight = max_in_flight.max(m);
     }
     let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let probe_max_us = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("disk probe panicked"))?;
     let st = s.stats();
     discard(s);
     Ok(OpenLoop {
+        segment_rolls: st.segment_rolls,
+        probe_max_us,
         rate: records as f64 / el,
         hist,
         syncs: st.syncs,
@@ -514,12 +549,14 @@ impl LogAppends {
                     on_ratio: false,
                 }),
                 format!(
-                    "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs over {} records",
+                    "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs over {} records; {} segment rolls; disk probe (4 KiB overwrite + fdatasync every 10 ms): slowest {} µs",
                     ol.hist.value_at_quantile(0.5),
                     ol.hist.value_at_quantile(0.99),
                     ol.hist.value_at_quantile(0.999),
                     ol.hist.max(),
-                    ol.hist.len()
+                    ol.hist.len(),
+                    ol.segment_rolls,
+                    ol.probe_max_us
                 ),
             ),
             out(

@@ -1605,6 +1605,7 @@ fn first_offset(offs: &[Offset]) -> Result<Offset> {
 /// Leads commits while asynchronous tickets are pending and nobody else leads; parks
 /// otherwise. Ends once the stream is gone.
 fn committer_loop(weak: Weak<Inner>) {
+    raise_committer_priority();
     loop {
         {
             let Some(inner) = weak.upgrade() else {
@@ -1618,6 +1619,27 @@ fn committer_loop(weak: Weak<Inner>) {
             }
         }
         std::thread::park();
+    }
+}
+
+/// Scheduling weight of the committer thread. Every asynchronous producer's
+/// acknowledgement waits for this one thread; at the default weight, on a busy machine it
+/// got one share among dozens of runnable threads and the whole pipeline queued behind it
+/// (issue 6, 64 producers open loop at 550k/s on 2 shared cores, alternating runs: p99
+/// 27–65 ms at −10 against 170–850 ms at 0, the disk probe quiet in both).
+const COMMITTER_NICE: libc::c_int = -10;
+
+/// Best effort: raising a thread's priority needs CAP_SYS_NICE (or RLIMIT_NICE); without
+/// it the committer keeps the default weight and works as before.
+fn raise_committer_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on this thread's own id.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, COMMITTER_NICE)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(),
+            "log committer: priority not raised (no CAP_SYS_NICE); default weight");
     }
 }
 
