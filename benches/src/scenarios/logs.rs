@@ -109,7 +109,7 @@ impl Drop for FsyncCalibration {
 /// Slices the one-producer measurement is interleaved with F in: the disk's fdatasync
 /// rate drifts by several times within seconds on a shared machine, so the two are
 /// compared over the same moments rather than in phases seconds apart.
-const SLICES: u32 = 10;
+const SLICES: u32 = 50;
 
 /// B: sequential 1 MiB writes into a new file, then fdatasync, bytes/s.
 pub(super) fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {

@@ -267,8 +267,9 @@ static ZEROS: [u8; ZERO_AHEAD] = [0; ZERO_AHEAD];
 
 /// The next segment, made ready off the commit path: a spare written with zeros and
 /// synced ([`files::prepare_spare`]) that a roll renames into place, so a segment's
-/// appends never write into unwritten extents (whose conversion made every fdatasync a
-/// journal commit: ~1.1 ms for a 180 KB commit here, against ~0.1 ms over written zeros).
+/// appends never write into unwritten extents (whose conversion makes every fdatasync a
+/// journal commit). Measured here, interleaved (`compare_prezero`): 180 KB commits mean
+/// 697 µs against 885 µs, and 964 against 1332 µs on a busier disk.
 #[derive(Default)]
 struct SpareState {
     ready: Option<(File, PathBuf)>,
