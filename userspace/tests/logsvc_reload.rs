@@ -22,7 +22,7 @@ use duraplane::{
     log::{
         Entry, Offset, Stream, StreamOptions,
         daemon::{LocalLogClient, LocalLogError, local_socket_path},
-        service::{Delivery, LogClient, LogClientError, code},
+        service::{BatchDelivery, Delivery, LogClient, LogClientError, code},
     },
     testbed::{Testbed, daemons::DaemonNode},
 };
@@ -356,8 +356,24 @@ fn reload_changes_what_the_log_service_publishes() {
     );
     let mut c = connect(&tb);
     assert_eq!(c.subscribe("acctlog", "master", 0).expect("subscribe"), 0);
+    // Read as the manager does: the frame after which the node had nothing more says so
+    // (the manager paces itself only then).
+    let (mut got, mut caught_up) = (Vec::new(), false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 3 {
+        assert!(Instant::now() < deadline, "only {} of 3 records", got.len());
+        match c.poll_batch(Duration::from_millis(200)).expect("poll") {
+            Some(BatchDelivery::Records(r)) => {
+                got.extend(r.iter().map(|x| x.payload.to_vec()));
+                caught_up = r.caught_up();
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    assert!(caught_up, "the last frame of a drained log is not flagged");
     assert_eq!(
-        receive(&mut c, 3),
+        got,
         (0..3)
             .map(|i| format!("acct {i}\n").into_bytes())
             .collect::<Vec<_>>()

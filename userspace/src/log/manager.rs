@@ -1171,7 +1171,7 @@ impl NodePuller {
             settle(&mut in_flight, c, false)?;
             // Everything that is here now (up to a batch), then hand it over.
             let mut recs: Vec<RecordsBuf> = Vec::new();
-            let (mut bytes, mut count) = (0u64, 0usize);
+            let (mut bytes, mut count, mut caught_up) = (0u64, 0usize, false);
             // Capped so a keepalive goes out well within the node's 30 s idle timeout;
             // short while a write is in flight, so its checkpoint goes out promptly.
             let wait = if in_flight > 0 {
@@ -1187,6 +1187,7 @@ impl NodePuller {
                     BatchDelivery::Records(r) => {
                         bytes += r.payload_bytes() + 32 * r.len() as u64;
                         count += r.len();
+                        caught_up = r.caught_up();
                         recs.push(r);
                     }
                     BatchDelivery::Gap { from, to } => {
@@ -1200,7 +1201,7 @@ impl NodePuller {
                     }
                     BatchDelivery::Checkpointed { .. } => {}
                 }
-                if count >= 65_536 || bytes >= BATCH {
+                if caught_up || count >= 65_536 || bytes >= BATCH {
                     break;
                 }
                 // A write that finished while this batch fills is checkpointed now, not
@@ -1212,11 +1213,13 @@ impl NodePuller {
             if recs.is_empty() {
                 continue;
             }
-            // Pace only when caught up. A batch of a megabyte or more (or the record cap)
-            // means a backlog: pull on at once, so it drains at what the link and disk
-            // allow — jlog's "sleep between every segment" caps a pull near one segment
-            // per log_active_interval. A trickle of live records is paced as configured.
-            let behind = count >= 65_536 || bytes >= BACKLOG_BATCH;
+            // Pace only when caught up, as the node says (it flags the frame after which
+            // it had nothing more): a backlog is pulled on at once, so it drains at what
+            // the link and disk allow — jlog's "sleep between every segment" caps a pull
+            // near one segment per log_active_interval. A short pause in delivery (a
+            // busy machine) is not "caught up": taking it for one slept a second in the
+            // middle of a backlog. A trickle of live records is paced as configured.
+            let behind = !caught_up;
             if batches.send(recs).is_err() {
                 // The writer stopped on an error: it is in `results`.
                 settle(&mut in_flight, c, true)?;
@@ -1249,9 +1252,6 @@ impl NodePuller {
 /// written (unacknowledged until durable) and one being received fit in the node's window
 /// and the node never waits for a checkpoint while the manager keeps up.
 const BATCH: u64 = MAX_WINDOW as u64 / 4;
-
-/// A batch at least this large means the manager is behind and does not pace itself.
-const BACKLOG_BATCH: u64 = 1 << 20;
 
 /// Crash points for tests (`DURAPLANE_MANAGER_FAULT=before_state:N` or
 /// `before_checkpoint:N`): the process aborts, as a kill -9 would, at the N-th batch.

@@ -52,6 +52,13 @@ pub mod kind {
     pub const MEMBER_LIST: u8 = 11;
 }
 
+/// Frame flags of the log service.
+pub mod flags {
+    /// On RECORDS: the node had nothing more to send when it sent this frame (the
+    /// subscriber is caught up; a bulk subscriber may pace itself).
+    pub const CAUGHT_UP: u8 = 1;
+}
+
 /// Error codes in an [`kind::ERROR`] frame.
 pub mod code {
     pub const UNKNOWN_LOG: u16 = 1;
@@ -197,6 +204,8 @@ pub fn decode_records(p: &[u8]) -> Result<Vec<Record>, WireError> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordsBuf {
     payload: Vec<u8>,
+    /// The frame carried [`flags::CAUGHT_UP`].
+    caught_up: bool,
     /// Per record: offset, timestamp, payload start and length within `payload`.
     index: Vec<(Offset, u64, usize, usize)>,
 }
@@ -225,7 +234,11 @@ impl RecordsBuf {
             c.take(n)?;
             index.push((offset, timestamp_ns, start, n));
         }
-        Ok(RecordsBuf { payload, index })
+        Ok(RecordsBuf {
+            payload,
+            caught_up: false,
+            index,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -248,6 +261,11 @@ impl RecordsBuf {
 
     pub fn last(&self) -> Option<RecordRef<'_>> {
         self.iter().next_back()
+    }
+
+    /// Whether the node had nothing more to send after these records.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
     }
 
     /// Sum of the records' payload lengths.
@@ -683,7 +701,7 @@ impl Worker {
                         }
                         Some(Err(e)) => return self.fail(code::STORAGE, &e.to_string()),
                         Some(Ok(Entry::Gap { from, to })) => {
-                            if !self.flush(&mut batch) {
+                            if !self.flush(&mut batch, false) {
                                 return;
                             }
                             bytes = 0;
@@ -717,7 +735,7 @@ impl Worker {
                 st.in_flight.push_back(rec.offset);
                 batch.push(rec);
             }
-            if !self.flush(&mut batch) {
+            if !self.flush(&mut batch, drained) {
                 return;
             }
             if drained {
@@ -758,7 +776,9 @@ impl Worker {
             .is_ok()
     }
 
-    fn flush(&self, batch: &mut Vec<Record>) -> bool {
+    /// Sends `batch` as one RECORDS frame, flagged [`flags::CAUGHT_UP`] if the reader
+    /// had nothing after it.
+    fn flush(&self, batch: &mut Vec<Record>, caught_up: bool) -> bool {
         if batch.is_empty() {
             return true;
         }
@@ -769,7 +789,11 @@ impl Worker {
             .bytes_sent
             .fetch_add(p.len() as u64, Ordering::Relaxed);
         batch.clear();
-        self.engine.send(self.conn, frame(kind::RECORDS, p)).is_ok()
+        let mut f = frame(kind::RECORDS, p);
+        if caught_up {
+            f.flags |= flags::CAUGHT_UP;
+        }
+        self.engine.send(self.conn, f).is_ok()
     }
 
     fn fail(&self, c: u16, msg: &str) {
@@ -998,9 +1022,10 @@ impl LogClient {
             None => match self.recv_within(timeout)? {
                 None => return Ok(None),
                 Some(f) if f.kind == kind::RECORDS => {
-                    return Ok(Some(BatchDelivery::Records(
-                        RecordsBuf::parse(f.payload).map_err(|e| self.wire(e))?,
-                    )));
+                    let caught_up = f.flags & flags::CAUGHT_UP != 0;
+                    let mut b = RecordsBuf::parse(f.payload).map_err(|e| self.wire(e))?;
+                    b.caught_up = caught_up;
+                    return Ok(Some(BatchDelivery::Records(b)));
                 }
                 Some(f) => self.decode(f)?,
             },
