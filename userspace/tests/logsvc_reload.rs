@@ -291,6 +291,18 @@ fn reload_changes_what_the_log_service_publishes() {
     }
 
     // Before: only custlog is published.
+    let show = node
+        .console(Path::new(BIN), "cluster show logs")
+        .expect("show logs");
+    assert!(show.starts_with("custlog\n"), "{show}");
+    assert!(!show.contains("acctlog"), "{show}");
+    let info = node
+        .console(Path::new(BIN), "cluster info")
+        .expect("cluster info");
+    assert!(
+        info.contains("commits blocking") || info.contains("commits io_uring"),
+        "the Logs line names the commit path: {info}"
+    );
     let mut c = connect(&tb);
     assert_eq!(c.list().expect("list"), vec!["custlog"]);
     assert_eq!(
@@ -317,6 +329,14 @@ fn reload_changes_what_the_log_service_publishes() {
         .unwrap_or_else(|e| panic!("config reload: {e}"));
     assert!(out.contains("Configuration reloaded"), "{out}");
     assert!(!out.contains("error:"), "{out}");
+    let show = node
+        .console(Path::new(BIN), "cluster show logs")
+        .expect("show logs");
+    assert!(
+        show.starts_with("acctlog\n"),
+        "shows the reloaded set: {show}"
+    );
+    assert!(!show.contains("custlog"), "{show}");
 
     // The running custlog subscription ends with an error frame saying why.
     let deadline = Instant::now() + Duration::from_secs(20);

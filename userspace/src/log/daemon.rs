@@ -416,7 +416,6 @@ fn resolve(cfg: &Config, prev: &BTreeMap<PathBuf, Stream>) -> (Streams, Vec<Stri
 /// The running capability.
 pub struct LogDaemon {
     shared: Shared,
-    published: Published,
     service: Option<LogService>,
     handle: LogServiceHandle,
     stop: Arc<AtomicBool>,
@@ -437,7 +436,7 @@ impl LogDaemon {
         let (streams, _failed) = resolve(cfg, &BTreeMap::new());
         // What the port-4802 service publishes; a reload replaces it (`apply_reload`).
         let published: Published = Arc::new(streams.published.clone());
-        let (mut service, handle) = LogService::new(published.clone());
+        let (mut service, handle) = LogService::new(published);
         if let Some(b) = bus {
             let members = b.cluster_members();
             service = service.with_members(Arc::new(move || {
@@ -466,7 +465,6 @@ impl LogDaemon {
         }
         let d = LogDaemon {
             shared,
-            published,
             service: Some(service),
             handle,
             stop,
@@ -568,18 +566,24 @@ impl LogDaemon {
     }
 
     fn register(&self, services: &Services, cfg: &Config) {
-        let logs: Vec<(String, Option<Stream>)> = cfg
-            .cluster
-            .logs
-            .keys()
-            .map(|k| (k.clone(), self.published.get(k).cloned()))
-            .collect();
-        let logs = Arc::new(logs);
-        let l2 = logs.clone();
+        // The `logs` dictionary's names as configured now (a reload replaces them); each
+        // shown with the stream the log service publishes under that name, if any.
+        let names: Arc<RwLock<Vec<String>>> =
+            Arc::new(RwLock::new(cfg.cluster.logs.keys().cloned().collect()));
+        let (n2, h2) = (names.clone(), self.handle.clone());
         if let Err(e) = services.console.register(
             &["cluster", "show", "logs"],
             "Show the published cluster:// logs, their size and subscribers' positions",
-            Arc::new(move |_| Ok(render(&l2))),
+            Arc::new(move |_| {
+                let published = h2.logs();
+                let logs: Vec<(String, Option<Stream>)> = n2
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|k| (k.clone(), published.get(k).cloned()))
+                    .collect();
+                Ok(render(&logs))
+            }),
         ) {
             tracing::warn!(error = %e, "cannot register cluster show logs");
         }
@@ -594,6 +598,8 @@ impl LogDaemon {
             "logs",
             Arc::new(move |_old, new| {
                 LogDaemon::apply_reload(&shared, &service, new)?;
+                *names.write().unwrap_or_else(|p| p.into_inner()) =
+                    new.cluster.logs.keys().cloned().collect();
                 ensure_socket(
                     &shared,
                     &sock,
