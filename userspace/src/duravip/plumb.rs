@@ -208,26 +208,7 @@ impl Plumber {
             .map_err(|source| PlumbError::Io { op, source })?;
         let mut got = Vec::new();
         loop {
-            self.buf.clear();
-            self.buf.reserve(1 << 16);
-            self.sock
-                .recv(&mut self.buf, 0)
-                .map_err(|source| PlumbError::Io { op, source })?;
-            let mut off = 0usize;
-            while off < self.buf.len() {
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..])
-                    .map_err(|e| PlumbError::Decode {
-                        op,
-                        detail: e.to_string(),
-                    })?;
-                let len = m.header.length as usize;
-                if len == 0 {
-                    return Err(PlumbError::Decode {
-                        op,
-                        detail: "zero-length message".into(),
-                    });
-                }
-                off += len.div_ceil(4) * 4;
+            for m in self.receive(op)? {
                 if m.header.sequence_number != self.seq {
                     continue;
                 }
@@ -244,6 +225,38 @@ impl Plumber {
                 }
             }
         }
+    }
+
+    /// Reads one datagram and decodes every netlink message in it.
+    fn receive(
+        &mut self,
+        op: &'static str,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, PlumbError> {
+        self.buf.clear();
+        self.buf.reserve(1 << 16);
+        self.sock
+            .recv(&mut self.buf, 0)
+            .map_err(|source| PlumbError::Io { op, source })?;
+        let mut msgs = Vec::new();
+        let mut off = 0usize;
+        while off < self.buf.len() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..]).map_err(
+                |e| PlumbError::Decode {
+                    op,
+                    detail: e.to_string(),
+                },
+            )?;
+            let len = m.header.length as usize;
+            if len == 0 {
+                return Err(PlumbError::Decode {
+                    op,
+                    detail: "zero-length message".into(),
+                });
+            }
+            off += len.div_ceil(4) * 4;
+            msgs.push(m);
+        }
+        Ok(msgs)
     }
 
     /// Send changes as pipelined windows of [`WINDOW`] messages, one `sendmsg` each, and
@@ -286,26 +299,7 @@ impl Plumber {
             let mut res: Vec<Option<std::io::Error>> = (0..n).map(|_| None).collect();
             let mut done = false;
             while !done {
-                self.buf.clear();
-                self.buf.reserve(1 << 16);
-                self.sock
-                    .recv(&mut self.buf, 0)
-                    .map_err(|source| PlumbError::Io { op, source })?;
-                let mut off = 0usize;
-                while off < self.buf.len() {
-                    let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..])
-                        .map_err(|e| PlumbError::Decode {
-                            op,
-                            detail: e.to_string(),
-                        })?;
-                    let len = m.header.length as usize;
-                    if len == 0 {
-                        return Err(PlumbError::Decode {
-                            op,
-                            detail: "zero-length message".into(),
-                        });
-                    }
-                    off += len.div_ceil(4) * 4;
+                for m in self.receive(op)? {
                     let seq = m.header.sequence_number;
                     let idx = seq.wrapping_sub(first) as usize;
                     if idx >= n {
