@@ -103,9 +103,32 @@ fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
     }
 
     // Node 2's corosync crashes: its bus reports the loss, node 1 sees node 2 leave.
+    let pid = c.corosync.pid(1).expect("corosync 2 runs");
+    let rings = |pid: u32| {
+        std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with(&format!("qb-{pid}-"))
+                            || name.starts_with(&format!("qb-corosync-{pid}-"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        rings(pid) > 0,
+        "corosync 2 keeps its blackbox and client rings in /dev/shm"
+    );
     c.corosync
         .kill_node(1, Signal::SIGKILL)
         .expect("kill corosync 2");
+    assert_eq!(
+        rings(pid),
+        0,
+        "the testbed removes a killed corosync's IPC rings"
+    );
     wait_for(&buses[1].1, "disconnected", |e| {
         matches!(e, BusEvent::Disconnected { .. })
     });

@@ -3,6 +3,7 @@
 //! xtask deliberately does not depend on the `duraplane` crate: building that crate needs the
 //! eBPF toolchain, which `cargo xtask setup` is what installs.
 
+mod disk;
 mod profile;
 mod setup;
 
@@ -109,8 +110,24 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Set by `test`: its cargo runs build everything once, so incremental state is waste.
+static ONE_SHOT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if ONE_SHOT.load(std::sync::atomic::Ordering::Relaxed)
+        && std::env::var_os("CARGO_INCREMENTAL").is_none()
+    {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
+    c
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// Integration suites whose daemons serve port 4802 (replication, logs).
@@ -139,6 +156,9 @@ fn lint() -> Result<()> {
 }
 
 fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    disk::preflight(&target_dir())?;
+    // A one-shot full build gains nothing from incremental state (~2 GB on disk).
+    ONE_SHOT.store(true, std::sync::atomic::Ordering::Relaxed);
     run_cmd(cargo().args(["build", "--workspace", "--all-targets"]))?;
     if !no_lint {
         lint()?;

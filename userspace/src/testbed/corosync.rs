@@ -182,10 +182,17 @@ impl CorosyncCluster {
     /// Kills node `i`'s corosync with `sig` (SIGKILL: a crash).
     pub fn kill_node(&mut self, i: usize, sig: Signal) -> Result<(), TestbedError> {
         if let Some(p) = self.procs[i].take() {
+            let pid = p.pid();
             p.signal(sig)?;
             let _ = p.finish(Duration::from_secs(10));
+            remove_ipc_leftovers(pid);
         }
         Ok(())
+    }
+
+    /// PID of node `i`'s running corosync.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(ProcessGuard::pid)
     }
 
     /// Host name of node `i`.
@@ -234,5 +241,46 @@ impl CorosyncCluster {
                 })
                 .count(),
         )
+    }
+}
+
+impl Drop for CorosyncCluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut().filter_map(Option::take) {
+            let pid = p.pid();
+            drop(p); // SIGKILL and reap
+            remove_ipc_leftovers(pid);
+        }
+    }
+}
+
+/// Removes what a killed corosync leaves behind: libqb's IPC rings
+/// (`/dev/shm/qb-PID-CLIENT-…`, about 3 MiB each per client connection) and its blackbox
+/// (`qb-corosync-PID-blackbox-*`, 8 MiB). Only a clean shutdown unlinks them, and tests stop
+/// their corosyncs with SIGKILL: before this, a test run left gigabytes in `/dev/shm`
+/// (RAM) and `/tmp`. `pid` is a corosync this testbed started (its spawn execs corosync).
+pub fn remove_ipc_leftovers(pid: u32) {
+    let server = format!("qb-{pid}-");
+    let blackbox = format!("corosync-{pid}-blackbox-");
+    let qb_blackbox = format!("qb-corosync-{pid}-blackbox-");
+    for dir in ["/dev/shm", "/tmp"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&server)
+                || name.starts_with(&blackbox)
+                || name.starts_with(&qb_blackbox)
+            {
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
     }
 }
