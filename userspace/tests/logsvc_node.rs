@@ -286,6 +286,56 @@ fn local_appends_show_logs_and_the_log_service() {
     });
     // mgr1's checkpoint did not move.
     assert!(ask(&node, "cluster show logs").contains("[subscriber: 'mgr1' @ 00000000:00000000]"));
+
+    // A record damaged on disk (one payload byte flipped under the daemon): the
+    // subscription ends with a storage error that reaches the client — the connection
+    // stays usable — and nothing after the damage is delivered as if it were whole.
+    let seg_dir = dir.path().join("logs/bouncelog.cluster");
+    let seg = std::fs::read_dir(&seg_dir)
+        .expect("segments")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read(p).is_ok_and(|b| find(&b, b"bounce 000").is_some()))
+        .expect("segment with the first record");
+    let at = find(&std::fs::read(&seg).expect("read"), b"bounce 000").expect("record");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open segment");
+        f.write_all_at(b"X", at as u64).expect("damage");
+    }
+    with_client(&tb, KEY, |c| {
+        let mut c = c.expect("right key");
+        c.subscribe("bouncelog", "mgr1", 0).expect("sub");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match c.poll(Duration::from_millis(200)) {
+                Ok(Some(Delivery::Records(r))) => panic!("damaged records delivered: {r:?}"),
+                Ok(_) => assert!(Instant::now() < deadline, "no storage error"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                &err,
+                LogClientError::Refused {
+                    code: code::STORAGE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            c.list().expect("the connection is still open"),
+            vec!["bouncelog".to_string(), "mainlog".to_string()]
+        );
+    });
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The daemon's own loggers: an error line (replication off: no key file) lands in

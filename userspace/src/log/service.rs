@@ -567,7 +567,8 @@ impl Service for LogService {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Box<dyn Any + Send>) {
-        // A subscription ended by itself (its log is no longer published).
+        // A subscription ended by itself (its log is no longer published, or storage
+        // failed).
         let msg = match msg.downcast::<SubEnded>() {
             Ok(m) => {
                 self.drop_sub(m.0);
@@ -803,8 +804,14 @@ impl Worker {
             error = msg,
             "log service: subscription failed"
         );
+        // As for an unpublished log: the service forgets the subscription and the
+        // connection stays open. Closing it here dropped the error frame still queued
+        // (and a close with unread input is a reset), so the client saw a bare
+        // disconnect instead of the reason.
+        let _ = self
+            .engine
+            .post(ServiceId::LOG, Box::new(SubEnded(self.conn)));
         let _ = self.engine.send(self.conn, error_frame(c, msg));
-        let _ = self.engine.close(self.conn);
     }
 }
 
