@@ -1,18 +1,22 @@
-//! Disk full on a real, small tmpfs mounted for the test: both policies.
+//! Disk full on real, small filesystems mounted for the test, both policies: a tmpfs, and
+//! an ext4 image on a loop device, where segments are zero-filled spares prepared in the
+//! background (so the space runs out in the spare's preparation as well as in appends).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use duraplane::log::{DiskPolicy, Entry, LogError, Offset, Stream, StreamOptions};
 
-/// A tmpfs of `size` mounted on a temporary directory; unmounted on drop, even on failure.
-struct Tmpfs {
+/// A small filesystem mounted on a temporary directory; unmounted (and its image removed)
+/// on drop, even on failure.
+struct Mounted {
     dir: tempfile::TempDir,
+    image: Option<PathBuf>,
 }
 
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
+impl Mounted {
+    fn tmpfs(size: &str) -> Mounted {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
             .args([
@@ -26,19 +30,53 @@ impl Tmpfs {
             .status()
             .unwrap();
         assert!(st.success(), "mount tmpfs (needs root)");
-        Tmpfs { dir }
+        Mounted { dir, image: None }
     }
+
+    /// ext4 with 1 KiB blocks and a 1 MiB journal in an image of `mib` MiB.
+    fn ext4(mib: u64) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let image = std::env::temp_dir().join(format!(
+            "duraplane-disk-full-{}-{}.img",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .unwrap();
+        let m = Mounted {
+            dir,
+            image: Some(image.clone()),
+        };
+        let st = Command::new("mkfs.ext4")
+            .args([
+                "-q", "-F", "-b", "1024", "-N", "64", "-J", "size=1", "-m", "0",
+            ])
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs; `cargo xtask setup` installs it)");
+        assert!(st.success(), "mkfs.ext4 {}", image.display());
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(m.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -o loop (needs root and a loop device)");
+        m
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        if let Some(i) = &self.image {
+            let _ = std::fs::remove_file(i);
+        }
     }
 }
 
@@ -59,12 +97,20 @@ fn payload(i: usize) -> Vec<u8> {
 
 #[test]
 fn stop_policy_refuses_appends_and_loses_nothing() {
-    let fs = Tmpfs::new("512k");
+    stop_policy(&Mounted::tmpfs("512k"));
+}
+
+#[test]
+fn stop_policy_on_ext4_with_zero_filled_spares() {
+    stop_policy(&Mounted::ext4(4));
+}
+
+fn stop_policy(fs: &Mounted) {
     let dir = fs.path().join("mainlog.cluster");
     let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
     let mut acked: BTreeMap<Offset, Vec<u8>> = BTreeMap::new();
     let mut err = None;
-    for i in 0..2000 {
+    for i in 0..20_000 {
         match s.append(&payload(i)) {
             Ok(o) => {
                 acked.insert(o, payload(i));
@@ -75,7 +121,7 @@ fn stop_policy_refuses_appends_and_loses_nothing() {
             }
         }
     }
-    let err = err.expect("a 512k tmpfs fills up");
+    let err = err.expect("the small filesystem fills up");
     assert!(matches!(err, LogError::DiskFull { .. }), "{err}");
     assert!(err.to_string().contains("disk full"), "{err}");
     assert!(s.is_disk_full());
@@ -106,11 +152,19 @@ fn stop_policy_refuses_appends_and_loses_nothing() {
 
 #[test]
 fn drop_oldest_policy_keeps_appending_and_readers_see_the_gap() {
-    let fs = Tmpfs::new("512k");
+    drop_oldest_policy(&Mounted::tmpfs("512k"), 3000);
+}
+
+#[test]
+fn drop_oldest_policy_on_ext4_with_zero_filled_spares() {
+    drop_oldest_policy(&Mounted::ext4(4), 8000);
+}
+
+fn drop_oldest_policy(fs: &Mounted, records: usize) {
     let dir = fs.path().join("rejectlog.cluster");
     let s = Stream::open(&dir, &opts(DiskPolicy::DropOldest)).unwrap();
     let mut acked: BTreeMap<Offset, Vec<u8>> = BTreeMap::new();
-    for i in 0..3000 {
+    for i in 0..records {
         acked.insert(s.append(&payload(i)).unwrap(), payload(i));
     }
     let (start, end) = s.bounds();
@@ -138,7 +192,7 @@ fn drop_oldest_policy_keeps_appending_and_readers_see_the_gap() {
 
 #[test]
 fn failed_write_poisons_the_stream_for_good() {
-    let fs = Tmpfs::new("256k");
+    let fs = Mounted::tmpfs("256k");
     let dir = fs.path().join("paniclog.cluster");
     let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
     let first = s.append(b"acknowledged").unwrap();
@@ -182,7 +236,7 @@ fn failed_write_poisons_the_stream_for_good() {
 /// acknowledged record survives a restart.
 #[test]
 fn failed_write_fails_every_later_ticket() {
-    let fs = Tmpfs::new("256k");
+    let fs = Mounted::tmpfs("256k");
     let dir = fs.path().join("rejectlog.cluster");
     let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
     let tickets: Vec<_> = (0..400)

@@ -53,6 +53,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("keepalived", "peer benchmark: VRRP failover"),
     ("linux-perf", "cargo xtask profile"),
     ("procps", "process inspection in tests"),
+    ("e2fsprogs", "disk-full tests on a small ext4 image"),
+    ("mount", "tmpfs and loop-device filesystems in tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
