@@ -7,9 +7,10 @@ use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
 
 use anyhow::{Result, bail};
 
-/// What a cold `cargo xtask test` leaves in the target directory (measured: see
-/// BENCHMARKS.md "CI footprint"), with headroom.
-const COLD_BUILD_BYTES: u64 = 6 << 30;
+/// What a cold `cargo xtask test` leaves in the target directory, with headroom: 3.6 GiB
+/// measured from a fresh clone on 2026-11-25 (12 GiB before debug builds kept only line
+/// tables and incremental state was turned off).
+const COLD_BUILD_BYTES: u64 = 5 << 30;
 /// Whatever is already built, a run still writes test binaries, logs and temporary files.
 const MIN_FREE_BYTES: u64 = 1 << 30;
 
