@@ -1,0 +1,161 @@
+//! `dp-logsub`: a subscriber of a node's `cluster://` logs over the network, through the
+//! log service on the node's ECCluster_Listener (port 4802). It lists the published logs
+//! and the members, and tails or replays a log as a named subscriber, checkpointing what
+//! it printed. The local form (a stream directory on this host) is `dp-logctl LOG tail`.
+
+use std::{
+    io::Write,
+    net::{SocketAddr, ToSocketAddrs},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use duraplane::{
+    engine::ClusterKey,
+    log::service::{BatchDelivery, LogClient},
+};
+
+/// Subscribe to a node's cluster:// logs over the network (port 4802 log service).
+#[derive(Debug, Parser)]
+#[command(name = "dp-logsub", version)]
+struct Args {
+    /// The node's ECCluster_Listener address.
+    #[arg(long, default_value = "127.0.0.1:4802")]
+    node: String,
+    /// The cluster key file (the daemons' `cluster_key_file`).
+    #[arg(long, default_value = "/etc/duraplane/cluster.key")]
+    key: PathBuf,
+    /// Name this client authenticates with.
+    #[arg(long, default_value = "dp-logsub")]
+    name: String,
+    /// Seconds to wait for the node (connect, answers, checkpoint confirmations).
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The logs the node publishes (its `logs` dictionary).
+    List,
+    /// The cluster members the node sees: nodename and ECCluster_Listener address.
+    Members,
+    /// Print the records after SUBSCRIBER's checkpoint, `offset<TAB>timestamp_ns<TAB>text`,
+    /// until caught up (or forever with --follow). The subscriber must exist on the node's
+    /// stream (`dp-logctl LOG add NAME` there, or the logger's `=>NAME`).
+    Tail {
+        /// The log's name in the node's `logs` dictionary (e.g. mainlog).
+        log: String,
+        #[arg(short, long)]
+        subscriber: String,
+        /// Keep waiting for new records.
+        #[arg(short, long)]
+        follow: bool,
+        /// Checkpoint what was printed, durably on the node, after each batch (the
+        /// subscriber consumes the records; without it, the next run sees them again).
+        #[arg(long)]
+        checkpoint: bool,
+        /// Stop after this many records.
+        #[arg(short = 'n', long)]
+        max: Option<u64>,
+    },
+}
+
+fn resolve(node: &str) -> Result<SocketAddr> {
+    node.to_socket_addrs()
+        .with_context(|| format!("resolving --node {node}"))?
+        .next()
+        .with_context(|| format!("--node {node}: no address"))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let addr = resolve(&args.node)?;
+    let key = ClusterKey::load(&args.key)
+        .with_context(|| format!("reading the cluster key {}", args.key.display()))?;
+    let mut c = LogClient::connect(addr, &key, &args.name, timeout)
+        .with_context(|| format!("connecting to the log service at {addr}"))?;
+    let mut out = std::io::stdout().lock();
+    match &args.cmd {
+        Cmd::List => {
+            for l in c.list()? {
+                writeln!(out, "{l}")?;
+            }
+        }
+        Cmd::Members => {
+            for (name, listener) in c.members()? {
+                writeln!(out, "{name}\t{listener}")?;
+            }
+        }
+        Cmd::Tail {
+            log,
+            subscriber,
+            follow,
+            checkpoint,
+            max,
+        } => {
+            let next = c.subscribe(log, subscriber, 0)?;
+            eprintln!("dp-logsub: {log} at {addr} as '{subscriber}', from offset {next}");
+            let mut printed = 0u64;
+            let mut last = None;
+            let mut quiet_since = Instant::now();
+            let done = |printed: u64| max.is_some_and(|m| printed >= m);
+            while !done(printed) {
+                let Some(d) = c.poll_batch(Duration::from_millis(500))? else {
+                    // Not following: nothing for `timeout` means caught up (the node
+                    // flags the last frame it had, but records held back while waiting
+                    // for a checkpoint confirmation lose that flag).
+                    if !follow && quiet_since.elapsed() >= timeout {
+                        break;
+                    }
+                    continue;
+                };
+                quiet_since = Instant::now();
+                let caught_up = match d {
+                    BatchDelivery::Records(b) => {
+                        for r in b.iter() {
+                            if done(printed) {
+                                break;
+                            }
+                            writeln!(
+                                out,
+                                "{}\t{}\t{}",
+                                r.offset,
+                                r.timestamp_ns,
+                                String::from_utf8_lossy(r.payload).trim_end_matches('\n')
+                            )?;
+                            last = Some(r.offset);
+                            printed += 1;
+                        }
+                        b.caught_up()
+                    }
+                    BatchDelivery::Gap { from, to } => {
+                        writeln!(
+                            out,
+                            "# gap: offsets {from}..{to} dropped (disk policy drop_oldest)"
+                        )?;
+                        false
+                    }
+                    BatchDelivery::Checkpointed { .. } => false,
+                };
+                out.flush()?;
+                if *checkpoint && let Some(off) = last.take() {
+                    c.checkpoint(off, timeout)
+                        .with_context(|| format!("checkpointing offset {off}"))?;
+                }
+                if caught_up && !follow {
+                    break;
+                }
+            }
+            eprintln!("dp-logsub: {printed} records");
+        }
+    }
+    Ok(())
+}
