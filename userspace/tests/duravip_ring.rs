@@ -3,26 +3,20 @@
 //! verdict (on the quorum connection), each tagged with the ring id. These tests check on a
 //! real four-node corosync what DuraVIP's pairing relies on, then that the daemons use it.
 
+mod cluster_support;
+
 use std::{
     collections::BTreeSet,
-    path::Path,
-    sync::{
-        Arc, Mutex,
-        mpsc::{Receiver, RecvTimeoutError},
-    },
+    sync::{Arc, Mutex, mpsc::RecvTimeoutError},
     time::{Duration, Instant},
 };
 
+use cluster_support::{Cluster, binding, wait_until};
 use duraplane::{
     bus::{Bus, BusConfig, BusEvent, RingId},
-    testbed::{
-        ProcessGuard, Stream, Testbed,
-        corosync::{CorosyncCluster, CorosyncTiming},
-        daemons::DaemonNode,
-    },
+    testbed::{ProcessGuard, Stream, daemons::DaemonNode},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 const VIPS: [&str; 3] = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
 /// What the daemon logs when the fallback, not the pairing, decided.
 const UNPAIRED: &str = "never paired the view with a quorum verdict";
@@ -32,18 +26,17 @@ const GROUP: &str = "ec_cluster";
 /// Every event of every node's bus, in arrival order per node.
 type Log = Arc<Mutex<Vec<(Instant, usize, BusEvent)>>>;
 
-fn start_bus(tb: &Testbed, host: &str, node: usize, log: &Log) -> Bus {
-    let (bus, rx): (Bus, Receiver<BusEvent>) = tb
-        .run_in(host, || {
-            Bus::start(BusConfig {
-                cluster_group: GROUP.into(),
-                control_group: "ec_console".into(),
-                log_group: None,
-                retry_interval: Duration::from_millis(200),
-            })
-        })
-        .expect("enter namespace")
-        .expect("start bus");
+/// A bus of the test's own on `node`'s corosync, its events appended to `log`.
+fn start_bus(c: &Cluster, node: usize, log: &Log) -> Bus {
+    let (bus, rx) = c.bus(
+        node,
+        BusConfig {
+            cluster_group: GROUP.into(),
+            control_group: "ec_console".into(),
+            log_group: None,
+            retry_interval: Duration::from_millis(200),
+        },
+    );
     let log = Arc::clone(log);
     std::thread::spawn(move || {
         loop {
@@ -110,16 +103,10 @@ fn dump(log: &Log, mark: usize, t0: Instant) -> String {
         .join("\n")
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// The latest ring on the CPG connection and the latest quorum verdict's flag and ring.
+type State = (Option<RingId>, Option<(bool, Option<RingId>)>);
 
-/// The latest ring on the CPG connection and the latest quorum verdict's ring and flag.
-fn state(evs: &[BusEvent]) -> (Option<RingId>, Option<(bool, Option<RingId>)>) {
+fn state(evs: &[BusEvent]) -> State {
     let mut ring = None;
     let mut q = None;
     for e in evs {
@@ -134,25 +121,40 @@ fn state(evs: &[BusEvent]) -> (Option<RingId>, Option<(bool, Option<RingId>)>) {
     (ring, q)
 }
 
+/// A new ring and a quorum verdict (either way) for that same ring.
+fn ring_with_verdict((ring, q): State) -> bool {
+    ring.is_some() && q.is_some_and(|(_, r)| r == ring)
+}
+
+/// A new ring and a quorate verdict for it.
+fn ring_quorate((ring, q): State) -> bool {
+    ring.is_some() && q == Some((true, ring))
+}
+
+/// Waits (20 s) until the state since `mark` of every one of the four nodes is `ok`.
+fn wait_states(log: &Log, mark: usize, what: &str, ok: fn(State) -> bool) {
+    wait_until(what, 20, || (0..4).all(|i| ok(state(&since(log, mark, i)))));
+}
+
 /// Drops every packet between the two halves (nft in each node's namespace; the tables go
 /// with the namespaces).
-fn split(tb: &Testbed, hosts: &[&str], a: &[usize], b: &[usize], on: bool) {
+fn split(c: &Cluster, a: &[usize], b: &[usize], on: bool) {
     for (mine, other) in [(a, b), (b, a)] {
         for i in mine {
-            let h = hosts[*i];
+            let h = &c.host(*i);
             if on {
                 let set = format!(
                     "{{ {} }}",
                     other
                         .iter()
-                        .map(|j| format!("192.0.2.1{}", j + 1))
+                        .map(|j| c.addr(*j).to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
                 let nft = |args: &[&str]| {
                     let mut cmd = vec!["nft"];
                     cmd.extend_from_slice(args);
-                    tb.exec(h, &cmd).expect("nft split");
+                    c.tb.exec(h, &cmd).expect("nft split");
                 };
                 nft(&["add", "table", "inet", "ringsplit"]);
                 for (chain, hook, dir) in [("in", "input", "saddr"), ("out", "output", "daddr")] {
@@ -177,7 +179,7 @@ fn split(tb: &Testbed, hosts: &[&str], a: &[usize], b: &[usize], on: bool) {
                     ]);
                 }
             } else {
-                tb.exec(h, &["nft", "delete", "table", "inet", "ringsplit"])
+                c.tb.exec(h, &["nft", "delete", "table", "inet", "ringsplit"])
                     .expect("nft heal");
             }
         }
@@ -189,22 +191,11 @@ fn split(tb: &Testbed, hosts: &[&str], a: &[usize], b: &[usize], on: bool) {
 /// pairing rule rests on, and prints the sequences (`--nocapture`).
 #[test]
 fn corosync_ring_ids_pair_views_and_quorum() {
-    let mut tb = Testbed::new().expect("testbed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = CorosyncCluster::start(
-        &mut tb,
-        4,
-        dir.path().to_path_buf(),
-        CorosyncTiming::default(),
-    )
-    .expect("corosync");
-    let hosts: Vec<String> = (0..4).map(|i| cluster.host(i).to_owned()).collect();
-    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    // Corosync on four nodes, no daemons: the test's own buses are the members.
+    let c = Cluster::builder(4).up();
     let log: Log = Arc::default();
     let t0 = Instant::now();
-    let mut buses: Vec<Option<Bus>> = (0..4)
-        .map(|i| Some(start_bus(&tb, hosts[i], i, &log)))
-        .collect();
+    let mut buses: Vec<Option<Bus>> = (0..4).map(|i| Some(start_bus(&c, i, &log))).collect();
     let view_of = |evs: &[BusEvent]| {
         evs.iter().rev().find_map(|e| match e {
             BusEvent::View { group, members, .. } if group == GROUP => {
@@ -249,7 +240,7 @@ fn corosync_ring_ids_pair_views_and_quorum() {
             i + 1
         );
     }
-    buses[3] = Some(start_bus(&tb, hosts[3], 3, &log));
+    buses[3] = Some(start_bus(&c, 3, &log));
     wait_until("node4 back", 10, || {
         (0..4).all(|i| view_of(&since(&log, mark, i)).is_some_and(|v| v.len() == 4))
     });
@@ -258,16 +249,12 @@ fn corosync_ring_ids_pair_views_and_quorum() {
     // ring all the same? (The pairing needs one.)
     let mark = log.lock().unwrap().len();
     let t4 = Instant::now();
-    split(&tb, &hosts, &[0, 1, 2], &[3], true);
-    wait_until(
+    split(&c, &[0, 1, 2], &[3], true);
+    wait_states(
+        &log,
+        mark,
         "every node sees a new ring and a verdict for it",
-        20,
-        || {
-            (0..4).all(|i| {
-                let (ring, q) = state(&since(&log, mark, i));
-                ring.is_some() && q.is_some_and(|(_, r)| r == ring)
-            })
-        },
+        ring_with_verdict,
     );
     std::thread::sleep(Duration::from_millis(500));
     eprintln!("3|1 split:\n{}", dump(&log, mark, t4));
@@ -282,13 +269,13 @@ fn corosync_ring_ids_pair_views_and_quorum() {
     }
     let mark = log.lock().unwrap().len();
     let t5 = Instant::now();
-    split(&tb, &hosts, &[0, 1, 2], &[3], false);
-    wait_until("every node sees the merged ring quorate", 20, || {
-        (0..4).all(|i| {
-            let (ring, q) = state(&since(&log, mark, i));
-            ring.is_some() && q == Some((true, ring))
-        })
-    });
+    split(&c, &[0, 1, 2], &[3], false);
+    wait_states(
+        &log,
+        mark,
+        "every node sees the merged ring quorate",
+        ring_quorate,
+    );
     std::thread::sleep(Duration::from_millis(300));
     eprintln!("3|1 heal:\n{}", dump(&log, mark, t5));
 
@@ -296,13 +283,13 @@ fn corosync_ring_ids_pair_views_and_quorum() {
     // (before the ring, on the CPG connection) and a verdict for that same ring.
     let mark = log.lock().unwrap().len();
     let t2 = Instant::now();
-    split(&tb, &hosts, &[0, 1], &[2, 3], true);
-    wait_until("both halves see the split ring and its verdict", 20, || {
-        (0..4).all(|i| {
-            let (ring, q) = state(&since(&log, mark, i));
-            ring.is_some() && q.is_some_and(|(_, r)| r == ring)
-        })
-    });
+    split(&c, &[0, 1], &[2, 3], true);
+    wait_states(
+        &log,
+        mark,
+        "both halves see the split ring and its verdict",
+        ring_with_verdict,
+    );
     std::thread::sleep(Duration::from_millis(500));
     eprintln!("2|2 split:\n{}", dump(&log, mark, t2));
     for i in 0..4 {
@@ -328,13 +315,13 @@ fn corosync_ring_ids_pair_views_and_quorum() {
     // Heal: one merged ring, quorate again, the four-node view before its ring.
     let mark = log.lock().unwrap().len();
     let t3 = Instant::now();
-    split(&tb, &hosts, &[0, 1], &[2, 3], false);
-    wait_until("every node sees the merged ring quorate", 20, || {
-        (0..4).all(|i| {
-            let (ring, q) = state(&since(&log, mark, i));
-            ring.is_some() && q == Some((true, ring))
-        })
-    });
+    split(&c, &[0, 1], &[2, 3], false);
+    wait_states(
+        &log,
+        mark,
+        "every node sees the merged ring quorate",
+        ring_quorate,
+    );
     std::thread::sleep(Duration::from_millis(500));
     eprintln!("heal:\n{}", dump(&log, mark, t3));
     let rings: Vec<Option<RingId>> = (0..4).map(|i| state(&since(&log, mark, i)).0).collect();
@@ -357,45 +344,23 @@ fn corosync_ring_ids_pair_views_and_quorum() {
     drop(buses);
 }
 
-fn daemon_config(i: usize, socket: &Path) -> String {
-    let mut bindings = String::new();
-    for (k, v) in VIPS.iter().enumerate() {
-        bindings.push_str(&format!(
-            "Binding \"vip{k}\" {{\n  Enable_Duravip = true\n  Bind_Address = \"{v}\"\n}}\n"
-        ));
-    }
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1{i}:4802" {{}}
-}}
-cluster {{
-  nodename = "node{i}"
-  nodeaddr = "192.0.2.1{i}"
-  heartbeats_per_sec = 10
-  heartbeat_start_delay = 0
-  view_mature_time = 2
-  view_balance_interval = 0.5
-  duravip_balance_set_size = 1
-  if_check_interval = 1
-  Topology "198.51.100.0/24" {{
-    cidrmask = "32"
-    interface = "eth0"
-  }}
-}}
-{bindings}duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-}}
-"#,
-        socket.display()
-    )
+/// Lines inside `cluster { }` of the daemon test: quick maturity and balance, one VIP per
+/// node, IPv4 VIPs on `eth0`.
+const DURAVIP_CLUSTER: &str = r#"view_mature_time = 2
+view_balance_interval = 0.5
+duravip_balance_set_size = 1
+if_check_interval = 1
+Topology "198.51.100.0/24" {
+  cidrmask = "32"
+  interface = "eth0"
 }
+"#;
 
 /// Indexes of the nodes whose `eth0` has `vip` plumbed.
-fn holders(tb: &Testbed, hosts: &[&str], vip: &str) -> BTreeSet<usize> {
-    (0..hosts.len())
+fn holders(c: &Cluster, vip: &str) -> BTreeSet<usize> {
+    (0..c.len())
         .filter(|i| {
-            tb.exec(hosts[*i], &["ip", "-o", "addr", "show", "dev", "eth0"])
+            c.tb.exec(&c.host(*i), &["ip", "-o", "addr", "show", "dev", "eth0"])
                 .unwrap_or_default()
                 .split_whitespace()
                 .any(|w| w.split('/').next() == Some(vip))
@@ -410,11 +375,10 @@ type Change = (String, usize, String, bool);
 struct Monitors(Vec<ProcessGuard>);
 
 impl Monitors {
-    fn start(tb: &Testbed, hosts: &[&str]) -> Monitors {
-        let m = hosts
-            .iter()
-            .map(|h| {
-                tb.spawn(h, &["ip", "-ts", "-o", "monitor", "address"])
+    fn start(c: &Cluster) -> Monitors {
+        let m = (0..c.len())
+            .map(|i| {
+                c.tb.spawn(&c.host(i), &["ip", "-ts", "-o", "monitor", "address"])
                     .expect("ip monitor")
             })
             .collect();
@@ -457,36 +421,20 @@ impl Monitors {
 /// pairing, never by the fallback.
 #[test]
 fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
-    let mut tb = Testbed::new().expect("testbed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = CorosyncCluster::start(
-        &mut tb,
-        3,
-        dir.path().to_path_buf(),
-        CorosyncTiming::default(),
-    )
-    .expect("corosync");
-    let hosts: Vec<String> = (0..3).map(|i| cluster.host(i).to_owned()).collect();
-    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let mut nodes: Vec<DaemonNode> = (1..=3)
-        .map(|i| {
-            let socket = dir.path().join(format!("node{i}.sock"));
-            DaemonNode::start(
-                &tb,
-                Path::new(BIN),
-                hosts[i - 1],
-                dir.path(),
-                socket.clone(),
-                &daemon_config(i, &socket),
-            )
-            .expect("daemon")
+    let mut c = Cluster::builder(3)
+        .cluster(|_| DURAVIP_CLUSTER.to_owned())
+        .top(|_| {
+            VIPS.iter()
+                .enumerate()
+                .map(|(k, v)| binding(k, v, None))
+                .collect()
         })
-        .collect();
-    let balanced = |tb: &Testbed| {
-        let h: Vec<BTreeSet<usize>> = VIPS.iter().map(|v| holders(tb, &hosts, v)).collect();
+        .start();
+    let balanced = |c: &Cluster| {
+        let h: Vec<BTreeSet<usize>> = VIPS.iter().map(|v| holders(c, v)).collect();
         h.iter().all(|x| x.len() == 1) && h.iter().flatten().collect::<BTreeSet<_>>().len() == 3
     };
-    wait_until("one VIP on each node", 30, || balanced(&tb));
+    wait_until("one VIP on each node", 30, || balanced(&c));
     let logs = |nodes: &[DaemonNode]| {
         nodes
             .iter()
@@ -509,24 +457,23 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
 
     // Partition node3 away and heal, twice.
     for round in 0..2 {
-        let mon = Monitors::start(&tb, &hosts);
-        split(&tb, &hosts, &[0, 1], &[2], true);
+        let mon = Monitors::start(&c);
+        split(&c, &[0, 1], &[2], true);
         wait_until("node3 released, the majority holds every VIP", 20, || {
             VIPS.iter().all(|v| {
-                let h = holders(&tb, &hosts, v);
+                let h = holders(&c, v);
                 h.len() == 1 && !h.contains(&2)
             })
         });
-        split(&tb, &hosts, &[0, 1], &[2], false);
+        split(&c, &[0, 1], &[2], false);
         wait_until("node3 back in the view", 20, || {
-            nodes[0]
-                .console(Path::new(BIN), "cluster info")
+            c.console(0, "cluster info")
                 .is_ok_and(|o| o.contains("View: 3 members (3 live)"))
         });
         // Watch on, below view_mature_time (2 s): nothing may be plumbed by node3.
         std::thread::sleep(Duration::from_millis(1200));
         let ch = mon.changes();
-        let ctx = || format!("round {round}: changes {ch:#?}\n{}", logs(&nodes));
+        let ctx = || format!("round {round}: changes {ch:#?}\n{}", logs(&c.nodes));
         eprintln!("{}", ctx());
         assert!(
             ch.iter().all(|(_, n, _, added)| *n != 2 || !added),
@@ -543,25 +490,25 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
             "the majority never drops a VIP\n{}",
             ctx()
         );
-        wait_until("balanced again", 30, || balanced(&tb));
+        wait_until("balanced again", 30, || balanced(&c));
     }
 
     // kill -9 of node1's daemon: its corosync lives, so no ring change comes; the
     // survivors fail over on the view alone.
-    let before: Vec<BTreeSet<usize>> = VIPS.iter().map(|v| holders(&tb, &hosts, v)).collect();
+    let before: Vec<BTreeSet<usize>> = VIPS.iter().map(|v| holders(&c, v)).collect();
     let victim_vip = VIPS[before.iter().position(|h| h.contains(&0)).unwrap()];
-    let mon = Monitors::start(&tb, &hosts);
-    let text_before_kill = logs(&nodes);
-    nodes[0].kill();
+    let mon = Monitors::start(&c);
+    let text_before_kill = logs(&c.nodes);
+    c.kill(0);
     wait_until("a survivor holds the killed daemon's VIP", 20, || {
-        holders(&tb, &hosts, victim_vip).iter().any(|n| *n != 0)
+        holders(&c, victim_vip).iter().any(|n| *n != 0)
     });
     std::thread::sleep(Duration::from_millis(500));
     let ch = mon.changes();
     let ctx = || {
         format!(
             "kill -9: changes {ch:#?}\n{text_before_kill}\n{}",
-            logs(&nodes)
+            logs(&c.nodes)
         )
     };
     eprintln!("{}", ctx());
@@ -572,7 +519,7 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
         ctx()
     );
     assert!(
-        !text_before_kill.contains(UNPAIRED) && !logs(&nodes).contains(UNPAIRED),
+        !text_before_kill.contains(UNPAIRED) && !logs(&c.nodes).contains(UNPAIRED),
         "the pairing, not the fallback, decided\n{}",
         ctx()
     );

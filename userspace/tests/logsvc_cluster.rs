@@ -5,6 +5,8 @@
 //! events) is consolidated too; files and directories get the configured modes. The
 //! manager knows node1 statically and finds the others through a seed's membership.
 
+mod cluster_support;
+
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::PermissionsExt,
@@ -16,51 +18,49 @@ use std::{
     time::{Duration, Instant},
 };
 
+use cluster_support::{BIN, Cluster, wait_until};
 use duraplane::{
     log::daemon::{LocalLogClient, local_socket_path},
-    testbed::{
-        ProcessGuard, Testbed,
-        corosync::{CorosyncCluster, CorosyncTiming},
-        daemons::DaemonNode,
-    },
+    testbed::{ProcessGuard, Testbed},
 };
 use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
-
-fn node_config(i: usize, dir: &Path, socket: &Path, key: &Path) -> String {
-    let d = dir.join(format!("node{i}-logs"));
-    let d = d.display();
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1{i}:4802" {{}}
-}}
-ec_logger "ec_logger" {{
+/// Three nodes with a cluster key whose mainlog, paniclog and bouncelog are cluster logs
+/// (kept under `dir/node<n>-logs`) with the manager's `master` as subscriber.
+fn cluster_with_logs() -> Cluster {
+    let mut c = Cluster::builder(3)
+        .key("log-cluster-test-key-0123456789abcdef")
+        .up();
+    let dir = c.dir.path().to_owned();
+    let logs = move |i: usize| dir.join(format!("node{}-logs", i + 1));
+    let d = logs.clone();
+    c.config.top = Box::new(move |i| {
+        let d = d(i);
+        let d = d.display();
+        format!(
+            r#"ec_logger "ec_logger" {{
   mainlog = "cluster://{d}/mainlog.cluster=>master"
   paniclog = "cluster://{d}/paniclog.cluster=>master"
 }}
 bounce_logger "bounce_logger" {{
   bouncelog = "cluster://{d}/bouncelog.cluster?subscribers=master"
 }}
-cluster {{
-  nodename = "node{i}"
-  nodeaddr = "192.0.2.1{i}"
-  heartbeats_per_sec = 10
-  heartbeat_start_delay = 0
-  logs = [
-    mainlog = "{d}/mainlog.cluster"
-    bouncelog = "{d}/bouncelog.cluster"
-  ]
-}}
-duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-  cluster_key_file = "{}"
-}}
-"#,
-        socket.display(),
-        key.display()
-    )
+"#
+        )
+    });
+    c.config.cluster = Box::new(move |i| {
+        let d = logs(i);
+        let d = d.display();
+        format!(
+            r#"logs = [
+  mainlog = "{d}/mainlog.cluster"
+  bouncelog = "{d}/bouncelog.cluster"
+]
+"#
+        )
+    });
+    c.start_daemons();
+    c
 }
 
 fn manager_config(out: &Path, key: &Path) -> String {
@@ -180,56 +180,28 @@ fn writer(socket: PathBuf, node: usize, stop: Arc<AtomicBool>, w: Arc<Mutex<Writ
 
 #[test]
 fn logs_from_every_node_arrive_exactly_once_through_crashes() {
-    let mut tb = Testbed::new().expect("testbed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = CorosyncCluster::start(
-        &mut tb,
-        3,
-        dir.path().to_path_buf(),
-        CorosyncTiming::default(),
-    )
-    .expect("corosync");
-    tb.add_host("mgr").expect("mgr host");
-    tb.attach("mgr", &["192.0.2.20/24"])
-        .expect("mgr on the bridge");
-    let key = dir.path().join("cluster.key");
-    std::fs::write(&key, "log-cluster-test-key-0123456789abcdef\n").expect("key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut nodes: Vec<DaemonNode> = (1..=3)
-        .map(|i| {
-            let socket = dir.path().join(format!("node{i}/ctl.sock"));
-            DaemonNode::start(
-                &tb,
-                Path::new(BIN),
-                cluster.host(i - 1),
-                dir.path(),
-                socket.clone(),
-                &node_config(i, dir.path(), &socket, &key),
-            )
-            .expect("daemon")
-        })
-        .collect();
-    let out = dir.path().join("consolidated");
-    let mconf = dir.path().join("eccluster.conf");
+    let mut c = cluster_with_logs();
+    c.add_peer("mgr", &["192.0.2.20/24"]);
+    let key = c.config.key.clone().expect("cluster key");
+    let out = c.dir.path().join("consolidated");
+    let mconf = c.dir.path().join("eccluster.conf");
     std::fs::write(&mconf, manager_config(&out, &key)).expect("manager conf");
 
     // Writers on every node, the manager pulling.
     let stop = Arc::new(AtomicBool::new(false));
     let written: Vec<Arc<Mutex<Written>>> = (0..3).map(|_| Arc::default()).collect();
-    let threads: Vec<_> = (1..=3)
+    let threads: Vec<_> = (0..3)
         .map(|i| {
-            let s = local_socket_path(&dir.path().join(format!("node{i}/ctl.sock")));
-            let (st, w) = (stop.clone(), written[i - 1].clone());
-            std::thread::spawn(move || writer(s, i, st, w))
+            let s = local_socket_path(&c.socket(i));
+            let (st, w) = (stop.clone(), written[i].clone());
+            std::thread::spawn(move || writer(s, i + 1, st, w))
         })
         .collect();
-    let mut mgr = start_manager(&tb, &mconf, "");
+    let mut mgr = start_manager(&c.tb, &mconf, "");
     let wait_some = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (1..=3).any(|i| lines(&out, "bouncelog", &format!("node{i}")).len() < n) {
-            assert!(Instant::now() < deadline, "records do not arrive");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("records to arrive", 30, || {
+            (1..=3).all(|i| lines(&out, "bouncelog", &format!("node{i}")).len() >= n)
+        })
     };
     wait_some(100);
 
@@ -238,17 +210,12 @@ fn logs_from_every_node_arrive_exactly_once_through_crashes() {
     for fault in ["before_state:3", "before_checkpoint:3"] {
         mgr.signal(Signal::SIGKILL).expect("kill -9 manager");
         let _ = mgr.finish(Duration::from_secs(5));
-        mgr = start_manager(&tb, &mconf, fault);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while mgr.try_wait().expect("wait").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "injected crash {fault} did not happen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        mgr = start_manager(&c.tb, &mconf, fault);
+        wait_until(&format!("injected crash {fault}"), 30, || {
+            mgr.try_wait().expect("wait").is_some()
+        });
         let _ = mgr.finish(Duration::from_secs(5));
-        mgr = start_manager(&tb, &mconf, "");
+        mgr = start_manager(&c.tb, &mconf, "");
         wait_some(100);
     }
 
@@ -257,30 +224,24 @@ fn logs_from_every_node_arrive_exactly_once_through_crashes() {
     let _ = mgr.finish(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let before = lines(&out, "bouncelog", "node1").len();
-    mgr = start_manager(&tb, &mconf, "");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lines(&out, "bouncelog", "node1").len() < before + 200 {
-        assert!(Instant::now() < deadline, "manager does not resume");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    mgr = start_manager(&c.tb, &mconf, "");
+    wait_until("the manager to resume", 30, || {
+        lines(&out, "bouncelog", "node1").len() >= before + 200
+    });
 
     // A node daemon crashes mid-transfer and comes back (its writer reconnects).
-    nodes[1].kill();
+    c.kill(1);
     std::thread::sleep(Duration::from_millis(300));
-    nodes[1]
-        .restart(&tb, Path::new(BIN))
-        .expect("restart node2");
+    c.restart(1);
     let before = lines(&out, "bouncelog", "node2").len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lines(&out, "bouncelog", "node2").len() < before + 200 {
-        assert!(Instant::now() < deadline, "node2 does not resume");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("node2 to resume", 30, || {
+        lines(&out, "bouncelog", "node2").len() >= before + 200
+    });
 
     // And the manager once more, then stop writing and let everything drain.
     mgr.signal(Signal::SIGKILL).expect("kill -9 manager");
     let _ = mgr.finish(Duration::from_secs(5));
-    mgr = start_manager(&tb, &mconf, "");
+    mgr = start_manager(&c.tb, &mconf, "");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -346,9 +307,7 @@ fn logs_from_every_node_arrive_exactly_once_through_crashes() {
         );
     }
     // The nodes' master checkpoints have caught up with what was written.
-    let shown = nodes[0]
-        .console(Path::new(BIN), "cluster show logs")
-        .expect("show logs");
+    let shown = c.ask(0, "cluster show logs");
     assert!(shown.contains("bouncelog\n\t[on disk: "), "{shown}");
     let _ = mgr.stop(Signal::SIGTERM, Duration::from_secs(5));
 }
