@@ -113,6 +113,14 @@ const SLICES: u32 = 50;
 
 /// B: sequential 1 MiB writes into a new file, then fdatasync, bytes/s.
 pub(super) fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
+    sequential_write(dir, bytes, None)
+}
+
+/// Sequential 1 MiB writes of `bytes` into a new file, one fdatasync at the end; with
+/// `drop_behind`, every that-many bytes are written back and dropped from the page cache
+/// on the way (sync_file_range + POSIX_FADV_DONTNEED). Bytes/s.
+pub(super) fn sequential_write(dir: &Path, bytes: u64, drop_behind: Option<u64>) -> Result<f64> {
+    use std::os::fd::AsRawFd;
     let p = dir.join("calib-seq");
     let f = OpenOptions::new()
         .create(true)
@@ -126,6 +134,32 @@ pub(super) fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
     while off < bytes {
         f.write_all_at(&buf, off)?;
         off += buf.len() as u64;
+        if let Some(chunk) = drop_behind
+            && off.is_multiple_of(chunk)
+        {
+            let from = off - chunk;
+            // SAFETY: plain syscall on an open descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    from as libc::off64_t,
+                    chunk as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("sync_file_range");
+            }
+            nix::fcntl::posix_fadvise(
+                &f,
+                from as libc::off_t,
+                chunk as libc::off_t,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            )
+            .context("posix_fadvise")?;
+        }
     }
     f.sync_data()?;
     let rate = off as f64 / start.elapsed().as_secs_f64();

@@ -176,49 +176,7 @@ const DROP_CHUNK: u64 = 16 << 20;
 /// (most of B's samples in `copy_folio_from_iter_atomic`), a cost a writer that drops
 /// behind does not pay; "what the disk allows" is the better of the two.
 fn calibrate_drop_behind(dir: &Path, bytes: u64) -> Result<f64> {
-    use std::os::{fd::AsRawFd, unix::fs::FileExt};
-    let p = dir.join("calib-drop-behind");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("create {}", p.display()))?;
-    let buf = vec![0xa5u8; 1 << 20];
-    let start = Instant::now();
-    let mut off = 0u64;
-    while off < bytes {
-        f.write_all_at(&buf, off)?;
-        off += buf.len() as u64;
-        if off.is_multiple_of(DROP_CHUNK) {
-            let from = off - DROP_CHUNK;
-            // SAFETY: plain syscall on an open descriptor; no memory is passed.
-            let rc = unsafe {
-                libc::sync_file_range(
-                    f.as_raw_fd(),
-                    from as libc::off64_t,
-                    DROP_CHUNK as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error()).context("sync_file_range");
-            }
-            nix::fcntl::posix_fadvise(
-                &f,
-                from as libc::off_t,
-                DROP_CHUNK as libc::off_t,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            )
-            .context("posix_fadvise")?;
-        }
-    }
-    f.sync_data()?;
-    let rate = off as f64 / start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&p);
-    Ok(rate)
+    super::logs::sequential_write(dir, bytes, Some(DROP_CHUNK))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
