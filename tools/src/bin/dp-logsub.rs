@@ -78,8 +78,8 @@ fn main() -> Result<()> {
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let addr = resolve(&args.node)?;
-    let key = ClusterKey::load(&args.key)
-        .with_context(|| format!("reading the cluster key {}", args.key.display()))?;
+    // The error names the file and how to create it.
+    let key = ClusterKey::load(&args.key)?;
     let mut c = LogClient::connect(addr, &key, &args.name, timeout)
         .with_context(|| format!("connecting to the log service at {addr}"))?;
     let mut out = std::io::stdout().lock();
