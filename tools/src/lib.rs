@@ -5,11 +5,13 @@
 //! * [`sources`]: spoofed source addresses drawn from a CIDR.
 //! * [`neigh`]: destination MAC from the kernel neighbour table.
 //! * [`connect`]: many real TCP connections bound to chosen source addresses.
+//! * [`tail`]: the options and output lines of `dp-logctl tail` and `dp-logsub tail`.
 
 pub mod connect;
 pub mod frames;
 pub mod neigh;
 pub mod sources;
+pub mod tail;
 
 use std::net::IpAddr;
 

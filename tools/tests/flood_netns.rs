@@ -2,32 +2,16 @@
 //! veth: every SYN is accounted for (counted up to the limit, the rest dropped at the NIC),
 //! and the daemon's memory does not grow with the flood.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use duraplane::testbed::{Testbed, daemons::DaemonNode};
+
+mod support;
+use support::duraplane_bin;
 
 const SYNGEN: &str = env!("CARGO_BIN_EXE_dp-syngen");
 const LIMIT: u64 = 100;
 const FLOOD: u64 = 20_000;
-
-/// The `duraplane` binary of the same build (target/<profile>/duraplane).
-fn duraplane_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("duraplane");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (`cargo build -p duraplane`; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -3,34 +3,18 @@
 //! the next run starts after it), stops at the end unless following, and fails clearly on
 //! an unknown subscriber or a wrong key.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Output,
-};
+use std::{path::Path, process::Output};
 
 use duraplane::{
     log::daemon::{LocalLogClient, local_socket_path},
     testbed::{Testbed, daemons::DaemonNode},
 };
 
+mod support;
+use support::duraplane_bin;
+
 const LOGSUB: &str = env!("CARGO_BIN_EXE_dp-logsub");
 const KEY: &[u8] = b"dp-logsub-test-key-0123456789abcdef";
-
-/// The `duraplane` binary of the same build (target/<profile>/duraplane).
-fn duraplane_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("duraplane");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (`cargo build -p duraplane`; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
 
 fn config(dir: &Path, socket: &Path, key: &Path) -> String {
     let d = dir.display();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use duraplane::log::{self, Entry, StartAt, Stream, StreamOptions};
+use duraplane_tools::tail::{TailArgs, write_gap, write_record};
 
 /// Inspect and maintain a cluster:// log stream directory (jlogctl for Duraplane).
 #[derive(Debug, Parser)]
@@ -38,20 +39,9 @@ enum Cmd {
     Verify,
     /// Truncate at the first bad frame, reporting what is lost (jlogctl -r). Offline only.
     Repair,
-    /// Print records after a subscriber's checkpoint: `offset<TAB>timestamp_ns<TAB>text`.
-    Tail {
-        #[arg(short, long)]
-        subscriber: String,
-        /// Keep waiting for new records.
-        #[arg(short, long)]
-        follow: bool,
-        /// Checkpoint each record once printed (the subscriber consumes them).
-        #[arg(long)]
-        checkpoint: bool,
-        /// Stop after this many records.
-        #[arg(short = 'n', long)]
-        max: Option<u64>,
-    },
+    /// Print records after a subscriber's checkpoint: `offset<TAB>timestamp_ns<TAB>text`
+    /// (over the network, while a daemon holds the stream: `dp-logsub tail`).
+    Tail(TailArgs),
     /// Append each TEXT as one record (durable on return); prints the offsets.
     Append {
         #[arg(required = true)]
@@ -205,44 +195,28 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Tail {
-            subscriber,
-            follow,
-            checkpoint,
-            max,
-        } => {
+        Cmd::Tail(t) => {
             let s = open(&args, false, vec![])?;
-            let mut reader = s.read_from(subscriber)?;
+            let mut reader = s.read_from(&t.subscriber)?;
             let mut n = 0u64;
             loop {
                 for e in reader.by_ref() {
                     match e? {
                         Entry::Record(r) => {
-                            writeln!(
-                                out,
-                                "{}\t{}\t{}",
-                                r.offset,
-                                r.timestamp_ns,
-                                String::from_utf8_lossy(&r.payload)
-                            )?;
+                            write_record(&mut out, r.offset, r.timestamp_ns, &r.payload)?;
                             out.flush()?;
-                            if *checkpoint {
-                                s.checkpoint(subscriber, r.offset)?;
+                            if t.checkpoint {
+                                s.checkpoint(&t.subscriber, r.offset)?;
                             }
                             n += 1;
                         }
-                        Entry::Gap { from, to } => {
-                            writeln!(
-                                out,
-                                "# gap: offsets {from}..{to} dropped (disk policy drop_oldest)"
-                            )?;
-                        }
+                        Entry::Gap { from, to } => write_gap(&mut out, from, to)?,
                     }
-                    if max.is_some_and(|m| n >= m) {
+                    if t.done(n) {
                         return Ok(());
                     }
                 }
-                if !follow {
+                if !t.follow {
                     return Ok(());
                 }
                 std::thread::sleep(Duration::from_millis(200));

@@ -16,6 +16,7 @@ use duraplane::{
     engine::ClusterKey,
     log::service::{BatchDelivery, LogClient},
 };
+use duraplane_tools::tail::{TailArgs, write_gap, write_record};
 
 /// Subscribe to a node's cluster:// logs over the network (port 4802 log service).
 #[derive(Debug, Parser)]
@@ -49,18 +50,8 @@ enum Cmd {
     Tail {
         /// The log's name in the node's `logs` dictionary (e.g. mainlog).
         log: String,
-        #[arg(short, long)]
-        subscriber: String,
-        /// Keep waiting for new records.
-        #[arg(short, long)]
-        follow: bool,
-        /// Checkpoint what was printed, durably on the node, after each batch (the
-        /// subscriber consumes the records; without it, the next run sees them again).
-        #[arg(long)]
-        checkpoint: bool,
-        /// Stop after this many records.
-        #[arg(short = 'n', long)]
-        max: Option<u64>,
+        #[command(flatten)]
+        t: TailArgs,
     },
 }
 
@@ -94,25 +85,19 @@ fn main() -> Result<()> {
                 writeln!(out, "{name}\t{listener}")?;
             }
         }
-        Cmd::Tail {
-            log,
-            subscriber,
-            follow,
-            checkpoint,
-            max,
-        } => {
+        Cmd::Tail { log, t } => {
+            let subscriber = &t.subscriber;
             let next = c.subscribe(log, subscriber, 0)?;
             eprintln!("dp-logsub: {log} at {addr} as '{subscriber}', from offset {next}");
             let mut printed = 0u64;
             let mut last = None;
             let mut quiet_since = Instant::now();
-            let done = |printed: u64| max.is_some_and(|m| printed >= m);
-            while !done(printed) {
+            while !t.done(printed) {
                 let Some(d) = c.poll_batch(Duration::from_millis(500))? else {
                     // Not following: nothing for `timeout` means caught up (the node
                     // flags the last frame it had, but records held back while waiting
                     // for a checkpoint confirmation lose that flag).
-                    if !follow && quiet_since.elapsed() >= timeout {
+                    if !t.follow && quiet_since.elapsed() >= timeout {
                         break;
                     }
                     continue;
@@ -121,36 +106,29 @@ fn main() -> Result<()> {
                 let caught_up = match d {
                     BatchDelivery::Records(b) => {
                         for r in b.iter() {
-                            if done(printed) {
+                            if t.done(printed) {
                                 break;
                             }
-                            writeln!(
-                                out,
-                                "{}\t{}\t{}",
-                                r.offset,
-                                r.timestamp_ns,
-                                String::from_utf8_lossy(r.payload).trim_end_matches('\n')
-                            )?;
+                            write_record(&mut out, r.offset, r.timestamp_ns, r.payload)?;
                             last = Some(r.offset);
                             printed += 1;
                         }
                         b.caught_up()
                     }
                     BatchDelivery::Gap { from, to } => {
-                        writeln!(
-                            out,
-                            "# gap: offsets {from}..{to} dropped (disk policy drop_oldest)"
-                        )?;
+                        write_gap(&mut out, from, to)?;
                         false
                     }
                     BatchDelivery::Checkpointed { .. } => false,
                 };
                 out.flush()?;
-                if *checkpoint && let Some(off) = last.take() {
+                if t.checkpoint
+                    && let Some(off) = last.take()
+                {
                     c.checkpoint(off, timeout)
                         .with_context(|| format!("checkpointing offset {off}"))?;
                 }
-                if caught_up && !follow {
+                if caught_up && !t.follow {
                     break;
                 }
             }
