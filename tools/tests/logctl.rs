@@ -93,14 +93,16 @@ fn dp_logctl_appends_tails_checkpoints_verifies_and_repairs() {
     // A damaged record with a valid one after it (corruption, not a torn tail): verify
     // says where and fails; repair cuts there and says what is lost; afterwards the stream
     // verifies and the records before the damage remain.
-    let seg = std::fs::read_dir(&dir)
+    let (seg, mut bytes, at) = std::fs::read_dir(&dir)
         .expect("stream dir")
         .flatten()
         .map(|e| e.path())
-        .find(|p| std::fs::read(p).is_ok_and(|b| b.windows(5).any(|w| w == b"three")))
+        .find_map(|p| {
+            let bytes = std::fs::read(&p).ok()?;
+            let at = bytes.windows(3).position(|w| w == b"two")?;
+            Some((p, bytes, at))
+        })
         .expect("segment holding the records");
-    let mut bytes = std::fs::read(&seg).expect("read segment");
-    let at = bytes.windows(3).position(|w| w == b"two").expect("record");
     bytes[at] ^= 0x20;
     std::fs::write(&seg, &bytes).expect("damage");
     let (good, out, err) = logctl(&dir, &["verify"]);

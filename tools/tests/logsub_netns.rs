@@ -7,7 +7,10 @@ use std::{path::Path, process::Output};
 
 use duraplane::{
     log::daemon::{LocalLogClient, local_socket_path},
-    testbed::{Testbed, daemons::DaemonNode},
+    testbed::{
+        Testbed,
+        daemons::{DaemonNode, write_key},
+    },
 };
 
 mod support;
@@ -75,9 +78,7 @@ fn dp_logsub_lists_replays_checkpoints_and_refuses() {
     tb.add_host("solo").expect("host");
     tb.attach("solo", &["192.0.2.1/24"]).expect("attach");
     let key = dir.path().join("cluster.key");
-    std::fs::write(&key, KEY).expect("key");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600");
+    write_key(&key, KEY).expect("key");
     let socket = dir.path().join("solo.sock");
     let _node = DaemonNode::start(
         &tb,
@@ -141,9 +142,7 @@ fn dp_logsub_lists_replays_checkpoints_and_refuses() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("code 2"), "{err}");
     let wrong = dir.path().join("wrong.key");
-    std::fs::write(&wrong, b"a-completely-different-key-000000").expect("key");
-    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600");
+    write_key(&wrong, b"a-completely-different-key-000000").expect("key");
     let o = logsub(&tb, &wrong, &["list"]);
     assert!(!o.status.success(), "a wrong key is refused");
 }

@@ -7,7 +7,7 @@ use std::{sync::mpsc::Receiver, time::Duration};
 use cluster_support::{Cluster, bus_in, wait_event};
 use duraplane::{
     bus::{Bus, BusConfig, BusEvent, LeaveReason, MAX_MESSAGE},
-    testbed::Testbed,
+    testbed::{Testbed, corosync::ipc_leftovers},
 };
 use nix::sys::signal::Signal;
 
@@ -104,29 +104,16 @@ fn three_nodes_agree_on_views_and_message_order_and_survive_corosync_restart() {
 
     // Node 2's corosync crashes: its bus reports the loss, node 1 sees node 2 leave.
     let pid = c.corosync.pid(1).expect("corosync 2 runs");
-    let rings = |pid: u32| {
-        std::fs::read_dir("/dev/shm")
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        name.starts_with(&format!("qb-{pid}-"))
-                            || name.starts_with(&format!("qb-corosync-{pid}-"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     assert!(
-        rings(pid) > 0,
-        "corosync 2 keeps its blackbox and client rings in /dev/shm"
+        !ipc_leftovers(pid).is_empty(),
+        "corosync 2 keeps its blackbox and client rings in /dev/shm while it runs"
     );
     c.corosync
         .kill_node(1, Signal::SIGKILL)
         .expect("kill corosync 2");
     assert_eq!(
-        rings(pid),
-        0,
+        ipc_leftovers(pid),
+        Vec::<std::path::PathBuf>::new(),
         "the testbed removes a killed corosync's IPC rings"
     );
     wait_for(&buses[1].1, "disconnected", |e| {

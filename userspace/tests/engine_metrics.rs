@@ -3,17 +3,19 @@
 
 mod daemon_support;
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use daemon_support::{Daemon, http_get, stdout};
-use duraplane::engine::{auth::ClusterKey, client::Client};
+use duraplane::{
+    engine::{auth::ClusterKey, client::Client},
+    testbed::daemons::write_key,
+};
 
 #[test]
 fn engine_counters_reach_cluster_info_and_metrics() {
     let keydir = tempfile::tempdir().expect("tempdir");
     let key = keydir.path().join("cluster.key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    write_key(&key, b"0123456789abcdef0123456789abcdef\n").expect("key");
     let d = Daemon::start(&format!(
         "cluster {{\n  Replicate \"inbound_cidr\" {{}}\n}}\nduraplane {{\n  cluster_key_file = \"{}\"\n}}\n",
         key.display()

@@ -18,7 +18,10 @@ use duraplane::{
         daemon::{LocalLogClient, local_socket_path},
         service::{Delivery, LogClient, LogClientError, code},
     },
-    testbed::{Testbed, daemons::DaemonNode},
+    testbed::{
+        Testbed,
+        daemons::{DaemonNode, write_key},
+    },
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
@@ -107,9 +110,7 @@ fn start(tb: &mut Testbed, dir: &Path) -> (DaemonNode, PathBuf) {
     tb.add_host("solo").expect("host");
     tb.attach("solo", &["192.0.2.1/24"]).expect("attach");
     let key = dir.join("cluster.key");
-    std::fs::write(&key, KEY).expect("key");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600");
+    write_key(&key, KEY).expect("key");
     let socket = dir.join("solo.sock");
     let node = DaemonNode::start(
         tb,
@@ -291,13 +292,15 @@ fn local_appends_show_logs_and_the_log_service() {
     // subscription ends with a storage error that reaches the client — the connection
     // stays usable — and nothing after the damage is delivered as if it were whole.
     let seg_dir = dir.path().join("logs/bouncelog.cluster");
-    let seg = std::fs::read_dir(&seg_dir)
+    let (seg, at) = std::fs::read_dir(&seg_dir)
         .expect("segments")
         .flatten()
         .map(|e| e.path())
-        .find(|p| std::fs::read(p).is_ok_and(|b| find(&b, b"bounce 000").is_some()))
+        .find_map(|p| {
+            let at = find(&std::fs::read(&p).ok()?, b"bounce 000")?;
+            Some((p, at))
+        })
         .expect("segment with the first record");
-    let at = find(&std::fs::read(&seg).expect("read"), b"bounce 000").expect("record");
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()

@@ -24,7 +24,10 @@ use duraplane::{
         daemon::{LocalLogClient, LocalLogError, local_socket_path},
         service::{BatchDelivery, Delivery, LogClient, LogClientError, code},
     },
-    testbed::{Testbed, daemons::DaemonNode},
+    testbed::{
+        Testbed,
+        daemons::{DaemonNode, write_key},
+    },
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
@@ -269,9 +272,7 @@ fn reload_changes_what_the_log_service_publishes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let key = d.join("cluster.key");
-    std::fs::write(&key, KEY).expect("key");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600");
+    write_key(&key, KEY).expect("key");
     let socket = d.join("solo.sock");
     let node = DaemonNode::start(
         &tb,

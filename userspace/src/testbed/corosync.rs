@@ -260,27 +260,31 @@ impl Drop for CorosyncCluster {
 /// their corosyncs with SIGKILL: before this, a test run left gigabytes in `/dev/shm`
 /// (RAM) and `/tmp`. `pid` is a corosync this testbed started (its spawn execs corosync).
 pub fn remove_ipc_leftovers(pid: u32) {
-    let server = format!("qb-{pid}-");
-    let blackbox = format!("corosync-{pid}-blackbox-");
-    let qb_blackbox = format!("qb-corosync-{pid}-blackbox-");
-    for dir in ["/dev/shm", "/tmp"] {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
+    for path in ipc_leftovers(pid) {
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
         };
-        for e in entries.flatten() {
+    }
+}
+
+/// The IPC rings and blackbox files of corosync `pid` in `/dev/shm` and `/tmp`.
+pub fn ipc_leftovers(pid: u32) -> Vec<PathBuf> {
+    let prefixes = [
+        format!("qb-{pid}-"),
+        format!("corosync-{pid}-blackbox-"),
+        format!("qb-corosync-{pid}-blackbox-"),
+    ];
+    ["/dev/shm", "/tmp"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(&server)
-                || name.starts_with(&blackbox)
-                || name.starts_with(&qb_blackbox)
-            {
-                let path = e.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-            }
-        }
-    }
+            prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        })
+        .map(|e| e.path())
+        .collect()
 }

@@ -10,6 +10,18 @@ use nix::sys::signal::Signal;
 
 use super::{ProcessGuard, Stream, Testbed, TestbedError};
 
+/// Writes a cluster key file the daemons accept: `key` as its content, mode 0600 (the
+/// engine refuses a key file that group or others can read).
+pub fn write_key(path: &Path, key: &[u8]) -> Result<(), TestbedError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, key)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|e| TestbedError::Io {
+            what: format!("write the key file {}", path.display()),
+            source: e,
+        })
+}
+
 /// One daemon on one host, stopped (SIGTERM, then SIGKILL by the guard) on drop.
 pub struct DaemonNode {
     pub host: String,

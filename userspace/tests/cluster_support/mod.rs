@@ -18,7 +18,7 @@ use duraplane::{
     testbed::{
         Testbed,
         corosync::{CorosyncCluster, CorosyncTiming},
-        daemons::DaemonNode,
+        daemons::{DaemonNode, write_key},
     },
 };
 use nix::sys::signal::Signal;
@@ -201,9 +201,7 @@ impl ClusterBuilder {
                 .expect("corosync");
         let key = self.key.map(|text| {
             let key = dir.path().join("cluster.key");
-            std::fs::write(&key, format!("{text}\n")).expect("key");
-            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .expect("chmod 600");
+            write_key(&key, format!("{text}\n").as_bytes()).expect("key");
             key
         });
         Cluster {
