@@ -39,6 +39,7 @@ use duraplane::{
 };
 use hdrhistogram::Histogram;
 
+use super::util::latency_histogram;
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
 pub struct LogAppends;
@@ -265,8 +266,8 @@ struct Lat {
 impl Lat {
     fn new() -> Result<Lat> {
         Ok(Lat {
-            intended: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            call: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            intended: latency_histogram()?,
+            call: latency_histogram()?,
         })
     }
 }
@@ -282,7 +283,7 @@ fn disk_probe(
 ) -> Result<std::thread::JoinHandle<Result<Histogram<u64>>>> {
     let mut c = FsyncCalibration::new(dir, "probe-fsync")?;
     Ok(std::thread::spawn(move || {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut h = latency_histogram()?;
         while !stop.load(Ordering::Relaxed) {
             let t = Instant::now();
             if c.once().is_err() {
@@ -366,8 +367,8 @@ fn open_loop(dir: &Path, secs: f64, producers: usize) -> Result<OpenLoop> {
             })
         })
         .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut call = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = latency_histogram()?;
+    let mut call = latency_histogram()?;
     let mut records = 0u64;
     let mut max_in_flight = 0;
     for t in threads {

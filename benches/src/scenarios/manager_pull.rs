@@ -40,6 +40,7 @@ use duraplane::{
 };
 
 use super::logs::{base_dir, calibrate_seq, serve_log};
+use super::util::median;
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
 pub struct ManagerPull;
@@ -179,15 +180,6 @@ fn calibrate_drop_behind(dir: &Path, bytes: u64) -> Result<f64> {
     super::logs::sequential_write(dir, bytes, Some(DROP_CHUNK))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 impl Scenario for ManagerPull {
     fn name(&self) -> &'static str {
         NAME
@@ -248,10 +240,10 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
     engine.stop()?;
     drop(s);
     let mb = |v: f64| v / 1e6;
-    let link = median(per_round.iter().map(|r| r.0).collect());
-    let b = median(per_round.iter().map(|r| r.1).collect());
-    let allowed = median(per_round.iter().map(|r| r.0.min(r.1)).collect());
-    let mgr = median(per_round.iter().map(|r| r.2).collect());
+    let link = median(&per_round.iter().map(|r| r.0).collect::<Vec<_>>());
+    let b = median(&per_round.iter().map(|r| r.1).collect::<Vec<_>>());
+    let allowed = median(&per_round.iter().map(|r| r.0.min(r.1)).collect::<Vec<_>>());
+    let mgr = median(&per_round.iter().map(|r| r.2).collect::<Vec<_>>());
     let which = if link <= b { "link" } else { "disk" };
     let rounds_note: Vec<String> = per_round
         .iter()
@@ -268,7 +260,7 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
             )
         })
         .collect();
-    let together = median(both.iter().map(|(l, d)| l.min(*d)).collect());
+    let together = median(&both.iter().map(|(l, d)| l.min(*d)).collect::<Vec<_>>());
     let both_note: Vec<String> = both
         .iter()
         .map(|(l, d)| format!("link {:.0} ∥ disk {:.0}", mb(*l), mb(*d)))

@@ -43,7 +43,7 @@ use duraplane::{
 use duraplane_common::map_names;
 use hdrhistogram::Histogram;
 
-use super::util::{Rng, netblock};
+use super::util::{Rng, latency_histogram, netblock};
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
 pub struct ReplicationStaleness;
@@ -137,7 +137,7 @@ struct Probe<'a> {
 /// earlier change arrived). A stall therefore counts against every change scheduled behind
 /// it, as a user would see it, instead of quietly delaying the next sample.
 fn measure(p: &Probe<'_>, samples: usize, next: &mut i64, rng: &mut Rng) -> Result<Histogram<u64>> {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut h = latency_histogram()?;
     let base = *next;
     *next += samples as i64;
     let start = Instant::now() + Duration::from_millis(5);
@@ -265,7 +265,7 @@ impl Scenario for ReplicationStaleness {
         let key = ClusterKey::from_bytes(KEY).context("key")?;
         let addr = *echo.local_addrs().first().context("echo addr")?;
         let mut c = client::Client::connect(addr, &key, "bench", Duration::from_secs(2))?;
-        let mut rtt = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut rtt = latency_histogram()?;
         let probe = Frame::new(ServiceId(9), 1, vec![0; 64]);
         for _ in 0..samples.max(1000) {
             let t = Instant::now();
@@ -302,7 +302,7 @@ impl Scenario for ReplicationStaleness {
                 Arc::clone(&updates),
             );
             std::thread::spawn(move || -> Result<Histogram<u64>> {
-                let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                let mut lateness = latency_histogram()?;
                 let mut r = Rng::new(7);
                 let mut tick = Instant::now();
                 while !stop.load(Ordering::Relaxed) {

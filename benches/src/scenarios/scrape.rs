@@ -22,6 +22,7 @@ use duraplane_common::{AF_INET, SOURCE_CURRENT_MASK, SOURCE_PENDING, SourceSet, 
 use hdrhistogram::Histogram;
 use zerocopy::FromBytes;
 
+use super::util::latency_histogram;
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
 pub struct Scrape;
@@ -115,7 +116,7 @@ impl Scenario for Scrape {
             }
             found.context("SOURCES not among xdp_ingress's maps")?
         };
-        let mut batch = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut batch = latency_histogram()?;
         let mut single = batch.clone();
         for _ in 0..scrapes {
             let t = Instant::now();

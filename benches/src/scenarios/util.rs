@@ -102,6 +102,12 @@ pub fn netblock(cidr: &str, max: Option<u64>, action: NetblockAction) -> Netbloc
     }
 }
 
+/// A latency histogram in µs, 1 µs to 60 s at 3 significant digits: the one every
+/// scenario records into, so their percentiles compare.
+pub fn latency_histogram() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    Ok(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
 /// Median of a non-empty slice (sorted copy).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
