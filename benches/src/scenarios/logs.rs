@@ -20,7 +20,7 @@
 use std::{
     fs::OpenOptions,
     net::SocketAddr,
-    os::unix::fs::FileExt,
+    os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -114,28 +114,48 @@ const SLICES: u32 = 50;
 
 /// B: sequential 1 MiB writes into a new file, then fdatasync, bytes/s.
 pub(super) fn calibrate_seq(dir: &Path, bytes: u64) -> Result<f64> {
-    sequential_write(dir, bytes, None)
+    sequential_write(dir, bytes, Seq::Plain)
 }
 
-/// Sequential 1 MiB writes of `bytes` into a new file, one fdatasync at the end; with
-/// `drop_behind`, every that-many bytes are written back and dropped from the page cache
-/// on the way (sync_file_range + POSIX_FADV_DONTNEED). Bytes/s.
-pub(super) fn sequential_write(dir: &Path, bytes: u64, drop_behind: Option<u64>) -> Result<f64> {
+/// How [`sequential_write`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seq {
+    /// Through the page cache.
+    Plain,
+    /// Every that-many bytes are written back and dropped from the page cache on the way
+    /// (sync_file_range + POSIX_FADV_DONTNEED).
+    DropBehind(u64),
+    /// O_DIRECT from an aligned buffer (no page cache at all).
+    Direct,
+}
+
+/// Sequential 1 MiB writes of `bytes` into a new file, one fdatasync at the end, written
+/// as `how` says. Bytes/s.
+pub(super) fn sequential_write(dir: &Path, bytes: u64, how: Seq) -> Result<f64> {
     use std::os::fd::AsRawFd;
     let p = dir.join("calib-seq");
     let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
+        .custom_flags(if how == Seq::Direct {
+            libc::O_DIRECT
+        } else {
+            0
+        })
         .open(&p)
         .with_context(|| format!("create {}", p.display()))?;
-    let buf = vec![0xa5u8; 1 << 20];
+    const CHUNK: usize = 1 << 20;
+    let mut mem = vec![0xa5u8; CHUNK + 4096];
+    let at = mem.as_ptr().align_offset(4096);
+    let buf = &mut mem[at..at + CHUNK];
     let start = Instant::now();
     let mut off = 0u64;
     while off < bytes {
-        f.write_all_at(&buf, off)?;
+        f.write_all_at(buf, off)
+            .with_context(|| format!("write {} ({how:?})", p.display()))?;
         off += buf.len() as u64;
-        if let Some(chunk) = drop_behind
+        if let Seq::DropBehind(chunk) = how
             && off.is_multiple_of(chunk)
         {
             let from = off - chunk;

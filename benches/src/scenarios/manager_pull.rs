@@ -10,8 +10,8 @@
 //! Same-run baseline, "what the link and disk allow": the lower of (a) a raw subscriber
 //! reading the same stream over the same service without writing anything (the link) and
 //! (b) sequential write + fdatasync bandwidth of the output directory's disk (B: the
-//! better of plain buffered writes and writes that drop behind, see
-//! [`calibrate_drop_behind`]), taken in
+//! best of plain buffered writes, writes that drop behind (see [`DROP_CHUNK`]) and
+//! direct writes, the way the manager writes), taken in
 //! rounds of (link, B, manager) so each pull is judged against conditions of the same
 //! moment; the figures are medians over the rounds. jlog's
 //! pacing (one 4 MB segment per `log_active_interval`) would cap the same pull at 4 MB/s.
@@ -39,7 +39,7 @@ use duraplane::{
     },
 };
 
-use super::logs::{base_dir, calibrate_seq, serve_log};
+use super::logs::{Seq, base_dir, sequential_write, serve_log};
 use super::util::median;
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
@@ -168,17 +168,14 @@ fn manager_pull(
     r
 }
 
-/// Drop-behind chunk of [`calibrate_drop_behind`].
+/// Drop-behind chunk of the disk calibration: every 16 MiB written back and dropped from
+/// the page cache. On this VM plain buffered writes are at times mostly the cost of
+/// first-touching new page-cache pages (most of their samples in
+/// `copy_folio_from_iter_atomic`), a cost a writer that drops behind does not pay.
 const DROP_CHUNK: u64 = 16 << 20;
 
-/// B': the same sequential 1 MiB writes as B, but every 16 MiB is written back and dropped
-/// from the page cache (sync_file_range + POSIX_FADV_DONTNEED), one fdatasync at the end.
-/// On this VM B alone is at times mostly the cost of first-touching new page-cache pages
-/// (most of B's samples in `copy_folio_from_iter_atomic`), a cost a writer that drops
-/// behind does not pay; "what the disk allows" is the better of the two.
-fn calibrate_drop_behind(dir: &Path, bytes: u64) -> Result<f64> {
-    super::logs::sequential_write(dir, bytes, Some(DROP_CHUNK))
-}
+/// The ways of writing the disk is calibrated with; "what the disk allows" is the best.
+const DISK_MODES: [Seq; 3] = [Seq::Plain, Seq::DropBehind(DROP_CHUNK), Seq::Direct];
 
 impl Scenario for ManagerPull {
     fn name(&self) -> &'static str {
@@ -219,7 +216,7 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
     let (engine, addr) = serve_log("mainlog", &s, &key)?;
     let (_, end) = s.bounds();
     let mut per_round = Vec::new();
-    let mut disk_parts = Vec::new();
+    let mut disk_parts: Vec<[f64; 3]> = Vec::new();
     let mut both = Vec::new();
     for i in 0..rounds {
         // Both pulls read from page cache: warm it (again: it may have been reclaimed).
@@ -227,15 +224,26 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
             e?;
         }
         let link = raw_pull(addr, &key, end, &format!("raw{i}"))?;
-        let (plain, behind) = (
-            calibrate_seq(dir, bytes)?,
-            calibrate_drop_behind(dir, bytes)?,
-        );
-        let b = plain.max(behind);
+        let mut parts = [0f64; 3];
+        for (r, how) in parts.iter_mut().zip(DISK_MODES) {
+            *r = sequential_write(dir, bytes, how)?;
+        }
+        let (best, b) = parts
+            .iter()
+            .enumerate()
+            .fold((0, 0f64), |m, (k, &v)| if v > m.1 { (k, v) } else { m });
         let mgr = manager_pull(dir, addr, &key_file, &s, &format!("mgr{i}"))?;
         per_round.push((link, b, mgr));
-        disk_parts.push((plain, behind));
-        both.push(link_beside_disk(dir, addr, &key, end, bytes, i)?);
+        disk_parts.push(parts);
+        both.push(link_beside_disk(
+            dir,
+            addr,
+            &key,
+            end,
+            bytes,
+            i,
+            DISK_MODES[best],
+        )?);
     }
     engine.stop()?;
     drop(s);
@@ -248,26 +256,27 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
     let rounds_note: Vec<String> = per_round
         .iter()
         .zip(&disk_parts)
-        .map(|((l, b, m), (plain, behind))| {
+        .map(|((l, b, m), [plain, behind, direct])| {
             format!(
-                "link {:.0} / disk {:.0} (plain {:.0}, drop-behind {:.0}) / manager {:.0} ({:.2}×)",
+                "link {:.0} / disk {:.0} (plain {:.0}, drop-behind {:.0}, direct {:.0}) / manager {:.0} ({:.2}×)",
                 mb(*l),
                 mb(*b),
                 mb(*plain),
                 mb(*behind),
+                mb(*direct),
                 mb(*m),
                 m / l.min(*b)
             )
         })
         .collect();
-    let together = median(&both.iter().map(|(l, d)| l.min(*d)).collect::<Vec<_>>());
+    let together = median(&both.iter().map(|(l, d, _)| l.min(*d)).collect::<Vec<_>>());
     let both_note: Vec<String> = both
         .iter()
-        .map(|(l, d)| format!("link {:.0} ∥ disk {:.0}", mb(*l), mb(*d)))
+        .map(|(l, d, how)| format!("link {:.0} ∥ disk {:.0} ({how:?})", mb(*l), mb(*d)))
         .collect();
     let beside = Outcome {
         scenario: NAME.into(),
-        metric: "manager pull vs link and disk working at once (raw pull ∥ drop-behind writes of the same bytes)".into(),
+        metric: "manager pull vs link and disk working at once (raw pull ∥ the round's best disk writes of the same bytes)".into(),
         unit: "MB/s".into(),
         value: mb(mgr),
         baseline: Some((
@@ -309,15 +318,16 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
             on_ratio: true,
         }),
         notes: format!(
-            "{} MiB pulled per round, medians of {rounds} rounds [{}]; link = raw subscriber over the same loopback service and receive path, page cache, checkpointing every quarter window; B = the better of sequential write + fdatasync in the output directory (log_appends' calibration) and the same with drop-behind every 16 MiB, measured between the two pulls; manager defaults (log_active_interval 1 s, log_idle_interval 10 s); jlog's pacing (one 4 MB segment per log_active_interval) would cap this at 4 MB/s",
+            "{} MiB pulled per round, medians of {rounds} rounds [{}]; link = raw subscriber over the same loopback service and receive path, page cache, checkpointing every quarter window; B = the best of sequential 1 MiB writes + fdatasync in the output directory through the page cache (log_appends' calibration), with drop-behind every 16 MiB, and with O_DIRECT (as the manager writes whole blocks), measured between the two pulls; manager defaults (log_active_interval 1 s, log_idle_interval 10 s); jlog's pacing (one 4 MB segment per log_active_interval) would cap this at 4 MB/s",
             bytes >> 20,
             rounds_note.join("; ")
         ),
     }, beside])
 }
 
-/// Link and disk at once: the raw subscriber pulls the log while the drop-behind writer
-/// writes as many bytes into the output directory; (link, disk) rates in bytes/s.
+/// Link and disk at once: the raw subscriber pulls the log while a writer writes as many
+/// bytes into the output directory the way `how` says (the round's best alone);
+/// (link, disk) rates in bytes/s.
 fn link_beside_disk(
     dir: &Path,
     addr: SocketAddr,
@@ -325,13 +335,14 @@ fn link_beside_disk(
     end: u64,
     bytes: u64,
     round: usize,
-) -> Result<(f64, f64)> {
+    how: Seq,
+) -> Result<(f64, f64, Seq)> {
     std::thread::scope(|sc| {
         let pull = sc.spawn(|| raw_pull(addr, key, end, &format!("both{round}")));
-        let disk = calibrate_drop_behind(dir, bytes);
+        let disk = sequential_write(dir, bytes, how);
         let link = pull
             .join()
             .map_err(|_| anyhow::anyhow!("the raw pull panicked"))?;
-        Ok((link?, disk?))
+        Ok((link?, disk?, how))
     })
 }
