@@ -27,7 +27,6 @@ use std::{
 use super::{
     Offset,
     service::{BatchDelivery, LogClient, LogClientError, MAX_WINDOW, RecordsBuf, code},
-    uring::ChunkWriter,
 };
 use crate::config::parser::{Node, Scope, Tree, Value, ValueKind, parse_file};
 use crate::engine::{ClusterKey, KeyError};
@@ -661,10 +660,6 @@ struct Appender {
     staging: Vec<u8>,
     /// Bytes written by direct I/O (for tests and the bench's notes).
     direct_bytes: u64,
-    /// Overlaps the copy into `staging` with the disk's writing; `None` until the first
-    /// direct write, or where io_uring cannot be set up (then blocking writes).
-    ring: Option<ChunkWriter>,
-    ring_tried: bool,
 }
 
 /// An appended batch, to be made durable and then committed as `st`.
@@ -720,8 +715,6 @@ impl Sink {
                 direct,
                 staging: Vec::new(),
                 direct_bytes: 0,
-                ring: None,
-                ring_tried: false,
             },
             state,
         })
@@ -784,20 +777,7 @@ impl Appender {
             if self.direct
                 && let Some(d) = &out.direct
             {
-                if !self.ring_tried {
-                    self.ring_tried = true;
-                    self.ring = ChunkWriter::new()
-                        .inspect_err(|e| tracing::debug!(error = %e, "manager: no io_uring, direct writes block"))
-                        .ok();
-                }
-                match write_direct(
-                    &mut out.file,
-                    d,
-                    self.ring.as_mut(),
-                    &mut self.staging,
-                    len,
-                    &slices,
-                ) {
+                match write_direct(&mut out.file, d, &mut self.staging, len, &slices) {
                     Ok(n) => {
                         self.direct_bytes += n;
                         buffered = false;
@@ -856,26 +836,24 @@ fn private_files(template: &str) -> bool {
     template.contains("%{l}") && template.contains("%{n}")
 }
 
-/// Direct writes go out this many bytes at a time: the next chunk is copied while the
-/// disk writes this one (4 MiB writes also measured faster here than 16 MiB ones).
+/// Direct writes go out this many bytes at a time (4 MiB writes measured faster here
+/// than 16 MiB ones; 1–16 MiB made no difference to the manager's pull).
 const DIRECT_CHUNK: usize = 4 << 20;
 
 /// Appends `parts` to `file` (currently `len` bytes long) with every whole block written
 /// by direct I/O through `direct`, from `staging` (grown and aligned as needed): the
 /// batch is copied once, in user space, instead of into new page-cache pages that the
 /// kernel then writes back, which on two CPUs was most of what the manager competes with
-/// its own receiving for. With `ring` the copy of each chunk overlaps the disk writing
-/// the previous one. The partial block the file ends in is read back and rewritten
+/// its own receiving for. The partial block the file ends in is read back and rewritten
 /// whole; a tail shorter than a block goes through the page cache (`file` appends), so
 /// the file's length is always exactly its content. Durability is still the caller's
 /// fdatasync (it flushes the disk's cache and the new length). Returns the bytes written
 /// directly. An error may leave part of the batch written: the caller treats it as
-/// uncommitted (cut on the next open). `EINVAL` (alignment refused) comes before anything
-/// is written.
+/// uncommitted (cut on the next open). `EINVAL` (alignment refused) comes from the first
+/// write, before anything is written.
 fn write_direct(
     file: &mut File,
     direct: &File,
-    ring: Option<&mut ChunkWriter>,
     staging: &mut Vec<u8>,
     len: u64,
     parts: &[IoSlice<'_>],
@@ -893,33 +871,15 @@ fn write_direct(
     if head > 0 {
         file.read_exact_at(&mut buf[..head], start)?;
     }
-    // Copies the parts, in order, into consecutive pieces of `buf` (after `head`).
-    let (mut part, mut within, mut pos) = (0usize, 0usize, 0usize);
-    let mut fill = |dst: &mut [u8]| {
-        let mut d = head.saturating_sub(pos).min(dst.len());
-        pos += dst.len();
-        while d < dst.len() {
-            let Some(src) = parts.get(part) else { break };
-            let n = (src.len() - within).min(dst.len() - d);
-            dst[d..d + n].copy_from_slice(&src[within..within + n]);
-            (d, within) = (d + n, within + n);
-            if within == src.len() {
-                (part, within) = (part + 1, 0);
-            }
-        }
-    };
-    let whole = need - need % BLOCK;
-    let (blocks, tail) = buf.split_at_mut(whole);
-    match ring {
-        Some(r) => r.write(direct, blocks, start, DIRECT_CHUNK, &mut fill)?,
-        None => {
-            fill(blocks);
-            for (i, c) in blocks.chunks(DIRECT_CHUNK).enumerate() {
-                direct.write_all_at(c, start + (i * DIRECT_CHUNK) as u64)?;
-            }
-        }
+    let mut p = head;
+    for s in parts {
+        buf[p..p + s.len()].copy_from_slice(s);
+        p += s.len();
     }
-    fill(tail);
+    let whole = need - need % BLOCK;
+    for (i, c) in buf[..whole].chunks(DIRECT_CHUNK).enumerate() {
+        direct.write_all_at(c, start + (i * DIRECT_CHUNK) as u64)?;
+    }
     // The rest goes where the file now ends: after the direct write (which ended past
     // `len`), or at `len` when the batch did not complete a block.
     let rest = whole.max(head);
