@@ -1627,9 +1627,12 @@ mod tests {
         let mut want = Vec::new();
         let mut off: Offset = 0;
         let mut switch = |_: &State| Ok(());
-        let sizes: [&[usize]; 6] = [
+        // The third batch spans more than one direct write (`DIRECT_CHUNK`).
+        let sizes: [&[usize]; 8] = [
             &[1, 4094],
             &[4096, 4097, 3],
+            &[5_000_000, 3_000_001, 17],
+            &[4095, 4097],
             &[10_000, 70_000, 5],
             &[2],
             &[8191, 8192, 8193],
