@@ -148,20 +148,59 @@ fn flipped_bit_mid_segment_followed_by_valid_frames_is_refused() {
     assert!(log::verify(&dir).unwrap().is_ok());
 }
 
+/// A bit flip in the last frame's payload or CRC: the frame was written whole (no zero
+/// sector in it, a non-zero last byte), so it is damage to an acknowledged record, not a
+/// torn tail: refused, reported by `verify`, dropped only by an explicit `repair`. The same
+/// frame zero-filled from any byte on is a torn tail and cut, as before.
 #[test]
-fn flipped_bit_in_last_frame_is_cut() {
+fn flipped_bit_in_last_frame_is_damage_not_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("last");
     let recs = fill(&dir, 10, SEG);
     let seg = segments(&dir).pop().unwrap();
-    flip(&seg, SEGMENT_HEADER_LEN + recs[9].0 + 35, 0x04);
+    let orig = std::fs::read(&seg).unwrap();
+    let at = SEGMENT_HEADER_LEN + recs[9].0;
+    let frame_len = 32 + recs[9].1.len() as u64;
+    assert_ne!(recs[9].1.last(), Some(&0));
+    // The CRC field (bytes 28..32) and every payload byte.
+    for byte in 28..frame_len {
+        flip(&seg, at + byte, 1 << (byte % 8));
+        match Stream::open(&dir, &opts(SEG)).unwrap_err() {
+            LogError::DamagedLastFrame {
+                path,
+                offset,
+                file_pos,
+                ..
+            } => {
+                assert_eq!(path, seg);
+                assert_eq!((offset, file_pos), (recs[9].0, at), "byte {byte}");
+            }
+            other => panic!("byte {byte}: {other}"),
+        }
+        let v = log::verify(&dir).unwrap();
+        assert!(!v.is_ok(), "byte {byte}: damage is not ok");
+        assert!(v.torn_tail.is_none(), "byte {byte}: called torn");
+        assert_eq!(v.problems[0].offset, recs[9].0);
+        std::fs::write(&seg, &orig).unwrap();
+    }
+    // Zero fill from inside the frame is a torn write: cut on open, as before.
+    let mut torn = orig.clone();
+    torn[(at + frame_len - 3) as usize..].fill(0);
+    std::fs::write(&seg, &torn).unwrap();
     let v = log::verify(&dir).unwrap();
     assert!(v.is_ok(), "a torn tail is not corruption");
     assert_eq!(v.torn_tail.unwrap().offset, recs[9].0);
+    drop(Stream::open(&dir, &opts(SEG)).unwrap());
+    // Damage is dropped only by an explicit repair, which says what it lost.
+    std::fs::write(&seg, &orig).unwrap();
+    flip(&seg, at + 35, 0x04);
+    let rep = log::repair(&dir).unwrap();
+    assert_eq!(rep.cut_at, Some(recs[9].0));
+    assert_eq!(rep.lost_bytes, frame_len);
     let s = Stream::open(&dir, &opts(SEG)).unwrap();
-    let got = all(&s);
-    assert_eq!(got.len(), 9);
+    assert_eq!(all(&s).len(), 9);
     assert_eq!(s.bounds().1, recs[9].0);
+    assert!(log::verify(&dir).unwrap().is_ok());
 }
 
 #[test]

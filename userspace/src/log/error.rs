@@ -50,6 +50,16 @@ pub enum LogError {
         next_valid: u64,
         reason: &'static str,
     },
+    #[error(
+        "log stream {path}: the last record, at offset {offset} (file position {file_pos}), is damaged ({reason}); refusing to open — run `dp-logctl verify` / `repair` (repair drops that record)",
+        path = path.display()
+    )]
+    DamagedLastFrame {
+        path: PathBuf,
+        offset: u64,
+        file_pos: u64,
+        reason: &'static str,
+    },
     #[error("{path}: bad frame at offset {offset}: {reason}", path = path.display())]
     BadFrame {
         path: PathBuf,

@@ -61,6 +61,8 @@ pub fn encode_into(out: &mut Vec<u8>, offset: u64, timestamp_ns: u64, payload: &
 }
 
 /// What sits at a position of a segment's data area.
+const CRC_MISMATCH: &str = "crc32c mismatch";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A whole, valid frame.
@@ -106,7 +108,7 @@ pub fn decode(buf: &[u8], expected_offset: u64) -> Decoded<'_> {
     }
     let payload = &rest[..len];
     if frame_crc(&buf[..FRAME_HEADER_LEN - 4], payload) != header.crc32c.get() {
-        return Decoded::Invalid("crc32c mismatch");
+        return Decoded::Invalid(CRC_MISMATCH);
     }
     Decoded::Frame { header, payload }
 }
@@ -124,6 +126,39 @@ pub enum ScanEnd {
         next_valid: usize,
         reason: &'static str,
     },
+    /// The last frame, at `pos`, fails its CRC although it was written whole (see
+    /// [`written_whole`]): an acknowledged record damaged after the fact, not a torn tail.
+    Damaged {
+        pos: usize,
+        /// The damaged frame's length (its header is intact).
+        len: usize,
+        reason: &'static str,
+    },
+}
+
+/// What is atomic on a disk: a torn write leaves whole sectors of this size unwritten.
+const SECTOR: u64 = 512;
+
+/// Whether `frame` (starting at file position `file_pos`) was written whole. A torn write
+/// (power lost mid-commit) leaves whole sectors unwritten, and unwritten space in a
+/// segment reads as zeros (segments are zero-filled, preallocated or sparse). So a frame
+/// that ends in a non-zero byte and has no all-zero sector inside it reached the disk
+/// whole. Not decidable (and taken as torn): a frame whose payload ends in a zero byte,
+/// or holds 512 aligned zero bytes.
+pub fn written_whole(frame: &[u8], file_pos: u64) -> bool {
+    if frame.last().is_none_or(|b| *b == 0) {
+        return false;
+    }
+    let end = file_pos + frame.len() as u64;
+    let mut s = file_pos.next_multiple_of(SECTOR);
+    while s + SECTOR <= end {
+        let i = (s - file_pos) as usize;
+        if frame[i..i + SECTOR as usize].iter().all(|b| *b == 0) {
+            return false;
+        }
+        s += SECTOR;
+    }
+    true
 }
 
 /// Result of scanning a data area whose first byte has logical offset `base`.
@@ -137,8 +172,10 @@ pub struct Scan {
     pub end: ScanEnd,
 }
 
-/// Walks frames from the start of `data`; on a bad frame, searches the rest for any valid
-/// frame (at the offset its position implies) to tell a torn tail from mid-log corruption.
+/// Walks frames from the start of `data` (a segment's data area, at file position
+/// `SEGMENT_HEADER_LEN`); on a bad frame, searches the rest for any valid frame (at the
+/// offset its position implies) to tell a torn tail from mid-log corruption, and a last
+/// frame that fails only its CRC is checked for having been written whole (damage).
 pub fn scan(data: &[u8], base: u64) -> Scan {
     let mut pos = 0usize;
     let mut frames = 0u64;
@@ -169,6 +206,23 @@ pub fn scan(data: &[u8], base: u64) -> Scan {
                 next_valid,
                 reason,
             },
+            None if let Some(len) = (reason == CRC_MISMATCH)
+                .then(|| FrameHeader::read_from_prefix(&data[pos..]).ok())
+                .flatten()
+                .map(|(h, _)| FRAME_HEADER_LEN + h.len.get() as usize)
+                .filter(|&len| {
+                    written_whole(
+                        &data[pos..pos + len],
+                        crate::log::files::SEGMENT_HEADER_LEN + pos as u64,
+                    )
+                }) =>
+            {
+                ScanEnd::Damaged {
+                    pos,
+                    len,
+                    reason: "crc32c mismatch in a frame written whole (damaged after it was written, not a torn write)",
+                }
+            }
             None => ScanEnd::Torn { pos, reason },
         };
         return Scan {
@@ -198,6 +252,30 @@ pub fn find_valid_after(data: &[u8], base: u64, from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whole: no all-zero aligned sector inside, non-zero last byte. Zeros that do not
+    /// cover a whole sector are data.
+    #[test]
+    fn written_whole_looks_for_unwritten_sectors() {
+        let at = 100u64; // the frame starts 100 bytes into the file
+        let mut f = vec![0xaau8; 2000];
+        assert!(written_whole(&f, at));
+        // File sector [512, 1024) is frame bytes [412, 924).
+        f[412..923].fill(0);
+        assert!(written_whole(&f, at), "511 zero bytes are not a sector");
+        f[923] = 0;
+        assert!(
+            !written_whole(&f, at),
+            "an unwritten sector inside the frame"
+        );
+        let mut f = vec![0xaau8; 2000];
+        // [0, 412) starts before the frame: not a sector inside it.
+        f[..412].fill(0);
+        assert!(written_whole(&f, at));
+        *f.last_mut().unwrap() = 0;
+        assert!(!written_whole(&f, at), "ends in zero: may be torn");
+        assert!(!written_whole(&[], at));
+    }
     use proptest::prelude::*;
 
     proptest! {
@@ -276,7 +354,22 @@ mod tests {
             ),
             "{s:?}"
         );
+        // Nothing valid after it, written whole: damage, not a torn tail.
         buf[84 + 35] ^= 1;
+        let s = scan(&buf, 0);
+        assert!(
+            matches!(
+                s.end,
+                ScanEnd::Damaged {
+                    pos: 42,
+                    len: 42,
+                    ..
+                }
+            ),
+            "{s:?}"
+        );
+        // Its end zero (never written): torn.
+        buf[83] = 0;
         let s = scan(&buf, 0);
         assert!(matches!(s.end, ScanEnd::Torn { pos: 42, .. }), "{s:?}");
     }

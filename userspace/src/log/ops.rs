@@ -76,6 +76,11 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
                     reason: reason.into(),
                 })
             }
+            ScanEnd::Damaged { pos, reason, .. } => rep.problems.push(Problem {
+                path: seg.path.clone(),
+                offset: seg.first + pos as u64,
+                reason: reason.into(),
+            }),
             ScanEnd::Corrupt {
                 pos,
                 next_valid,
@@ -137,6 +142,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
     let segs = stream::list_segments(dir, true)?;
     let mut rep = RepairReport::default();
     let mut cut: Option<(usize, u64)> = None; // (segment index, valid data length)
+    let mut damaged_end = 0; // the end of a damaged last frame, whose length is known
     for (i, seg) in segs.iter().enumerate() {
         let data = stream::read_data(&seg.path)?;
         let limit = segs.get(i + 1).map(|n| (n.first - seg.first) as usize);
@@ -148,8 +154,11 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
             ScanEnd::Clean => Some("zeros where sealed data should be"),
             ScanEnd::Torn { reason, .. } if limit.is_some() => Some(reason),
             ScanEnd::Torn { .. } => None,
-            ScanEnd::Corrupt { reason, .. } => Some(reason),
+            ScanEnd::Corrupt { reason, .. } | ScanEnd::Damaged { reason, .. } => Some(reason),
         };
+        if let ScanEnd::Damaged { pos, len, .. } = s.end {
+            damaged_end = seg.first + (pos + len) as u64;
+        }
         if let Some(reason) = bad {
             let (n, _) = loose_frames(&data, seg.first, s.valid_len + 1);
             rep.lost_frames += n;
@@ -163,7 +172,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
         return Ok(rep);
     };
     let new_end = segs[i].first + valid;
-    let mut old_end = new_end;
+    let mut old_end = new_end.max(damaged_end);
     for (j, seg) in segs.iter().enumerate().skip(i) {
         let data = stream::read_data(&seg.path)?;
         let (n, end) = loose_frames(

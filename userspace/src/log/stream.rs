@@ -742,6 +742,14 @@ impl Stream {
                 );
                 cut_segment(&active.path, pos as u64, segment_size)?;
             }
+            ScanEnd::Damaged { pos, reason, .. } => {
+                return Err(LogError::DamagedLastFrame {
+                    path: active.path.clone(),
+                    offset: active.first + pos as u64,
+                    file_pos: SEGMENT_HEADER_LEN + pos as u64,
+                    reason,
+                });
+            }
             ScanEnd::Corrupt {
                 pos,
                 next_valid,
@@ -1720,13 +1728,13 @@ fn check_sealed(seg: &FoundSegment, next_first: Offset) -> Result<u64> {
             offset: seg.first + s.valid_len as u64,
             reason: "zeros where sealed data should be",
         }),
-        ScanEnd::Torn { pos, reason } | ScanEnd::Corrupt { pos, reason, .. } => {
-            Err(LogError::BadFrame {
-                path: seg.path.clone(),
-                offset: seg.first + pos as u64,
-                reason,
-            })
-        }
+        ScanEnd::Torn { pos, reason }
+        | ScanEnd::Corrupt { pos, reason, .. }
+        | ScanEnd::Damaged { pos, reason, .. } => Err(LogError::BadFrame {
+            path: seg.path.clone(),
+            offset: seg.first + pos as u64,
+            reason,
+        }),
     }
 }
 
