@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     auth::{AuthError, ClusterKey, Handshake, Role, Step, kind},
-    frame::{DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, ServiceId},
+    frame::{DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, PartialFrame, ServiceId},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,14 @@ pub struct Client {
     stream: TcpStream,
     addr: SocketAddr,
     dec: FrameDecoder,
+    /// A large frame whose payload is being read straight from the socket; kept across
+    /// a read timeout, so a slow sender never desynchronises the stream.
+    partial: Option<PartialFrame>,
     peer_name: String,
 }
+
+/// Payloads at least this large are read straight into their frame.
+const DIRECT_PAYLOAD: usize = 64 << 10;
 
 impl Client {
     /// Connects and authenticates; `timeout` bounds the connect and each read.
@@ -81,6 +87,7 @@ impl Client {
             stream,
             addr,
             dec: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            partial: None,
             peer_name: String::new(),
         };
         let (mut hs, hello) = Handshake::start(Role::Initiator, nodename);
@@ -134,8 +141,35 @@ impl Client {
 
     fn recv_raw(&mut self) -> Result<Frame, ClientError> {
         let addr = self.addr;
+        let closed_or_io = |e: io::Error| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ) {
+                ClientError::Closed { addr }
+            } else {
+                ClientError::Io { addr, source: e }
+            }
+        };
         let mut buf = [0u8; 16 * 1024];
         loop {
+            if let Some(p) = &mut self.partial {
+                let missing = (p.len - p.frame.payload.len()) as u64;
+                // Bytes read before an error (a timeout) stay in the payload.
+                match (&self.stream)
+                    .take(missing)
+                    .read_to_end(&mut p.frame.payload)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(closed_or_io(e)),
+                }
+                match self.partial.take_if(|p| p.frame.payload.len() == p.len) {
+                    Some(p) => return Ok(p.frame),
+                    // End of stream before the frame's end.
+                    None => return Err(ClientError::Closed { addr }),
+                }
+            }
             if let Some(f) = self
                 .dec
                 .next_frame()
@@ -143,21 +177,87 @@ impl Client {
             {
                 return Ok(f);
             }
+            self.partial = self
+                .dec
+                .take_partial(DIRECT_PAYLOAD)
+                .map_err(|source| ClientError::Frame { addr, source })?;
+            if self.partial.is_some() {
+                continue;
+            }
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => return Err(ClientError::Closed { addr }),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    return Err(ClientError::Closed { addr });
-                }
-                Err(source) => return Err(ClientError::Io { addr, source }),
+                Err(e) => return Err(closed_or_io(e)),
             };
             self.dec.extend(&buf[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A large frame that arrives in two parts, with a pause longer than the client's read
+    /// timeout between them: the first `recv` times out, the second returns the frame
+    /// whole, and the frame after it is intact (the stream stays in step).
+    #[test]
+    fn large_frame_survives_a_read_timeout_mid_payload() {
+        let key = ClusterKey::from_bytes(b"client-test-key-0123456789abcdef").unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let big = Frame::new(ServiceId(9), 4, (0..300_000u32).map(|i| i as u8).collect());
+        let small = Frame::new(ServiceId(9), 5, b"after".to_vec());
+        let (b, sm, k) = (big.clone(), small.clone(), key.clone());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (mut hs, hello) = Handshake::start(Role::Acceptor, "srv");
+            s.write_all(&hello.encode()).unwrap();
+            let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            let mut buf = [0u8; 4096];
+            while !hs.is_done() {
+                let f = loop {
+                    if let Some(f) = dec.next_frame().unwrap() {
+                        break f;
+                    }
+                    let n = s.read(&mut buf).unwrap();
+                    dec.extend(&buf[..n]);
+                };
+                if let Step::Send(r) = hs.on_frame(&k, &f).unwrap() {
+                    s.write_all(&r.encode()).unwrap();
+                }
+            }
+            let wire = b.encode();
+            s.write_all(&wire[..100_000]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(&wire[100_000..]).unwrap();
+            s.write_all(&sm.encode()).unwrap();
+            // Held open until the client has read everything.
+            let _ = s.read(&mut buf);
+        });
+        let mut c = Client::connect(addr, &key, "cli", Duration::from_secs(5)).unwrap();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        match c.recv() {
+            Err(ClientError::Io { source, .. }) => assert!(
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ),
+                "{source}"
+            ),
+            other => panic!("expected a timeout mid-frame, got {other:?}"),
+        }
+        assert!(c.partial.is_some(), "the part received is kept");
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(c.recv().unwrap(), big);
+        assert_eq!(c.recv().unwrap(), small);
+        drop(c);
+        server.join().unwrap();
     }
 }

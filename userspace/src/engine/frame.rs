@@ -127,6 +127,15 @@ pub fn check_header(hdr: &FrameHeader, max_frame: u32) -> Result<(), FrameError>
     Ok(())
 }
 
+/// A frame being received straight into its payload ([`FrameDecoder::take_partial`]).
+#[derive(Debug)]
+pub struct PartialFrame {
+    /// Its payload holds the bytes received so far (capacity for all of them).
+    pub frame: Frame,
+    /// The payload's full length.
+    pub len: usize,
+}
+
 /// Incremental decoder: feed bytes as they arrive, take whole frames out.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -154,6 +163,35 @@ impl FrameDecoder {
             self.pos = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// A frame of at least `min` payload bytes whose header is in but whose payload is
+    /// not: taken out of this buffer with the payload bytes received so far, so that the
+    /// caller reads the rest straight into the payload (bulk frames then skip two copies,
+    /// through a read buffer and through this one). `Ok(None)`: no such frame.
+    pub fn take_partial(&mut self, min: usize) -> Result<Option<PartialFrame>, FrameError> {
+        let avail = &self.buf[self.pos..];
+        let Ok((hdr, rest)) = FrameHeader::read_from_prefix(avail) else {
+            return Ok(None);
+        };
+        check_header(&hdr, self.max_frame)?;
+        let len = hdr.length.get() as usize;
+        if len < min || rest.len() >= len {
+            return Ok(None);
+        }
+        let mut payload = Vec::with_capacity(len);
+        payload.extend_from_slice(rest);
+        self.buf.clear();
+        self.pos = 0;
+        Ok(Some(PartialFrame {
+            frame: Frame {
+                service: ServiceId(hdr.service),
+                kind: hdr.kind,
+                flags: hdr.flags,
+                payload,
+            },
+            len,
+        }))
     }
 
     /// Bytes received and not yet returned as frames.
