@@ -836,10 +836,12 @@ fn private_files(template: &str) -> bool {
     template.contains("%{l}") && template.contains("%{n}")
 }
 
-/// The block-aligned staging buffer of direct writes. It is backed by transparent huge
-/// pages where the kernel offers them (THP `madvise` mode, the default): a direct write
-/// pins its memory page by page, 2 pages per 4 MiB instead of 1,024 (measured here: the
-/// manager's pull 1,070–1,130 MB/s with them, 940–1,010 without, alternating runs).
+/// The block-aligned staging buffer of direct writes. Batches of 2 MiB or more sit on
+/// transparent huge pages where the kernel offers them (THP `madvise` mode, the default):
+/// a direct write pins its memory page by page, 2 pages per 4 MiB instead of 1,024
+/// (measured here: the manager's pull 1,070–1,130 MB/s with them, 940–1,010 without,
+/// alternating runs). Reallocated when much larger than the batch needs, so a puller of a
+/// trickle does not keep a backlog's 20 MiB.
 #[derive(Default)]
 struct Staging {
     mem: Vec<u8>,
@@ -848,25 +850,31 @@ struct Staging {
 impl Staging {
     const HUGE: usize = 2 << 20;
 
-    /// `n` bytes starting on a 2 MiB (hence block) boundary; contents unspecified.
+    /// `n` bytes starting on a block boundary (a 2 MiB one from 2 MiB on); contents
+    /// unspecified.
     fn get(&mut self, n: usize) -> &mut [u8] {
-        if self.mem.len() < n + Self::HUGE {
+        let align = if n >= Self::HUGE { Self::HUGE } else { BLOCK };
+        // Room to align the start anywhere in the first `align` bytes.
+        let want = n.next_multiple_of(align) + align;
+        if self.mem.len() < want || self.mem.len() > 4 * want {
             self.mem = Vec::new();
-            self.mem = vec![0u8; (n + Self::HUGE).next_multiple_of(Self::HUGE) + Self::HUGE];
-            let at = self.mem.as_ptr().align_offset(Self::HUGE);
-            let len = (self.mem.len() - at) / Self::HUGE * Self::HUGE;
-            // SAFETY: the range lies within `mem` (allocated above, not yet touched);
-            // the advice only changes how the kernel backs those pages. A refusal
-            // (no THP) leaves ordinary pages.
-            let _ = unsafe {
-                libc::madvise(
-                    self.mem.as_mut_ptr().add(at).cast(),
-                    len,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
+            self.mem = vec![0u8; want];
+            let at = self.mem.as_ptr().align_offset(align);
+            if align == Self::HUGE {
+                let len = (want - at) / Self::HUGE * Self::HUGE;
+                // SAFETY: the range lies within `mem` (just allocated, not yet touched);
+                // the advice only changes how the kernel backs those pages. A refusal
+                // (no THP) leaves ordinary pages.
+                let _ = unsafe {
+                    libc::madvise(
+                        self.mem.as_mut_ptr().add(at).cast(),
+                        len,
+                        libc::MADV_HUGEPAGE,
+                    )
+                };
+            }
         }
-        let at = self.mem.as_ptr().align_offset(Self::HUGE);
+        let at = self.mem.as_ptr().align_offset(align);
         &mut self.mem[at..at + n]
     }
 }
