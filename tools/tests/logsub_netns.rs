@@ -9,7 +9,7 @@ use duraplane::{
     log::daemon::{LocalLogClient, local_socket_path},
     testbed::{
         Testbed,
-        daemons::{DaemonNode, write_key},
+        daemons::{DaemonNode, solo_log_config, write_key},
     },
 };
 
@@ -21,28 +21,13 @@ const KEY: &[u8] = b"dp-logsub-test-key-0123456789abcdef";
 
 fn config(dir: &Path, socket: &Path, key: &Path) -> String {
     let d = dir.display();
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1:4802" {{}}
-}}
-bounce_logger "bounce_logger" {{
-  bouncelog = "cluster://{d}/logs/bouncelog.cluster=>master"
-}}
-cluster {{
-  nodename = "solo"
-  nodeaddr = "192.0.2.1"
-  logs = [
-    bouncelog = "{d}/logs/bouncelog.cluster"
-  ]
-}}
-duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-  cluster_key_file = "{}"
-}}
-"#,
-        socket.display(),
-        key.display()
+    solo_log_config(
+        &format!(
+            "bounce_logger \"bounce_logger\" {{\n  bouncelog = \"cluster://{d}/logs/bouncelog.cluster=>master\"\n}}\n"
+        ),
+        &format!("    bouncelog = \"{d}/logs/bouncelog.cluster\"\n"),
+        socket,
+        key,
     )
 }
 

@@ -20,7 +20,7 @@ use duraplane::{
     },
     testbed::{
         Testbed,
-        daemons::{DaemonNode, write_key},
+        daemons::{DaemonNode, solo_log_config, write_key},
     },
 };
 
@@ -29,11 +29,9 @@ const KEY: &[u8] = b"log-service-test-key-0123456789abcdef";
 
 fn config(dir: &Path, socket: &Path, key: &Path) -> String {
     let d = dir.display();
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1:4802" {{}}
-}}
-ec_logger "ec_logger" {{
+    solo_log_config(
+        &format!(
+            r#"ec_logger "ec_logger" {{
   mainlog = "cluster://{d}/logs/mainlog.cluster=>master"
   paniclog = "cluster://{d}/logs/paniclog.cluster=>master"
   rejectlog = "cluster://{d}/logs/rejectlog.cluster=>master"
@@ -41,22 +39,13 @@ ec_logger "ec_logger" {{
 bounce_logger "bounce_logger" {{
   bouncelog = "cluster://{d}/logs/bouncelog.cluster?subscribers=master,mgr1"
 }}
-cluster {{
-  nodename = "solo"
-  nodeaddr = "192.0.2.1"
-  logs = [
-    mainlog = "{d}/logs/mainlog.cluster"
-    bouncelog = "{d}/logs/bouncelog.cluster"
-  ]
-}}
-duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-  cluster_key_file = "{}"
-}}
-"#,
-        socket.display(),
-        key.display()
+"#
+        ),
+        &format!(
+            "    mainlog = \"{d}/logs/mainlog.cluster\"\n    bouncelog = \"{d}/logs/bouncelog.cluster\"\n"
+        ),
+        socket,
+        key,
     )
 }
 

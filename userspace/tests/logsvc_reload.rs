@@ -26,7 +26,7 @@ use duraplane::{
     },
     testbed::{
         Testbed,
-        daemons::{DaemonNode, write_key},
+        daemons::{DaemonNode, solo_log_config, write_key},
     },
 };
 
@@ -201,28 +201,17 @@ fn published_config(dir: &Path, socket: &Path, key: &Path, published: &[&str]) -
             format!("    {name} = \"{d}/logs/{stream}.cluster\"\n")
         })
         .collect();
-    format!(
-        r#"ECCluster_Listener {{
-  Listen "192.0.2.1:4802" {{}}
-}}
-ec_logger "ec_logger" {{
+    solo_log_config(
+        &format!(
+            r#"ec_logger "ec_logger" {{
   custlog = "cluster://{d}/logs/cust.cluster=>master"
   acctlog = "cluster://{d}/logs/acct.cluster=>master"
 }}
-cluster {{
-  nodename = "solo"
-  nodeaddr = "192.0.2.1"
-  logs = [
-{logs}  ]
-}}
-duraplane {{
-  control_socket = "{}"
-  metrics = "off"
-  cluster_key_file = "{}"
-}}
-"#,
-        socket.display(),
-        key.display()
+"#
+        ),
+        &logs,
+        socket,
+        key,
     )
 }
 

@@ -22,6 +22,31 @@ pub fn write_key(path: &Path, key: &[u8]) -> Result<(), TestbedError> {
         })
 }
 
+/// The config of a lone log-publishing daemon, node "solo" on 192.0.2.1 with a 4802
+/// listener: `loggers` are its logger scopes (whole text), `logs` the entries of its
+/// `logs = [ … ]` (one per line, indented), metrics off.
+pub fn solo_log_config(loggers: &str, logs: &str, socket: &Path, key: &Path) -> String {
+    format!(
+        r#"ECCluster_Listener {{
+  Listen "192.0.2.1:4802" {{}}
+}}
+{loggers}cluster {{
+  nodename = "solo"
+  nodeaddr = "192.0.2.1"
+  logs = [
+{logs}  ]
+}}
+duraplane {{
+  control_socket = "{}"
+  metrics = "off"
+  cluster_key_file = "{}"
+}}
+"#,
+        socket.display(),
+        key.display()
+    )
+}
+
 /// One daemon on one host, stopped (SIGTERM, then SIGKILL by the guard) on drop.
 pub struct DaemonNode {
     pub host: String,
