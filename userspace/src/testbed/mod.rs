@@ -39,7 +39,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::{sched::CloneFlags, sys::signal::Signal, unistd::Pid};
@@ -327,6 +327,9 @@ impl Testbed {
             }
             run(&["ip", "-n", ns, "link", "set", ifn, "up"])?;
         }
+        for (ns, ifn) in [(&ns_a, &if_a), (&ns_b, &if_b)] {
+            Self::wait_carrier(ns, ifn)?;
+        }
         Ok(VethPair {
             a_if: if_a,
             b_if: if_b,
@@ -365,7 +368,29 @@ impl Testbed {
             Self::add_ifaddr(&ns, &ifname, a)?;
         }
         run(&["ip", "-n", &ns, "link", "set", &ifname, "up"])?;
+        Self::wait_carrier(&ns, &ifname)?;
+        Self::wait_carrier(&br, &port)?;
         Ok(ifname)
+    }
+
+    /// Waits until `ifname` in `ns` has its carrier (`LOWER_UP`): a veth's carrier comes
+    /// up through the kernel's link-watch work, after `link set up` returns, and until
+    /// then frames are dropped (a test's first IPv6 ping over a new pair failed in CI).
+    fn wait_carrier(ns: &str, ifname: &str) -> Result<(), TestbedError> {
+        const WITHIN: Duration = Duration::from_secs(5);
+        let start = Instant::now();
+        loop {
+            if run(&["ip", "-n", ns, "-o", "link", "show", "dev", ifname])?.contains("LOWER_UP") {
+                return Ok(());
+            }
+            if start.elapsed() > WITHIN {
+                return Err(TestbedError::Timeout {
+                    what: format!("carrier on {ifname} in {ns}"),
+                    after: WITHIN,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// An on-link route in `host` to `dest` (documentation space only) out of `ifname`,
