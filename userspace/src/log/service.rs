@@ -718,6 +718,11 @@ impl Worker {
                 };
                 let sz = REC_HDR + rec.payload.len();
                 if sz > BATCH_BYTES {
+                    // What came before it is still delivered (it used to go down with
+                    // the batch, so those records never reached the subscriber).
+                    if !self.flush(&mut batch, false) {
+                        return;
+                    }
                     return self.fail(
                         code::RECORD_TOO_LARGE,
                         &format!(
@@ -1161,5 +1166,102 @@ mod tests {
         let err = RecordsBuf::parse(wire[..wire.len() - 1].to_vec()).unwrap_err();
         assert_eq!(err.why, "truncated");
         assert!(RecordsBuf::parse(Vec::new()).unwrap().is_empty());
+    }
+
+    /// Records of every size up to the largest a RECORDS frame takes arrive whole,
+    /// byte-equal and in order over several frames (each full frame leaves a record over
+    /// for the next); a record one byte too large is refused with RECORD_TOO_LARGE after
+    /// everything before it arrived.
+    #[test]
+    fn records_of_every_size_cross_frames_whole() {
+        use crate::engine::{Engine, EngineConfig, ListenerSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Stream::open(
+            dir.path().join("mainlog"),
+            &crate::log::StreamOptions {
+                segment_size: Some(4 << 20),
+                subscribers: vec!["mgr".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let largest = BATCH_BYTES - REC_HDR;
+        let sizes = [
+            0,
+            1,
+            100,
+            5_000,
+            200_000,
+            largest,
+            3,
+            largest - 1,
+            700_000,
+            17,
+        ];
+        let payloads: Vec<Vec<u8>> = (0..40)
+            .map(|i| {
+                let n = sizes[i % sizes.len()];
+                (0..n).map(|k| (k * 7 + i) as u8).collect()
+            })
+            .collect();
+        for p in &payloads {
+            s.append(p).unwrap();
+        }
+        s.append(&vec![b'x'; largest + 1]).unwrap();
+        let key = ClusterKey::from_bytes(b"svc-test-key-0123456789abcdef-0123").unwrap();
+        let mut published = BTreeMap::new();
+        published.insert("mainlog".to_owned(), s.clone());
+        let (svc, handle) = LogService::new(Arc::new(published));
+        let mut ec = EngineConfig::new("node", key.clone());
+        ec.listeners = vec![ListenerSpec {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            backlog: 4,
+            recv_buffer: None,
+            send_buffer: None,
+            nodelay: true,
+        }];
+        let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))]).unwrap();
+        handle.attach(engine.handle());
+        let mut c =
+            LogClient::connect(engine.local_addrs()[0], &key, "mgr", Duration::from_secs(5))
+                .unwrap();
+        c.subscribe("mainlog", "mgr", MAX_WINDOW).unwrap();
+        let (mut got, mut frames) = (Vec::new(), 0);
+        let refused = loop {
+            match c.poll_batch(Duration::from_secs(5)) {
+                Ok(Some(BatchDelivery::Records(r))) => {
+                    frames += 1;
+                    assert!(!r.is_empty());
+                    got.extend(r.iter().map(|x| (x.offset, x.payload.to_vec())));
+                }
+                Ok(Some(other)) => panic!("unexpected {other:?}"),
+                Ok(None) => panic!("nothing within 5 s after {} records", got.len()),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                refused,
+                LogClientError::Refused {
+                    code: code::RECORD_TOO_LARGE,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert_eq!(got.len(), payloads.len());
+        let mut off = 0;
+        for ((o, p), want) in got.iter().zip(&payloads) {
+            assert_eq!(*o, off);
+            assert!(
+                p == want,
+                "record at {o}: {} bytes, want {}",
+                p.len(),
+                want.len()
+            );
+            off += frame_len(want.len());
+        }
+        assert!(frames >= 8, "only {frames} frames");
+        engine.stop().unwrap();
     }
 }
