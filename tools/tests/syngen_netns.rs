@@ -74,10 +74,20 @@ fn collect(p: ProcessGuard, want: usize, flag: &str) -> Vec<String> {
     f.stdout.lines().map(str::to_string).collect()
 }
 
-fn syngen(tb: &Testbed, args: &[&str]) -> String {
+/// Runs dp-syngen in "gen" with `args` (split on whitespace); its stdout.
+fn syngen(tb: &Testbed, args: &str) -> String {
     let mut cmd = vec![SYNGEN];
-    cmd.extend_from_slice(args);
+    cmd.extend(args.split_whitespace());
     tb.exec("gen", &cmd).unwrap()
+}
+
+/// Runs dp-syngen in "gen" with `args`, which it must refuse; its stderr.
+fn syngen_refused(tb: &Testbed, args: &str) -> String {
+    let mut cmd = vec![SYNGEN];
+    cmd.extend(args.split_whitespace());
+    let o = tb.exec_output("gen", &cmd).unwrap();
+    assert!(!o.status.success(), "accepted: {args}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -86,20 +96,7 @@ fn ipv4_syns_arrive_from_spoofed_sources() {
     let cap = capture(&tb);
     let out = syngen(
         &tb,
-        &[
-            "-i",
-            "eth0",
-            "-d",
-            "192.0.2.2",
-            "-s",
-            "198.51.100.0/24",
-            "--src-mode",
-            "random",
-            "-c",
-            "200",
-            "--rate",
-            "0",
-        ],
+        "-i eth0 -d 192.0.2.2 -s 198.51.100.0/24 --src-mode random -c 200 --rate 0",
     );
     assert!(out.starts_with("sent=200 failed=0 "), "{out}");
     let lines = collect(cap, 200, "Flags [S]");
@@ -128,20 +125,7 @@ fn ipv6_rst_and_fin() {
     let cap = capture(&tb);
     let out = syngen(
         &tb,
-        &[
-            "-i",
-            "eth0",
-            "-d",
-            "2001:db8:1::2",
-            "-s",
-            "2001:db8:77::/64",
-            "-c",
-            "30",
-            "--kind",
-            "rst",
-            "--rate",
-            "5000",
-        ],
+        "-i eth0 -d 2001:db8:1::2 -s 2001:db8:77::/64 -c 30 --kind rst --rate 5000",
     );
     assert!(out.starts_with("sent=30 failed=0 "), "{out}");
     let lines = collect(cap, 30, "Flags [R]");
@@ -155,18 +139,7 @@ fn ipv6_rst_and_fin() {
     let cap = capture(&tb);
     let out = syngen(
         &tb,
-        &[
-            "-i",
-            "eth0",
-            "-d",
-            "2001:db8:1::2",
-            "-s",
-            "2001:db8:77::/64",
-            "-c",
-            "5",
-            "--kind",
-            "fin",
-        ],
+        "-i eth0 -d 2001:db8:1::2 -s 2001:db8:77::/64 -c 5 --kind fin",
     );
     assert!(out.starts_with("sent=5 "), "{out}");
     let lines = collect(cap, 5, "Flags [F.]");
@@ -179,22 +152,7 @@ fn bounded_by_duration_and_count() {
     // 100 pps for 0.3 s: stops on duration long before the count.
     let out = syngen(
         &tb,
-        &[
-            "-i",
-            "eth0",
-            "-d",
-            "192.0.2.2",
-            "--dst-mac",
-            "02:00:00:00:00:02",
-            "-s",
-            "203.0.113.0/28",
-            "-c",
-            "100000",
-            "--rate",
-            "100",
-            "--duration",
-            "0.3",
-        ],
+        "-i eth0 -d 192.0.2.2 --dst-mac 02:00:00:00:00:02 -s 203.0.113.0/28 -c 100000 --rate 100 --duration 0.3",
     );
     let sent: u64 = out
         .split_whitespace()
@@ -203,40 +161,9 @@ fn bounded_by_duration_and_count() {
         .parse()
         .unwrap();
     assert!(sent > 0 && sent < 100000, "{out}");
-    let o = tb
-        .exec_output(
-            "gen",
-            &[
-                SYNGEN,
-                "-i",
-                "eth0",
-                "-d",
-                "192.0.2.2",
-                "-s",
-                "203.0.113.0/28",
-                "-c",
-                "0",
-            ],
-        )
-        .unwrap();
-    assert!(!o.status.success());
-    let o = tb
-        .exec_output(
-            "gen",
-            &[
-                SYNGEN,
-                "-i",
-                "eth0",
-                "-d",
-                "192.0.2.2",
-                "-s",
-                "203.0.113.0/28",
-                "--duration",
-                "601",
-            ],
-        )
-        .unwrap();
-    assert!(!o.status.success());
+    // A zero count and a run longer than the 600 s bound are refused.
+    syngen_refused(&tb, "-i eth0 -d 192.0.2.2 -s 203.0.113.0/28 -c 0");
+    syngen_refused(&tb, "-i eth0 -d 192.0.2.2 -s 203.0.113.0/28 --duration 601");
 }
 
 #[test]
@@ -251,40 +178,14 @@ fn refuses_non_documentation_addresses() {
         ("2001:db8:1::2", "fd00::/64"),
         ("fe80::1", "2001:db8::/64"),
     ] {
-        let o = tb
-            .exec_output(
-                "gen",
-                &[
-                    SYNGEN,
-                    "-i",
-                    "eth0",
-                    "-d",
-                    dst,
-                    "-s",
-                    src,
-                    "--dst-mac",
-                    "02:00:00:00:00:02",
-                ],
-            )
-            .unwrap();
-        assert!(!o.status.success(), "{dst} {src} accepted");
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = syngen_refused(
+            &tb,
+            &format!("-i eth0 -d {dst} -s {src} --dst-mac 02:00:00:00:00:02"),
+        );
         assert!(err.contains("documentation ranges"), "{err}");
     }
     // One valid SYN as a marker: it must be the only packet the capture saw.
-    let out = syngen(
-        &tb,
-        &[
-            "-i",
-            "eth0",
-            "-d",
-            "192.0.2.2",
-            "-s",
-            "203.0.113.7/32",
-            "-c",
-            "1",
-        ],
-    );
+    let out = syngen(&tb, "-i eth0 -d 192.0.2.2 -s 203.0.113.7/32 -c 1");
     assert!(out.starts_with("sent=1 "), "{out}");
     let lines = collect(cap, 1, "Flags");
     assert_eq!(lines.len(), 1, "{lines:?}");
