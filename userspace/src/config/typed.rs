@@ -62,8 +62,6 @@ impl Ctx {
 
 /// What a scope accepts.
 struct Spec {
-    /// Shown in messages: "cluster", "Replicate \"x\"".
-    what: String,
     options: &'static [&'static str],
     scopes: &'static [&'static str],
     /// Momentum options Duraplane knows and deliberately ignores (warned).
@@ -72,6 +70,26 @@ struct Spec {
     owned: bool,
     /// Other spellings read as a documented option: (alias, option).
     aliases: &'static [(&'static str, &'static str)],
+}
+
+impl Spec {
+    /// A scope Duraplane owns: a misspelt name there would silently change behaviour.
+    const fn owned(options: &'static [&'static str], scopes: &'static [&'static str]) -> Self {
+        Spec {
+            options,
+            scopes,
+            ignored: &[],
+            owned: true,
+            aliases: &[],
+        }
+    }
+    /// A scope of Momentum's, of which Duraplane reads only a few names.
+    const fn foreign(options: &'static [&'static str], scopes: &'static [&'static str]) -> Self {
+        Spec {
+            owned: false,
+            ..Spec::owned(options, scopes)
+        }
+    }
 }
 
 /// The options and child scopes of one scope (or of several merged singleton scopes).
@@ -100,7 +118,9 @@ fn scope_label(s: &Scope) -> String {
     }
 }
 
-fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
+/// Sorts the nodes of `bodies` by `spec`; `what` names the scope in messages
+/// ("cluster", "Replicate \"x\"").
+fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], what: &str, spec: &Spec) -> Opts<'a> {
     let mut out = Opts {
         opts: BTreeMap::new(),
         scopes: Vec::new(),
@@ -129,7 +149,7 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
                         if let Some((prev, _)) = out.opts.get(&l) {
                             let msg = format!(
                                 "`{}` is set again in {} (first at {}:{}); the later value wins",
-                                key.text, spec.what, prev.pos.line, prev.pos.col
+                                key.text, what, prev.pos.line, prev.pos.col
                             );
                             ctx.warn(&key.pos, msg);
                         }
@@ -139,7 +159,7 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
                             &key.pos,
                             format!(
                                 "`{}` in {} is a Momentum option Duraplane does not use (ignored)",
-                                key.text, spec.what
+                                key.text, what
                             ),
                         );
                     } else if spec.scopes.contains(&l.as_str()) {
@@ -157,13 +177,13 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
                             .map(|(_, right)| format!("did you mean `{right}`?"));
                         ctx.err_s(
                             &key.pos,
-                            format!("unknown option `{}` in {}", key.text, spec.what),
+                            format!("unknown option `{}` in {}", key.text, what),
                             known.or_else(|| did_you_mean(&l, candidates())),
                         );
                     } else {
                         let mut d = key.pos.diag(format!(
                             "option `{}` in {} is not used by Duraplane (ignored)",
-                            key.text, spec.what
+                            key.text, what
                         ));
                         d.suggestion = did_you_mean(&l, candidates());
                         ctx.warnings.push(d);
@@ -184,7 +204,7 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
                     } else if spec.owned {
                         ctx.err_s(
                             &s.keyword.pos,
-                            format!("unknown scope `{}` in {}", scope_label(s), spec.what),
+                            format!("unknown scope `{}` in {}", scope_label(s), what),
                             did_you_mean(&l, candidates()),
                         );
                     } else {
@@ -193,7 +213,7 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
                             format!(
                                 "scope `{}` in {} is not used by Duraplane (ignored)",
                                 scope_label(s),
-                                spec.what
+                                what
                             ),
                         );
                     }
@@ -202,6 +222,50 @@ fn collect<'a>(ctx: &mut Ctx, bodies: &[&'a [Node]], spec: &Spec) -> Opts<'a> {
         }
     }
     out
+}
+
+/// The instance name of `s`, reported with `usage` (how to write one) when it is missing.
+fn scope_name<'a>(ctx: &mut Ctx, s: &'a Scope, usage: &str) -> Option<&'a Spanned> {
+    if s.name.is_none() {
+        ctx.err(&s.keyword.pos, usage);
+    }
+    s.name.as_ref()
+}
+
+/// The options of `s`, a scope named `name`, shown as `kind "name"` in messages.
+fn collect_named<'a>(
+    ctx: &mut Ctx,
+    s: &'a Scope,
+    name: &Spanned,
+    kind: &str,
+    spec: &Spec,
+) -> Opts<'a> {
+    collect(ctx, &[&s.body], &format!("{kind} \"{}\"", name.text), spec)
+}
+
+/// A named scope's name and options; `None` (reported) when it has no name, so its body
+/// is not read.
+fn named<'a>(
+    ctx: &mut Ctx,
+    s: &'a Scope,
+    kind: &str,
+    usage: &str,
+    spec: &Spec,
+) -> Option<(&'a Spanned, Opts<'a>)> {
+    let name = scope_name(ctx, s, usage)?;
+    Some((name, collect_named(ctx, s, name, kind, spec)))
+}
+
+/// `name` read by `parse`; a failure is reported at the name, for option `kind`.
+fn parse_name<T>(
+    ctx: &mut Ctx,
+    name: &Spanned,
+    kind: &str,
+    parse: impl FnOnce(&str) -> Result<T, Bad>,
+) -> Option<T> {
+    parse(&name.text)
+        .map_err(|b| ctx.bad(&name.pos, kind, b))
+        .ok()
 }
 
 /// Names people reach for that are too far from the real one for edit distance.
@@ -684,15 +748,8 @@ pub fn build(nodes: &[Node], source: PathBuf, ctx: &mut Ctx) -> Config {
                     "ec_logger" | "bounce_logger" => logger(ctx, s, &mut cfg),
                     "binding" => bindings.push(s),
                     "binding_group" => {
-                        let spec = Spec {
-                            what: scope_label(s),
-                            options: &[],
-                            scopes: &["binding"],
-                            ignored: &[],
-                            owned: false,
-                            aliases: &[],
-                        };
-                        let set = collect(ctx, &[&s.body], &spec);
+                        let spec = Spec::foreign(&[], &["binding"]);
+                        let set = collect(ctx, &[&s.body], &scope_label(s), &spec);
                         bindings.extend(set.scopes_named("binding"));
                     }
                     _ if kw.ends_with("_listener") => other_listener(ctx, s, &mut cfg),
@@ -724,15 +781,12 @@ pub fn build(nodes: &[Node], source: PathBuf, ctx: &mut Ctx) -> Config {
 
 fn cluster(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
     let spec = Spec {
-        what: "cluster".into(),
-        options: CLUSTER_OPTIONS,
-        scopes: &["replicate", "topology"],
         ignored: CLUSTER_IGNORED,
-        owned: true,
         // changelog #4620 spells it `unconditional_rebinding`.
         aliases: &[("unconditional_rebinding", "unconditional_rebind")],
+        ..Spec::owned(CLUSTER_OPTIONS, &["replicate", "topology"])
     };
-    let set = collect(ctx, bodies, &spec);
+    let set = collect(ctx, bodies, "cluster", &spec);
     let d = ClusterConfig::default();
     let c = &mut cfg.cluster;
     c.cluster_group = opt(
@@ -957,22 +1011,13 @@ fn nodeaddr(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Option<IpAddr>> {
 }
 
 fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
-    let Some(name) = &s.name else {
-        ctx.err(
-            &s.keyword.pos,
-            "`Replicate` needs a name: `Replicate \"inbound_cidr\" { }`",
-        );
-        return None;
-    };
-    let spec = Spec {
-        what: format!("Replicate \"{}\"", name.text),
-        options: REPLICATE_OPTIONS,
-        scopes: &[],
-        ignored: &[],
-        owned: true,
-        aliases: &[],
-    };
-    let set = collect(ctx, &[&s.body], &spec);
+    let (name, set) = named(
+        ctx,
+        s,
+        "Replicate",
+        "`Replicate` needs a name: `Replicate \"inbound_cidr\" { }`",
+        &Spec::owned(REPLICATE_OPTIONS, &[]),
+    )?;
     let p = format!("replicate.{}", name.text);
     // The type: `type`, else `class`, else the scope name.
     let (kind_text, kind_pos, from) = if let Some((k, v)) = set.get("type") {
@@ -1113,29 +1158,14 @@ fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
 }
 
 fn topology(ctx: &mut Ctx, s: &Scope) -> Option<Topology> {
-    let Some(name) = &s.name else {
-        ctx.err(
-            &s.keyword.pos,
-            "`Topology` needs a network: `Topology \"192.0.2.0/24\" { interface = \"eth1\" }`",
-        );
-        return None;
-    };
-    let spec = Spec {
-        what: format!("Topology \"{}\"", name.text),
-        options: TOPOLOGY_OPTIONS,
-        scopes: &[],
-        ignored: &[],
-        owned: true,
-        aliases: &[],
-    };
-    let set = collect(ctx, &[&s.body], &spec);
-    let network = match Cidr::parse(&name.text) {
-        Ok(n) => n,
-        Err(b) => {
-            ctx.bad(&name.pos, "Topology", b);
-            return None;
-        }
-    };
+    let (name, set) = named(
+        ctx,
+        s,
+        "Topology",
+        "`Topology` needs a network: `Topology \"192.0.2.0/24\" { interface = \"eth1\" }`",
+        &Spec::owned(TOPOLOGY_OPTIONS, &[]),
+    )?;
+    let network = parse_name(ctx, name, "Topology", Cidr::parse)?;
     let p = format!("topology.{network}");
     let max: u8 = if network.addr.is_ipv4() { 32 } else { 128 };
     let cidrmask = opt(
@@ -1201,14 +1231,10 @@ fn security(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
         return;
     }
     let spec = Spec {
-        what: "Security".into(),
-        options: SECURITY_OPTIONS,
-        scopes: &[],
         ignored: &["privileges"],
-        owned: true,
-        aliases: &[],
+        ..Spec::owned(SECURITY_OPTIONS, &[])
     };
-    let set = collect(ctx, bodies, &spec);
+    let set = collect(ctx, bodies, "Security", &spec);
     let user = opt(ctx, &set, "user", "security.user", None, |ctx, k, v| {
         c_nonempty(ctx, k, v).map(Some)
     });
@@ -1240,15 +1266,8 @@ fn security(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
 }
 
 fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
-    let spec = Spec {
-        what: "ECCluster_Listener".into(),
-        options: LISTENER_OPTIONS,
-        scopes: &["listen"],
-        ignored: &[],
-        owned: true,
-        aliases: &[],
-    };
-    let set = collect(ctx, bodies, &spec);
+    let spec = Spec::owned(LISTENER_OPTIONS, &["listen"]);
+    let set = collect(ctx, bodies, "ECCluster_Listener", &spec);
     // Listener-scope values (validated once, even without any Listen) are the fallback
     // of every Listen: Listen scope over listener scope over default.
     let mut base = Listen::with_defaults(ListenAddr::AnyV4(0));
@@ -1278,28 +1297,17 @@ fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
     listener_level!(tcp_recv_buffer_size, c_u32);
     listener_level!(tcp_send_buffer_size, c_u32);
     for s in set.scopes_named("listen") {
-        let Some(name) = &s.name else {
-            ctx.err(
-                &s.keyword.pos,
-                "`Listen` needs an address: `Listen \"*:4802\" { }`",
-            );
+        let Some((name, lset)) = named(
+            ctx,
+            s,
+            "Listen",
+            "`Listen` needs an address: `Listen \"*:4802\" { }`",
+            &Spec::owned(LISTEN_ALL, &[]),
+        ) else {
             continue;
         };
-        let lspec = Spec {
-            what: format!("Listen \"{}\"", name.text),
-            options: LISTEN_ALL,
-            scopes: &[],
-            ignored: &[],
-            owned: true,
-            aliases: &[],
-        };
-        let lset = collect(ctx, &[&s.body], &lspec);
-        let addr = match values::parse_listen(&name.text) {
-            Ok(a) => a,
-            Err(b) => {
-                ctx.bad(&name.pos, "Listen", b);
-                continue;
-            }
+        let Some(addr) = parse_name(ctx, name, "Listen", values::parse_listen) else {
+            continue;
         };
         duravip_from_listen(
             ctx,
@@ -1440,53 +1448,27 @@ fn duravip_from_listen(
 /// ESMTP_Listener, Control_Listener, … : Duraplane reads only DuraVIP options in their
 /// Listen scopes (and checks Listen addresses, which Momentum would refuse anyway).
 fn other_listener(ctx: &mut Ctx, s: &Scope, cfg: &mut Config) {
-    let spec = Spec {
-        what: scope_label(s),
-        options: &[],
-        scopes: &["listen"],
-        ignored: &[],
-        owned: false,
-        aliases: &[],
-    };
-    let set = collect(ctx, &[&s.body], &spec);
+    let spec = Spec::foreign(&[], &["listen"]);
+    let set = collect(ctx, &[&s.body], &scope_label(s), &spec);
     for l in set.scopes_named("listen") {
-        let Some(name) = &l.name else {
-            ctx.err(
-                &l.keyword.pos,
-                "`Listen` needs an address: `Listen \"*:25\" { }`",
-            );
+        let Some((name, lset)) = named(
+            ctx,
+            l,
+            &format!("{} Listen", s.keyword.text),
+            "`Listen` needs an address: `Listen \"*:25\" { }`",
+            &Spec::foreign(DURAVIP_LISTEN_OPTIONS, &[]),
+        ) else {
             continue;
         };
-        let lspec = Spec {
-            what: format!("{} Listen \"{}\"", s.keyword.text, name.text),
-            options: DURAVIP_LISTEN_OPTIONS,
-            scopes: &[],
-            ignored: &[],
-            owned: false,
-            aliases: &[],
-        };
-        let lset = collect(ctx, &[&l.body], &lspec);
-        match values::parse_listen(&name.text) {
-            Ok(addr) => duravip_from_listen(
-                ctx,
-                &s.keyword.text,
-                name,
-                &addr,
-                &lset,
-                cfg,
-                &s.keyword.text,
-            ),
-            Err(b) => ctx.bad(&name.pos, "Listen", b),
+        if let Some(addr) = parse_name(ctx, name, "Listen", values::parse_listen) {
+            let kw = &s.keyword.text;
+            duravip_from_listen(ctx, kw, name, &addr, &lset, cfg, kw);
         }
     }
 }
 
 fn binding(ctx: &mut Ctx, s: &Scope, cfg: &mut Config) {
-    let Some(name) = &s.name else {
-        ctx.err(
-            &s.keyword.pos,
-            "`Binding` needs a name: `Binding \"name\" { }`",
-        );
+    let Some(name) = scope_name(ctx, s, "`Binding` needs a name: `Binding \"name\" { }`") else {
         return;
     };
     if name.text.chars().any(char::is_whitespace) {
@@ -1495,20 +1477,16 @@ fn binding(ctx: &mut Ctx, s: &Scope, cfg: &mut Config) {
             format!("binding name `{}` must not contain spaces", name.text),
         );
     }
-    let spec = Spec {
-        what: format!("Binding \"{}\"", name.text),
-        options: &[
+    let spec = Spec::foreign(
+        &[
             "bind_address",
             "enable_duravip",
             "duravip_preference",
             "duravip_follow",
         ],
-        scopes: &[],
-        ignored: &[],
-        owned: false,
-        aliases: &[],
-    };
-    let set = collect(ctx, &[&s.body], &spec);
+        &[],
+    );
+    let set = collect_named(ctx, s, name, "Binding", &spec);
     if let Some((k, _)) = set.get("duravip_follow") {
         ctx.err(
             &k.pos,
@@ -1711,15 +1689,8 @@ fn logger(ctx: &mut Ctx, s: &Scope, cfg: &mut Config) {
 }
 
 fn duraplane(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
-    let spec = Spec {
-        what: "duraplane".into(),
-        options: DURAPLANE_OPTIONS,
-        scopes: &["netblock"],
-        ignored: &[],
-        owned: true,
-        aliases: &[],
-    };
-    let set = collect(ctx, bodies, &spec);
+    let spec = Spec::owned(DURAPLANE_OPTIONS, &["netblock"]);
+    let set = collect(ctx, bodies, "duraplane", &spec);
     let d = DuraplaneSettings::default();
     let o = &mut cfg.duraplane;
     o.control_socket = opt(
@@ -1870,28 +1841,17 @@ fn duraplane(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
 }
 
 fn netblock(ctx: &mut Ctx, s: &Scope, parent: Option<&Cidr>, out: &mut Vec<Netblock>) {
-    let Some(name) = &s.name else {
-        ctx.err(
-            &s.keyword.pos,
-            "`Netblock` needs a network: `Netblock \"198.51.100.0/24\" { max_connections = 100 }`",
-        );
+    let Some((name, set)) = named(
+        ctx,
+        s,
+        "Netblock",
+        "`Netblock` needs a network: `Netblock \"198.51.100.0/24\" { max_connections = 100 }`",
+        &Spec::owned(NETBLOCK_OPTIONS, &["netblock"]),
+    ) else {
         return;
     };
-    let spec = Spec {
-        what: format!("Netblock \"{}\"", name.text),
-        options: NETBLOCK_OPTIONS,
-        scopes: &["netblock"],
-        ignored: &[],
-        owned: true,
-        aliases: &[],
-    };
-    let set = collect(ctx, &[&s.body], &spec);
-    let cidr = match Cidr::parse(&name.text) {
-        Ok(c) => c,
-        Err(b) => {
-            ctx.bad(&name.pos, "Netblock", b);
-            return;
-        }
+    let Some(cidr) = parse_name(ctx, name, "Netblock", Cidr::parse) else {
+        return;
     };
     if let Some(p) = parent
         && (!p.contains(&cidr) || p.prefix >= cidr.prefix)
