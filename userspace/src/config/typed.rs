@@ -256,16 +256,15 @@ fn named<'a>(
     Some((name, collect_named(ctx, s, name, kind, spec)))
 }
 
-/// `name` read by `parse`; a failure is reported at the name, for option `kind`.
-fn parse_name<T>(
+/// `text` read by `parse`; a failure is reported at `pos` as one of `key`.
+fn parsed<T>(
     ctx: &mut Ctx,
-    name: &Spanned,
-    kind: &str,
+    pos: &Pos,
+    key: &str,
+    text: &str,
     parse: impl FnOnce(&str) -> Result<T, Bad>,
 ) -> Option<T> {
-    parse(&name.text)
-        .map_err(|b| ctx.bad(&name.pos, kind, b))
-        .ok()
+    parse(text).map_err(|b| ctx.bad(pos, key, b)).ok()
 }
 
 /// Names people reach for that are too far from the real one for edit distance.
@@ -300,6 +299,11 @@ fn c_nonempty(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<String> {
         return None;
     }
     Some(s.to_owned())
+}
+
+/// An optional text option: `Some` when set and not empty.
+fn c_opt_nonempty(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Option<String>> {
+    c_nonempty(ctx, key, v).map(Some)
 }
 
 fn c_abs_path(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<PathBuf> {
@@ -366,15 +370,19 @@ fn c_u32_min1(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<u32> {
     Some(n)
 }
 
-fn c_duration(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Duration> {
+/// A single value read by `parse`, its failure reported at the value.
+fn c_parsed<T>(
+    ctx: &mut Ctx,
+    key: &Spanned,
+    v: &Value,
+    parse: impl FnOnce(&str) -> Result<T, Bad>,
+) -> Option<T> {
     let s = scalar(ctx, key, v)?;
-    match values::parse_duration(s) {
-        Ok(d) => Some(d),
-        Err(b) => {
-            ctx.bad(&v.pos, &key.text, b);
-            None
-        }
-    }
+    parsed(ctx, &v.pos, &key.text, s, parse)
+}
+
+fn c_duration(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Duration> {
+    c_parsed(ctx, key, v, values::parse_duration)
 }
 
 fn c_positive_duration(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Duration> {
@@ -437,6 +445,27 @@ fn c_list(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Vec<(String, Pos)>>
     }
 }
 
+/// A [`c_list`] whose items `item` converts (reporting failures); an item listed again is
+/// warned about (`twice` says which) and dropped.
+fn c_list_of<T: PartialEq>(
+    ctx: &mut Ctx,
+    key: &Spanned,
+    v: &Value,
+    mut item: impl FnMut(&mut Ctx, String, &Pos) -> Option<T>,
+    twice: impl Fn(&T) -> String,
+) -> Option<Vec<T>> {
+    let mut out: Vec<T> = Vec::new();
+    let mut ok = true;
+    for (text, pos) in c_list(ctx, key, v)? {
+        match item(ctx, text, &pos) {
+            None => ok = false,
+            Some(x) if out.contains(&x) => ctx.warn(&pos, twice(&x)),
+            Some(x) => out.push(x),
+        }
+    }
+    ok.then_some(out)
+}
+
 /// Reads `name` from `set` with `conv`, recording its origin under `key`.
 fn opt<T>(
     ctx: &mut Ctx,
@@ -462,6 +491,25 @@ fn opt<T>(
             default
         }
     }
+}
+
+/// [`opt`] for each `field: conversion`, the option named like the field of `$out` it sets,
+/// its default `$default.field`, its origin recorded as `$scope.field`.
+macro_rules! read_fields {
+    ($ctx:ident, $set:ident, $scope:literal, $out:ident, $default:ident, {
+        $($field:ident: $conv:expr),* $(,)?
+    }) => {
+        $(
+            $out.$field = opt(
+                $ctx,
+                &$set,
+                stringify!($field),
+                concat!($scope, ".", stringify!($field)),
+                $default.$field,
+                $conv,
+            );
+        )*
+    };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -673,21 +721,21 @@ const TOP_SCOPES: &[&str] = &[
     "binding_group",
 ];
 
-const LISTEN_ALL: &[&str] = &[
-    "enable",
-    "listen_backlog",
-    "accept_queue_backlog",
-    "concurrency",
-    "disable_nagle_algorithm",
-    "events_per_iter",
-    "file_mode",
-    "pool_name",
-    "tcp_recv_buffer_size",
-    "tcp_send_buffer_size",
-    "enable_duravip",
-    "duravip_preference",
-    "duravip_follow",
-];
+/// What a Listen of ECCluster_Listener accepts: the listener's options and the DuraVIP ones.
+const LISTEN_ALL: &[&str] = &{
+    const N: usize = LISTENER_OPTIONS.len() + DURAVIP_LISTEN_OPTIONS.len();
+    let mut all = [""; N];
+    let mut i = 0;
+    while i < N {
+        all[i] = if i < LISTENER_OPTIONS.len() {
+            LISTENER_OPTIONS[i]
+        } else {
+            DURAVIP_LISTEN_OPTIONS[i - LISTENER_OPTIONS.len()]
+        };
+        i += 1;
+    }
+    all
+};
 
 // ---------------------------------------------------------------------------------------
 // The build.
@@ -789,145 +837,28 @@ fn cluster(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
     let set = collect(ctx, bodies, "cluster", &spec);
     let d = ClusterConfig::default();
     let c = &mut cfg.cluster;
-    c.cluster_group = opt(
-        ctx,
-        &set,
-        "cluster_group",
-        "cluster.cluster_group",
-        d.cluster_group,
-        c_nonempty,
-    );
-    c.control_group = opt(
-        ctx,
-        &set,
-        "control_group",
-        "cluster.control_group",
-        d.control_group,
-        c_nonempty,
-    );
-    c.log_group = opt(
-        ctx,
-        &set,
-        "log_group",
-        "cluster.log_group",
-        None,
-        |ctx, k, v| c_nonempty(ctx, k, v).map(Some),
-    );
-    c.logs = opt(ctx, &set, "logs", "cluster.logs", d.logs, logs_dict);
-    c.log_active_interval = opt(
-        ctx,
-        &set,
-        "log_active_interval",
-        "cluster.log_active_interval",
-        d.log_active_interval,
-        c_duration,
-    );
-    c.log_idle_interval = opt(
-        ctx,
-        &set,
-        "log_idle_interval",
-        "cluster.log_idle_interval",
-        d.log_idle_interval,
-        c_duration,
-    );
-    c.nodename = opt(
-        ctx,
-        &set,
-        "nodename",
-        "cluster.nodename",
-        None,
-        |ctx, k, v| c_nonempty(ctx, k, v).map(Some),
-    );
-    c.nodeaddr = opt(ctx, &set, "nodeaddr", "cluster.nodeaddr", None, nodeaddr);
-    c.heartbeat_start_delay = opt(
-        ctx,
-        &set,
-        "heartbeat_start_delay",
-        "cluster.heartbeat_start_delay",
-        d.heartbeat_start_delay,
-        c_duration,
-    );
-    c.heartbeats_per_sec = opt(
-        ctx,
-        &set,
-        "heartbeats_per_sec",
-        "cluster.heartbeats_per_sec",
-        d.heartbeats_per_sec,
-        c_u32_min1,
-    );
-    c.if_check_interval = opt(
-        ctx,
-        &set,
-        "if_check_interval",
-        "cluster.if_check_interval",
-        d.if_check_interval,
-        c_positive_duration,
-    );
-    c.if_down_limit = opt(
-        ctx,
-        &set,
-        "if_down_limit",
-        "cluster.if_down_limit",
-        d.if_down_limit,
-        c_u32,
-    );
-    c.arp_all_hosts = opt(
-        ctx,
-        &set,
-        "arp_all_hosts",
-        "cluster.arp_all_hosts",
-        d.arp_all_hosts,
-        c_bool,
-    );
-    c.duravip_balance_set_size = opt(
-        ctx,
-        &set,
-        "duravip_balance_set_size",
-        "cluster.duravip_balance_set_size",
-        d.duravip_balance_set_size,
-        c_u32_min1,
-    );
-    c.view_mature_time = opt(
-        ctx,
-        &set,
-        "view_mature_time",
-        "cluster.view_mature_time",
-        d.view_mature_time,
-        c_duration,
-    );
-    c.view_balance_interval = opt(
-        ctx,
-        &set,
-        "view_balance_interval",
-        "cluster.view_balance_interval",
-        d.view_balance_interval,
-        c_positive_duration,
-    );
-    c.view_broadcast_interval = opt(
-        ctx,
-        &set,
-        "view_broadcast_interval",
-        "cluster.view_broadcast_interval",
-        d.view_broadcast_interval,
-        c_duration,
-    );
-    c.unconditional_rebind = opt(
-        ctx,
-        &set,
-        "unconditional_rebind",
-        "cluster.unconditional_rebind",
-        d.unconditional_rebind,
-        c_bool,
-    );
-    c.enabled = opt(ctx, &set, "enabled", "cluster.enabled", d.enabled, c_bool);
-    c.debug_level = opt(
-        ctx,
-        &set,
-        "debug_level",
-        "cluster.debug_level",
-        d.debug_level,
-        c_nonempty,
-    );
+    read_fields!(ctx, set, "cluster", c, d, {
+        cluster_group: c_nonempty,
+        control_group: c_nonempty,
+        log_group: c_opt_nonempty,
+        logs: logs_dict,
+        log_active_interval: c_duration,
+        log_idle_interval: c_duration,
+        nodename: c_opt_nonempty,
+        nodeaddr: nodeaddr,
+        heartbeat_start_delay: c_duration,
+        heartbeats_per_sec: c_u32_min1,
+        if_check_interval: c_positive_duration,
+        if_down_limit: c_u32,
+        arp_all_hosts: c_bool,
+        duravip_balance_set_size: c_u32_min1,
+        view_mature_time: c_duration,
+        view_balance_interval: c_positive_duration,
+        view_broadcast_interval: c_duration,
+        unconditional_rebind: c_bool,
+        enabled: c_bool,
+        debug_level: c_nonempty,
+    });
 
     for s in set.scopes_named("replicate") {
         if let Some(r) = replicate(ctx, s) {
@@ -1011,13 +942,9 @@ fn nodeaddr(ctx: &mut Ctx, key: &Spanned, v: &Value) -> Option<Option<IpAddr>> {
 }
 
 fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
-    let (name, set) = named(
-        ctx,
-        s,
-        "Replicate",
-        "`Replicate` needs a name: `Replicate \"inbound_cidr\" { }`",
-        &Spec::owned(REPLICATE_OPTIONS, &[]),
-    )?;
+    const USAGE: &str = "`Replicate` needs a name: `Replicate \"inbound_cidr\" { }`";
+    let spec = Spec::owned(REPLICATE_OPTIONS, &[]);
+    let (name, set) = named(ctx, s, "Replicate", USAGE, &spec)?;
     let p = format!("replicate.{}", name.text);
     // The type: `type`, else `class`, else the scope name.
     let (kind_text, kind_pos, from) = if let Some((k, v)) = set.get("type") {
@@ -1054,7 +981,7 @@ fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
         "class",
         &format!("{p}.class"),
         None,
-        |ctx, k, v| c_nonempty(ctx, k, v).map(Some),
+        c_opt_nonempty,
     );
     let parameters = opt(
         ctx,
@@ -1130,7 +1057,7 @@ fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
         "binding_group",
         &format!("{p}.binding_group"),
         None,
-        |ctx, k, v| c_nonempty(ctx, k, v).map(Some),
+        c_opt_nonempty,
     );
     if let Some((k, _)) = set.get("binding_group")
         && !matches!(
@@ -1158,14 +1085,11 @@ fn replicate(ctx: &mut Ctx, s: &Scope) -> Option<Replicate> {
 }
 
 fn topology(ctx: &mut Ctx, s: &Scope) -> Option<Topology> {
-    let (name, set) = named(
-        ctx,
-        s,
-        "Topology",
-        "`Topology` needs a network: `Topology \"192.0.2.0/24\" { interface = \"eth1\" }`",
-        &Spec::owned(TOPOLOGY_OPTIONS, &[]),
-    )?;
-    let network = parse_name(ctx, name, "Topology", Cidr::parse)?;
+    const USAGE: &str =
+        "`Topology` needs a network: `Topology \"192.0.2.0/24\" { interface = \"eth1\" }`";
+    let spec = Spec::owned(TOPOLOGY_OPTIONS, &[]);
+    let (name, set) = named(ctx, s, "Topology", USAGE, &spec)?;
+    let network = parsed(ctx, &name.pos, "Topology", &name.text, Cidr::parse)?;
     let p = format!("topology.{network}");
     let max: u8 = if network.addr.is_ipv4() { 32 } else { 128 };
     let cidrmask = opt(
@@ -1235,34 +1159,37 @@ fn security(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
         ..Spec::owned(SECURITY_OPTIONS, &[])
     };
     let set = collect(ctx, bodies, "Security", &spec);
-    let user = opt(ctx, &set, "user", "security.user", None, |ctx, k, v| {
-        c_nonempty(ctx, k, v).map(Some)
-    });
-    let group = opt(ctx, &set, "group", "security.group", None, |ctx, k, v| {
-        c_nonempty(ctx, k, v).map(Some)
-    });
+    let user = opt(ctx, &set, "user", "security.user", None, c_opt_nonempty);
+    let group = opt(ctx, &set, "group", "security.group", None, c_opt_nonempty);
     let capabilities = opt(
         ctx,
         &set,
         "capabilities",
         "security.capabilities",
         Vec::new(),
-        |ctx, k, v| {
-            let s = scalar(ctx, k, v)?;
-            match values::parse_capabilities(s) {
-                Ok(c) => Some(c),
-                Err(b) => {
-                    ctx.bad(&v.pos, &k.text, b);
-                    None
-                }
-            }
-        },
+        |ctx, k, v| c_parsed(ctx, k, v, values::parse_capabilities),
     );
     cfg.security = Some(Security {
         user,
         group,
         capabilities,
     });
+}
+
+/// Calls `$m!(field, conversion)` for each option a Listen inherits from its listener.
+macro_rules! listen_options {
+    ($m:ident) => {
+        $m!(enable, c_bool);
+        $m!(listen_backlog, c_u32);
+        $m!(accept_queue_backlog, c_u32);
+        $m!(concurrency, c_u32);
+        $m!(disable_nagle_algorithm, c_bool);
+        $m!(events_per_iter, c_u32);
+        $m!(file_mode, c_octal);
+        $m!(pool_name, c_opt_nonempty);
+        $m!(tcp_recv_buffer_size, c_u32);
+        $m!(tcp_send_buffer_size, c_u32);
+    };
 }
 
 fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
@@ -1284,29 +1211,14 @@ fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
             );
         }};
     }
-    listener_level!(enable, c_bool);
-    listener_level!(listen_backlog, c_u32);
-    listener_level!(accept_queue_backlog, c_u32);
-    listener_level!(concurrency, c_u32);
-    listener_level!(disable_nagle_algorithm, c_bool);
-    listener_level!(events_per_iter, c_u32);
-    listener_level!(file_mode, c_octal);
-    listener_level!(pool_name, |ctx: &mut Ctx, k: &Spanned, v: &Value| {
-        c_nonempty(ctx, k, v).map(Some)
-    });
-    listener_level!(tcp_recv_buffer_size, c_u32);
-    listener_level!(tcp_send_buffer_size, c_u32);
+    listen_options!(listener_level);
+    const USAGE: &str = "`Listen` needs an address: `Listen \"*:4802\" { }`";
+    let lspec = Spec::owned(LISTEN_ALL, &[]);
     for s in set.scopes_named("listen") {
-        let Some((name, lset)) = named(
-            ctx,
-            s,
-            "Listen",
-            "`Listen` needs an address: `Listen \"*:4802\" { }`",
-            &Spec::owned(LISTEN_ALL, &[]),
-        ) else {
+        let Some((name, lset)) = named(ctx, s, "Listen", USAGE, &lspec) else {
             continue;
         };
-        let Some(addr) = parse_name(ctx, name, "Listen", values::parse_listen) else {
+        let Some(addr) = parsed(ctx, &name.pos, "Listen", &name.text, values::parse_listen) else {
             continue;
         };
         duravip_from_listen(
@@ -1344,18 +1256,7 @@ fn eccluster_listener(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
                 }
             }};
         }
-        resolve!(enable, c_bool);
-        resolve!(listen_backlog, c_u32);
-        resolve!(accept_queue_backlog, c_u32);
-        resolve!(concurrency, c_u32);
-        resolve!(disable_nagle_algorithm, c_bool);
-        resolve!(events_per_iter, c_u32);
-        resolve!(file_mode, c_octal);
-        resolve!(pool_name, |ctx: &mut Ctx, k: &Spanned, v: &Value| {
-            c_nonempty(ctx, k, v).map(Some)
-        });
-        resolve!(tcp_recv_buffer_size, c_u32);
-        resolve!(tcp_send_buffer_size, c_u32);
+        listen_options!(resolve);
         cfg.listener.listens.push(l);
     }
 }
@@ -1450,17 +1351,14 @@ fn duravip_from_listen(
 fn other_listener(ctx: &mut Ctx, s: &Scope, cfg: &mut Config) {
     let spec = Spec::foreign(&[], &["listen"]);
     let set = collect(ctx, &[&s.body], &scope_label(s), &spec);
+    const USAGE: &str = "`Listen` needs an address: `Listen \"*:25\" { }`";
+    let kind = format!("{} Listen", s.keyword.text);
+    let lspec = Spec::foreign(DURAVIP_LISTEN_OPTIONS, &[]);
     for l in set.scopes_named("listen") {
-        let Some((name, lset)) = named(
-            ctx,
-            l,
-            &format!("{} Listen", s.keyword.text),
-            "`Listen` needs an address: `Listen \"*:25\" { }`",
-            &Spec::foreign(DURAVIP_LISTEN_OPTIONS, &[]),
-        ) else {
+        let Some((name, lset)) = named(ctx, l, &kind, USAGE, &lspec) else {
             continue;
         };
-        if let Some(addr) = parse_name(ctx, name, "Listen", values::parse_listen) {
+        if let Some(addr) = parsed(ctx, &name.pos, "Listen", &name.text, values::parse_listen) {
             let kw = &s.keyword.text;
             duravip_from_listen(ctx, kw, name, &addr, &lset, cfg, kw);
         }
@@ -1693,146 +1591,24 @@ fn duraplane(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
     let set = collect(ctx, bodies, "duraplane", &spec);
     let d = DuraplaneSettings::default();
     let o = &mut cfg.duraplane;
-    o.control_socket = opt(
-        ctx,
-        &set,
-        "control_socket",
-        "duraplane.control_socket",
-        d.control_socket,
-        c_abs_path,
-    );
+    read_fields!(ctx, set, "duraplane", o, d, { control_socket: c_abs_path });
     o.metrics_listen = opt(
         ctx,
         &set,
         "metrics",
         "duraplane.metrics",
         d.metrics_listen,
-        |ctx, k, v| {
-            let s = scalar(ctx, k, v)?;
-            if s.eq_ignore_ascii_case("off") || values::parse_bool(s) == Some(false) {
-                return Some(None);
-            }
-            match s.parse::<SocketAddr>() {
-                Ok(a) if a.port() != 0 => Some(Some(a)),
-                _ => {
-                    let mut b = Bad {
-                        message: format!(
-                            "expects `address:port` (e.g. `127.0.0.1:9480`) or `off`, found `{s}`"
-                        ),
-                        suggestion: None,
-                    };
-                    if let Err(e) = values::parse_listen(s) {
-                        b.suggestion = e.suggestion;
-                    }
-                    ctx.bad(&v.pos, &k.text, b);
-                    None
-                }
-            }
-        },
+        c_metrics,
     );
-    o.interfaces = opt(
-        ctx,
-        &set,
-        "interfaces",
-        "duraplane.interfaces",
-        d.interfaces,
-        |ctx, k, v| {
-            let items = c_list(ctx, k, v)?;
-            let mut out: Vec<String> = Vec::new();
-            let mut ok = true;
-            for (i, pos) in items {
-                if !check_ifname(ctx, &k.text, &i, &pos) {
-                    ok = false;
-                } else if out.contains(&i) {
-                    ctx.warn(&pos, format!("interface `{i}` listed twice"));
-                } else {
-                    out.push(i);
-                }
-            }
-            ok.then_some(out)
-        },
-    );
-    o.xdp_mode = opt(
-        ctx,
-        &set,
-        "xdp_mode",
-        "duraplane.xdp_mode",
-        d.xdp_mode,
-        |ctx, k, v| {
-            let s = scalar(ctx, k, v)?;
-            match s.to_ascii_lowercase().as_str() {
-                "auto" => Some(XdpMode::Auto),
-                "native" | "drv" => Some(XdpMode::Native),
-                "generic" | "skb" => Some(XdpMode::Generic),
-                _ => {
-                    ctx.err_s(
-                        &v.pos,
-                        format!(
-                            "`{}` must be `auto`, `native` or `generic`, found `{s}`",
-                            k.text
-                        ),
-                        did_you_mean(s, ["auto", "native", "generic"]),
-                    );
-                    None
-                }
-            }
-        },
-    );
-    o.ports = opt(
-        ctx,
-        &set,
-        "ports",
-        "duraplane.ports",
-        d.ports,
-        |ctx, k, v| {
-            let items = c_list(ctx, k, v)?;
-            let mut out: Vec<u16> = Vec::new();
-            let mut ok = true;
-            for (p, pos) in items {
-                match values::parse_port_value(&p) {
-                    Ok(n) if out.contains(&n) => ctx.warn(&pos, format!("port {n} listed twice")),
-                    Ok(n) => out.push(n),
-                    Err(b) => {
-                        ctx.bad(&pos, &k.text, b);
-                        ok = false;
-                    }
-                }
-            }
-            ok.then_some(out)
-        },
-    );
-    o.flow_idle_timeout = opt(
-        ctx,
-        &set,
-        "flow_idle_timeout",
-        "duraplane.flow_idle_timeout",
-        d.flow_idle_timeout,
-        c_positive_duration,
-    );
-    o.cluster_key_file = opt(
-        ctx,
-        &set,
-        "cluster_key_file",
-        "duraplane.cluster_key_file",
-        d.cluster_key_file,
-        c_abs_path,
-    );
-    o.state_dir = opt(
-        ctx,
-        &set,
-        "state_dir",
-        "duraplane.state_dir",
-        d.state_dir,
-        c_abs_path,
-    );
-    o.poll_interval = opt(
-        ctx,
-        &set,
-        "poll_interval",
-        "duraplane.poll_interval",
-        d.poll_interval,
-        c_positive_duration,
-    );
+    read_fields!(ctx, set, "duraplane", o, d, {
+        interfaces: c_interfaces,
+        xdp_mode: c_xdp_mode,
+        ports: c_ports,
+        flow_idle_timeout: c_positive_duration,
+        cluster_key_file: c_abs_path,
+        state_dir: c_abs_path,
+        poll_interval: c_positive_duration,
+    });
     let mut netblocks = Vec::new();
     for s in set.scopes_named("netblock") {
         netblock(ctx, s, None, &mut netblocks);
@@ -1840,17 +1616,78 @@ fn duraplane(ctx: &mut Ctx, bodies: &[&[Node]], cfg: &mut Config) {
     cfg.duraplane.netblocks = netblocks;
 }
 
-fn netblock(ctx: &mut Ctx, s: &Scope, parent: Option<&Cidr>, out: &mut Vec<Netblock>) {
-    let Some((name, set)) = named(
+/// `address:port`, or `off` for no metrics endpoint.
+fn c_metrics(ctx: &mut Ctx, k: &Spanned, v: &Value) -> Option<Option<SocketAddr>> {
+    let s = scalar(ctx, k, v)?;
+    if s.eq_ignore_ascii_case("off") || values::parse_bool(s) == Some(false) {
+        return Some(None);
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Some(Some(a)),
+        _ => {
+            let mut b = Bad {
+                message: format!(
+                    "expects `address:port` (e.g. `127.0.0.1:9480`) or `off`, found `{s}`"
+                ),
+                suggestion: None,
+            };
+            if let Err(e) = values::parse_listen(s) {
+                b.suggestion = e.suggestion;
+            }
+            ctx.bad(&v.pos, &k.text, b);
+            None
+        }
+    }
+}
+
+fn c_interfaces(ctx: &mut Ctx, k: &Spanned, v: &Value) -> Option<Vec<String>> {
+    c_list_of(
         ctx,
-        s,
-        "Netblock",
-        "`Netblock` needs a network: `Netblock \"198.51.100.0/24\" { max_connections = 100 }`",
-        &Spec::owned(NETBLOCK_OPTIONS, &["netblock"]),
-    ) else {
+        k,
+        v,
+        |ctx, i, pos| check_ifname(ctx, &k.text, &i, pos).then_some(i),
+        |i| format!("interface `{i}` listed twice"),
+    )
+}
+
+fn c_xdp_mode(ctx: &mut Ctx, k: &Spanned, v: &Value) -> Option<XdpMode> {
+    let s = scalar(ctx, k, v)?;
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Some(XdpMode::Auto),
+        "native" | "drv" => Some(XdpMode::Native),
+        "generic" | "skb" => Some(XdpMode::Generic),
+        _ => {
+            ctx.err_s(
+                &v.pos,
+                format!(
+                    "`{}` must be `auto`, `native` or `generic`, found `{s}`",
+                    k.text
+                ),
+                did_you_mean(s, ["auto", "native", "generic"]),
+            );
+            None
+        }
+    }
+}
+
+fn c_ports(ctx: &mut Ctx, k: &Spanned, v: &Value) -> Option<Vec<u16>> {
+    c_list_of(
+        ctx,
+        k,
+        v,
+        |ctx, p, pos| parsed(ctx, pos, &k.text, &p, values::parse_port_value),
+        |n| format!("port {n} listed twice"),
+    )
+}
+
+fn netblock(ctx: &mut Ctx, s: &Scope, parent: Option<&Cidr>, out: &mut Vec<Netblock>) {
+    const USAGE: &str =
+        "`Netblock` needs a network: `Netblock \"198.51.100.0/24\" { max_connections = 100 }`";
+    let spec = Spec::owned(NETBLOCK_OPTIONS, &["netblock"]);
+    let Some((name, set)) = named(ctx, s, "Netblock", USAGE, &spec) else {
         return;
     };
-    let Some(cidr) = parse_name(ctx, name, "Netblock", Cidr::parse) else {
+    let Some(cidr) = parsed(ctx, &name.pos, "Netblock", &name.text, Cidr::parse) else {
         return;
     };
     if let Some(p) = parent
