@@ -4,6 +4,8 @@
 //! real four-node corosync what DuraVIP's pairing relies on, then that the daemons use it.
 
 mod cluster_support;
+#[path = "duravip_cluster_support/monitors.rs"]
+mod monitors;
 
 use std::{
     collections::BTreeSet,
@@ -14,8 +16,9 @@ use std::{
 use cluster_support::{Cluster, binding, wait_until};
 use duraplane::{
     bus::{Bus, BusConfig, BusEvent, RingId},
-    testbed::{ProcessGuard, Stream, daemons::DaemonNode},
+    testbed::daemons::DaemonNode,
 };
+use monitors::{Event, Monitors, decision_logs};
 
 const VIPS: [&str; 3] = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
 /// What the daemon logs when the fallback, not the pairing, decided.
@@ -368,53 +371,6 @@ fn holders(c: &Cluster, vip: &str) -> BTreeSet<usize> {
         .collect()
 }
 
-/// One VIP added (`true`) or removed on a node, in the order `ip monitor` saw them.
-type Change = (String, usize, String, bool);
-
-/// `ip -ts -o monitor address` in every node: no short-lived plumbing is missed.
-struct Monitors(Vec<ProcessGuard>);
-
-impl Monitors {
-    fn start(c: &Cluster) -> Monitors {
-        let m = (0..c.len())
-            .map(|i| {
-                c.tb.spawn(&c.host(i), &["ip", "-ts", "-o", "monitor", "address"])
-                    .expect("ip monitor")
-            })
-            .collect();
-        // Set-up only: a late monitor could miss events, never invent them.
-        std::thread::sleep(Duration::from_millis(300));
-        Monitors(m)
-    }
-
-    fn changes(&self) -> Vec<Change> {
-        let mut out = Vec::new();
-        for (node, p) in self.0.iter().enumerate() {
-            for l in p.lines(Stream::Stdout) {
-                let Some((at, rest)) = l.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
-                    continue;
-                };
-                let mut w = rest.split_whitespace();
-                if !w.any(|x| x == "inet") {
-                    continue;
-                }
-                if let Some(addr) = w.next().and_then(|a| a.split('/').next())
-                    && VIPS.contains(&addr)
-                {
-                    out.push((
-                        at.to_owned(),
-                        node,
-                        addr.to_owned(),
-                        !rest.starts_with("Deleted "),
-                    ));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
 /// Three daemons: a node cut off from a quorate ring never plumbs a VIP (the view {me}
 /// arrives before corosync's verdict about it), after the heal it plumbs nothing before
 /// maturity, and a kill -9 of a daemon (no ring change) still fails over — decided by the
@@ -435,25 +391,7 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
         h.iter().all(|x| x.len() == 1) && h.iter().flatten().collect::<BTreeSet<_>>().len() == 3
     };
     wait_until("one VIP on each node", 30, || balanced(&c));
-    let logs = |nodes: &[DaemonNode]| {
-        nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let l = n.log();
-                let lines: Vec<&str> = l
-                    .lines()
-                    .filter(|l| l.contains("DuraVIP") || l.contains("view") || l.contains("quorum"))
-                    .collect();
-                format!(
-                    "--- node{} ---\n{}",
-                    i + 1,
-                    lines[lines.len().saturating_sub(25)..].join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let logs = |nodes: &[DaemonNode]| decision_logs(nodes, 25);
 
     // Partition node3 away and heal, twice.
     for round in 0..2 {
@@ -472,21 +410,21 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
         });
         // Watch on, below view_mature_time (2 s): nothing may be plumbed by node3.
         std::thread::sleep(Duration::from_millis(1200));
-        let ch = mon.changes();
+        let ch = mon.events(&VIPS);
         let ctx = || format!("round {round}: changes {ch:#?}\n{}", logs(&c.nodes));
         eprintln!("{}", ctx());
         assert!(
-            ch.iter().all(|(_, n, _, added)| *n != 2 || !added),
+            ch.iter().all(|e| e.node != 2 || !e.added),
             "node3 plumbed a VIP while isolated or right after the heal\n{}",
             ctx()
         );
         assert!(
-            ch.iter().any(|(_, n, _, added)| *n == 2 && !added),
+            ch.iter().any(|e| e.node == 2 && !e.added),
             "node3 released its VIP while isolated\n{}",
             ctx()
         );
         assert!(
-            ch.iter().all(|(_, n, _, added)| *n == 2 || *added),
+            ch.iter().all(|e| e.node == 2 || e.added),
             "the majority never drops a VIP\n{}",
             ctx()
         );
@@ -504,7 +442,7 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
         holders(&c, victim_vip).iter().any(|n| *n != 0)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let ch = mon.changes();
+    let ch = mon.events(&VIPS);
     let ctx = || {
         format!(
             "kill -9: changes {ch:#?}\n{text_before_kill}\n{}",
@@ -512,9 +450,9 @@ fn isolated_node_never_plumbs_and_a_killed_daemon_fails_over() {
         )
     };
     eprintln!("{}", ctx());
-    let on_survivors: Vec<&Change> = ch.iter().filter(|c| c.1 != 0).collect();
+    let on_survivors: Vec<&Event> = ch.iter().filter(|e| e.node != 0).collect();
     assert!(
-        on_survivors.len() == 1 && on_survivors[0].2 == victim_vip && on_survivors[0].3,
+        on_survivors.len() == 1 && on_survivors[0].vip == victim_vip && on_survivors[0].added,
         "exactly one survivor plumbs the killed daemon's VIP, nothing else moves\n{}",
         ctx()
     );

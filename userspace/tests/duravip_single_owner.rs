@@ -15,71 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use duraplane::testbed::{ProcessGuard, Stream, corosync::CorosyncTiming};
-use duravip_cluster_support::{BIN, Cluster, Vip, wait_until};
+use duraplane::testbed::corosync::CorosyncTiming;
+use duravip_cluster_support::{
+    BIN, Cluster, Vip,
+    monitors::{Event, Monitors, decision_logs},
+    wait_until,
+};
 
 const VIPS: [&str; 3] = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
 /// Watched after the fault: below `view_mature_time` (2 s), so nothing may move for
 /// balance inside it.
 const WATCH: Duration = Duration::from_millis(1600);
-
-/// One address change seen on a node's `eth0`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Event {
-    /// `ip -ts` wall-clock stamp (ISO 8601, sorts as text).
-    at: String,
-    node: usize,
-    vip: String,
-    added: bool,
-}
-
-/// `ip -ts -o monitor address` in every node.
-struct Monitors(Vec<ProcessGuard>);
-
-impl Monitors {
-    fn start(c: &Cluster) -> Monitors {
-        let m = (0..3)
-            .map(|i| {
-                c.tb.spawn(&c.host(i), &["ip", "-ts", "-o", "monitor", "address"])
-                    .expect("ip monitor")
-            })
-            .collect();
-        // Let every monitor subscribe (set-up only; a late one could miss events, never
-        // invent them).
-        std::thread::sleep(Duration::from_millis(300));
-        Monitors(m)
-    }
-
-    /// Changes of the VIPs, in time order.
-    fn events(&self) -> Vec<Event> {
-        let mut out = Vec::new();
-        for (node, p) in self.0.iter().enumerate() {
-            for l in p.lines(Stream::Stdout) {
-                let Some((at, rest)) = l.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
-                    continue;
-                };
-                let added = !rest.starts_with("Deleted ");
-                let mut w = rest.split_whitespace();
-                if !w.any(|x| x == "inet" || x == "inet6") {
-                    continue;
-                }
-                let Some(addr) = w.next().and_then(|a| a.split('/').next()) else {
-                    continue;
-                };
-                if VIPS.contains(&addr) {
-                    out.push(Event {
-                        at: at.to_owned(),
-                        node,
-                        vip: addr.to_owned(),
-                        added,
-                    });
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
 
 fn timeline(ev: &[Event]) -> String {
     ev.iter()
@@ -90,24 +36,6 @@ fn timeline(ev: &[Event]) -> String {
                 e.node + 1,
                 if e.added { "+" } else { "-" },
                 e.vip
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn logs(c: &Cluster) -> String {
-    (0..3)
-        .map(|i| {
-            let l = c.nodes[i].log();
-            let tail: Vec<&str> = l
-                .lines()
-                .filter(|l| l.contains("DuraVIP") || l.contains("view") || l.contains("quorum"))
-                .collect();
-            format!(
-                "--- node{} ---\n{}",
-                i + 1,
-                tail[tail.len().saturating_sub(30)..].join("\n")
             )
         })
         .collect::<Vec<_>>()
@@ -189,14 +117,14 @@ fn one_owner_at_every_moment_through_kills_and_a_heal() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let after = holders(&c);
-        let ev = mon.events();
+        let ev = mon.events(&VIPS);
         let survivors: BTreeSet<usize> = (0..3).filter(|i| *i != victim).collect();
         let ctx = || {
             format!(
                 "kill -9 of node{}'s daemon; holders before {before:?}, after {after:?}; events:\n{}\n{}",
                 victim + 1,
                 timeline(&ev),
-                logs(&c)
+                decision_logs(&c.nodes, 30)
             )
         };
         eprintln!("{}", ctx());
@@ -250,12 +178,12 @@ fn one_owner_at_every_moment_through_kills_and_a_heal() {
         while t0.elapsed() < Duration::from_millis(1200) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let ev = mon.events();
+        let ev = mon.events(&VIPS);
         let ctx = || {
             format!(
                 "partition and heal of node3 (round {round}); events:\n{}\n{}",
                 timeline(&ev),
-                logs(&c)
+                decision_logs(&c.nodes, 30)
             )
         };
         eprintln!("{}", ctx());

@@ -7,6 +7,7 @@
 
 #[path = "../cluster_support/mod.rs"]
 mod cluster_support;
+pub mod monitors;
 
 use std::{
     io::{Read, Write},
