@@ -30,6 +30,13 @@ fn dp() -> Datapath {
     load(DatapathConfig::default())
 }
 
+fn with_flow_capacity(flow_capacity: u32) -> Datapath {
+    load(DatapathConfig {
+        flow_capacity,
+        ..DatapathConfig::default()
+    })
+}
+
 fn run(dp: &Datapath, frame: &Frame) -> Verdict {
     dp.test_run(&frame.build(), 1).unwrap().verdict
 }
@@ -45,6 +52,27 @@ fn nb0(dp: &mut Datapath) -> NetblockCounters {
         .find(|n| n.id == 0)
         .unwrap()
 }
+
+/// After `case`: the nonzero counters are `want`, and netblock 0 has `local` open
+/// connections.
+#[track_caller]
+fn assert_counts(dp: &mut Datapath, case: &str, want: &[(Stat, u64)], local: u64) {
+    assert_eq!(stats(dp), want, "{case}: counters");
+    assert_eq!(
+        nb0(dp).local,
+        local,
+        "{case}: open connections of netblock 0"
+    );
+}
+
+/// A SYN, the FIN or RST that closes its flow, and a second one that finds no flow.
+const CLOSED_ONCE: [(Stat, u64); 5] = [
+    (Packets, 3),
+    (Syn, 1),
+    (Opened, 1),
+    (FinRstClosed, 1),
+    (FinRstNoFlow, 1),
+];
 
 /// Client/server pairs for both families.
 fn pairs() -> [(IpAddr, IpAddr); 2] {
@@ -131,20 +159,10 @@ fn fin_closes_exactly_once() {
             run(&dp, &tcp(s, d, vlan, 40001, 587, f::FIN | f::ACK)),
             Verdict::Pass
         );
-        assert_eq!(
-            stats(&dp),
-            vec![
-                (Packets, 3),
-                (Syn, 1),
-                (Opened, 1),
-                (FinRstClosed, 1),
-                (FinRstNoFlow, 1)
-            ],
-            "{s} vlan {vlan:?}"
-        );
+        let case = format!("FIN {s} vlan {vlan:?}");
+        assert_counts(&mut dp, &case, &CLOSED_ONCE, 0);
         let n = nb0(&mut dp);
-        assert_eq!(n.local, 0);
-        assert_eq!((n.stats.opened, n.stats.closed), (1, 1));
+        assert_eq!((n.stats.opened, n.stats.closed), (1, 1), "{case}");
         let src = dp.read_sources().unwrap();
         assert_eq!((src[0].opened, src[0].closed, src[0].current), (1, 1, 0));
         assert!(dp.read_flows().unwrap().is_empty());
@@ -158,17 +176,7 @@ fn rst_closes_exactly_once() {
         run(&dp, &tcp(s, d, vlan, 40002, 465, f::SYN));
         run(&dp, &tcp(s, d, vlan, 40002, 465, f::RST));
         run(&dp, &tcp(s, d, vlan, 40002, 465, f::RST | f::ACK));
-        assert_eq!(
-            stats(&dp),
-            vec![
-                (Packets, 3),
-                (Syn, 1),
-                (Opened, 1),
-                (FinRstClosed, 1),
-                (FinRstNoFlow, 1)
-            ]
-        );
-        assert_eq!(nb0(&mut dp).local, 0);
+        assert_counts(&mut dp, &format!("RST {s} vlan {vlan:?}"), &CLOSED_ONCE, 0);
     }
 }
 
@@ -179,11 +187,12 @@ fn fin_without_flow_changes_nothing() {
     run(&dp, &tcp(s, d, None, 1, 25, f::SYN));
     // Same client, other port pair: no flow.
     run(&dp, &tcp(s, d, None, 2, 25, f::FIN));
-    assert_eq!(
-        stats(&dp),
-        vec![(Packets, 2), (Syn, 1), (Opened, 1), (FinRstNoFlow, 1)]
+    assert_counts(
+        &mut dp,
+        "FIN of another port pair",
+        &[(Packets, 2), (Syn, 1), (Opened, 1), (FinRstNoFlow, 1)],
+        1,
     );
-    assert_eq!(nb0(&mut dp).local, 1);
 }
 
 #[test]
@@ -355,11 +364,12 @@ fn fragments_pass_uncounted() {
         more: false,
     });
     run(&dp, &atomic);
-    assert_eq!(
-        stats(&dp),
-        vec![(Packets, 7), (Fragments, 6), (Syn, 1), (Opened, 1)]
+    assert_counts(
+        &mut dp,
+        "IPv6 atomic fragment",
+        &[(Packets, 7), (Fragments, 6), (Syn, 1), (Opened, 1)],
+        1,
     );
-    assert_eq!(nb0(&mut dp).local, 1);
 }
 
 #[test]
@@ -390,11 +400,12 @@ fn ipv6_extension_headers_up_to_three_are_walked() {
         fr = fr.ipv6_ext(e);
     }
     assert_eq!(run(&dp, &fr), Verdict::Pass);
-    assert_eq!(
-        stats(&dp),
-        vec![(Packets, 4), (Ipv6ExtUnsupported, 1), (Syn, 3), (Opened, 3)]
+    assert_counts(
+        &mut dp,
+        "four extension headers",
+        &[(Packets, 4), (Ipv6ExtUnsupported, 1), (Syn, 3), (Opened, 3)],
+        3,
     );
-    assert_eq!(nb0(&mut dp).local, 3);
 }
 
 #[test]
@@ -437,11 +448,12 @@ fn truncated_headers_at_every_length_pass() {
         assert!(dp.read_flows().unwrap().is_empty());
         // The complete header is counted.
         assert_eq!(dp.test_run(&full, 1).unwrap().verdict, Verdict::Pass);
-        assert_eq!(
-            stats(&dp),
-            vec![(Packets, n + 1), (Truncated, n), (Syn, 1), (Opened, 1)]
+        assert_counts(
+            &mut dp,
+            &format!("complete header of {fr:?}"),
+            &[(Packets, n + 1), (Truncated, n), (Syn, 1), (Opened, 1)],
+            1,
         );
-        assert_eq!(nb0(&mut dp).local, 1);
     }
 }
 
@@ -450,10 +462,7 @@ fn flow_map_full_passes_uncounted_and_says_so() {
     // One set of 8 ways: every flow hashes into it, so "full" is exact here (with more
     // sets, a SYN whose own set is full is counted the same way).
     const CAP: u32 = 8;
-    let mut dp = load(DatapathConfig {
-        flow_capacity: CAP,
-        ..DatapathConfig::default()
-    });
+    let mut dp = with_flow_capacity(CAP);
     let (s, d) = pairs()[0];
     for p in 0..CAP as u16 {
         assert_eq!(
@@ -470,33 +479,35 @@ fn flow_map_full_passes_uncounted_and_says_so() {
         );
     }
     let c = u64::from(CAP);
-    assert_eq!(
-        stats(&dp),
-        vec![
+    assert_counts(
+        &mut dp,
+        "one SYN beyond a full table, twice",
+        &[
             (Packets, c + 2),
             (Syn, c + 2),
             (Opened, c),
-            (FlowMapFull, 2)
-        ]
+            (FlowMapFull, 2),
+        ],
+        c,
     );
-    assert_eq!(nb0(&mut dp).local, c);
     // Its FIN finds nothing to close.
     run(&dp, &tcp(s, d, None, 20_000, 25, f::FIN));
     // After one close there is room again.
     run(&dp, &tcp(s, d, None, 10_000, 25, f::FIN));
     run(&dp, &tcp(s, d, None, 20_000, 25, f::SYN));
-    assert_eq!(
-        stats(&dp),
-        vec![
+    assert_counts(
+        &mut dp,
+        "a SYN after one close",
+        &[
             (Packets, c + 5),
             (Syn, c + 3),
             (Opened, c + 1),
             (FinRstClosed, 1),
             (FinRstNoFlow, 1),
-            (FlowMapFull, 2)
-        ]
+            (FlowMapFull, 2),
+        ],
+        c,
     );
-    assert_eq!(nb0(&mut dp).local, c);
 }
 
 #[test]
@@ -552,10 +563,7 @@ fn full_table_with_second_choice_sets_opens_and_closes_each_flow_once() {
     // second-choice set, and whatever finds both sets full is counted. Every opened flow
     // is found again (retransmit), closed exactly once, and the table empties completely.
     const CAP: u32 = 64;
-    let mut dp = load(DatapathConfig {
-        flow_capacity: CAP,
-        ..DatapathConfig::default()
-    });
+    let mut dp = with_flow_capacity(CAP);
     let mut total = 0u64;
     for (s, d) in pairs() {
         for p in 0..CAP as u16 {
