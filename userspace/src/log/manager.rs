@@ -658,17 +658,17 @@ struct Appender {
     direct: bool,
     /// Set by a [`DirectWrite`] the filesystem refused (it wrote through the page cache).
     refused: Arc<AtomicBool>,
-    /// The file, its length and its partial last block once every staged batch is
-    /// written: the next batch's start, while earlier ones are still being written.
+    /// The partial last block `st.file` will end in once every staged batch is written:
+    /// the next batch's start, while earlier ones are still being written.
     carry: Option<Carry>,
 }
 
-/// Where the staged batches leave a consolidated file (see [`Appender::carry`]).
+/// The end of the last staged batch (see [`Appender::carry`]); the file and its length
+/// are the appender's `st.file` and `st.len`.
 struct Carry {
-    path: PathBuf,
+    /// The file's inode: a file moved away and created anew starts afresh.
     ino: u64,
-    len: u64,
-    /// The bytes of the last, partial block (`len % BLOCK` of them).
+    /// The bytes of the last, partial block (`st.len % BLOCK` of them).
     tail: Vec<u8>,
 }
 
@@ -783,12 +783,12 @@ impl Appender {
             // While earlier batches of this file are still being written, it ends where
             // they will leave it; otherwise (another file, a file moved away and created
             // anew, or through the page cache) wait for them and ask the file.
-            let carried = self
-                .carry
-                .take()
-                .filter(|c| direct && c.path == path && c.ino == m.ino() && pool.out > 0);
+            let carried = self.carry.take().filter(|c| {
+                direct && self.st.file.as_ref() == Some(&path) && c.ino == m.ino() && pool.out > 0
+            });
             let len = match &carried {
-                Some(c) => c.len,
+                Some(_) => self.st.len,
+                None if pool.out == 0 => m.len(),
                 None => {
                     pool.drain()?;
                     out.file.metadata().map_err(ioe("stat", &path))?.len()
@@ -825,9 +825,7 @@ impl Appender {
                     self.refused.clone(),
                 )?;
                 self.carry = Some(Carry {
-                    path: path.clone(),
                     ino: m.ino(),
-                    len: len + total,
                     tail: w.tail().to_vec(),
                 });
                 write = Some(w);
@@ -948,10 +946,14 @@ struct Staging {
 impl Staging {
     const HUGE: usize = 2 << 20;
 
-    /// `n` bytes starting on a block boundary (a 2 MiB one from 2 MiB on); contents
-    /// unspecified.
+    /// Where `n` bytes start: on a block boundary, a 2 MiB one from 2 MiB on.
+    fn align(n: usize) -> usize {
+        if n >= Self::HUGE { Self::HUGE } else { BLOCK }
+    }
+
+    /// `n` bytes starting at [`align`](Self::align)`(n)`; contents unspecified.
     fn get(&mut self, n: usize) -> &mut [u8] {
-        let align = if n >= Self::HUGE { Self::HUGE } else { BLOCK };
+        let align = Self::align(n);
         // Room to align the start anywhere in the first `align` bytes.
         let want = n.next_multiple_of(align) + align;
         if self.mem.len() < want || self.mem.len() > 4 * want {
@@ -978,8 +980,7 @@ impl Staging {
 
     /// The `n` bytes the last [`get`](Self::get)`(n)` returned.
     fn staged(&self, n: usize) -> &[u8] {
-        let align = if n >= Self::HUGE { Self::HUGE } else { BLOCK };
-        let at = self.mem.as_ptr().align_offset(align);
+        let at = self.mem.as_ptr().align_offset(Self::align(n));
         &self.mem[at..at + n]
     }
 }
@@ -1060,10 +1061,14 @@ impl DirectWrite {
         })
     }
 
+    /// The bytes written by direct I/O: every whole block.
+    fn whole(&self) -> usize {
+        self.need - self.need % BLOCK
+    }
+
     /// The bytes of the last partial block once this batch is written.
     fn tail(&self) -> &[u8] {
-        let whole = self.need - self.need % BLOCK;
-        &self.buf.staged(self.need)[whole..]
+        &self.buf.staged(self.need)[self.whole()..]
     }
 
     /// Writes the batch; the buffer comes back either way. An error may leave part of the
@@ -1078,8 +1083,8 @@ impl DirectWrite {
     fn write(&mut self) -> Result<u64, ManagerError> {
         use std::os::unix::fs::FileExt;
         let path = &self.path;
+        let whole = self.whole();
         let buf = self.buf.staged(self.need);
-        let whole = self.need - self.need % BLOCK;
         for (i, c) in buf[..whole].chunks(DIRECT_CHUNK).enumerate() {
             match self
                 .direct
