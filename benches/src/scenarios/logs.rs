@@ -19,7 +19,6 @@
 
 use std::{
     fs::OpenOptions,
-    net::SocketAddr,
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
@@ -31,10 +30,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use duraplane::{
-    engine::{ClusterKey, Engine, EngineConfig, ListenerSpec, ServiceId},
+    engine::ClusterKey,
     log::{
         Stream, StreamOptions,
-        service::{Delivery, LogClient, LogService, MAX_WINDOW},
+        service::{Delivery, LogClient, MAX_WINDOW, serve_loopback},
     },
 };
 use hdrhistogram::Histogram;
@@ -472,31 +471,11 @@ fn bulk(dir: &Path, bytes: u64) -> Result<(f64, Stream)> {
     Ok((done as f64 / start.elapsed().as_secs_f64(), s))
 }
 
-/// A node's 4802 log service on loopback publishing `s` as `name` (port chosen by the
-/// kernel): the engine and its address.
-pub(super) fn serve_log(name: &str, s: &Stream, key: &ClusterKey) -> Result<(Engine, SocketAddr)> {
-    let mut published = std::collections::BTreeMap::new();
-    published.insert(name.to_owned(), s.clone());
-    let (svc, handle) = LogService::new(Arc::new(published));
-    let mut ec = EngineConfig::new("bench-node", key.clone());
-    ec.listeners = vec![ListenerSpec {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        backlog: 16,
-        recv_buffer: None,
-        send_buffer: None,
-        nodelay: true,
-    }];
-    let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))])?;
-    handle.attach(engine.handle());
-    let addr = engine.local_addrs()[0];
-    Ok((engine, addr))
-}
-
 /// Replays the whole stream to subscriber `bench` through the log service on loopback.
 fn replay(s: &Stream) -> Result<(f64, u64)> {
     let key =
         ClusterKey::from_bytes(b"log-bench-key-0123456789abcdef-0123").context("bench key")?;
-    let (engine, addr) = serve_log("bulk", s, &key)?;
+    let (engine, addr) = serve_loopback("bench-node", "bulk", s, &key)?;
     let end = s.bounds().1;
     // Warm the page cache (the figure is "from page cache").
     for e in s.read_at(0) {

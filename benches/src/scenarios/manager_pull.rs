@@ -35,11 +35,11 @@ use duraplane::{
     log::{
         Stream, StreamOptions,
         manager::{self, ManagerOptions},
-        service::{BatchDelivery, LogClient, MAX_WINDOW},
+        service::{BatchDelivery, LogClient, MAX_WINDOW, serve_loopback},
     },
 };
 
-use super::logs::{Seq, base_dir, sequential_write, serve_log};
+use super::logs::{Seq, base_dir, sequential_write};
 use super::util::median;
 use crate::harness::{Better, Goal, Outcome, Scenario};
 
@@ -217,7 +217,7 @@ fn run_in(dir: &Path, quick: bool) -> Result<Vec<Outcome>> {
         .write_all(KEY)?;
     let key = ClusterKey::from_bytes(KEY).context("bench key")?;
     let s = fill(dir, bytes, rounds)?;
-    let (engine, addr) = serve_log("mainlog", &s, &key)?;
+    let (engine, addr) = serve_loopback("bench-node", "mainlog", &s, &key)?;
     let (_, end) = s.bounds();
     let mut per_round = Vec::new();
     let mut disk_parts: Vec<[f64; 3]> = Vec::new();

@@ -820,6 +820,33 @@ impl Worker {
     }
 }
 
+/// A node's log service alone, publishing `stream` as `log` on a loopback port the kernel
+/// picks: the engine and its address. For tests, benchmarks and tools that need the 4802
+/// service without a daemon around it.
+pub fn serve_loopback(
+    nodename: &str,
+    log: &str,
+    stream: &Stream,
+    key: &ClusterKey,
+) -> Result<(crate::engine::Engine, SocketAddr), crate::engine::EngineError> {
+    use crate::engine::{Engine, EngineConfig, ListenerSpec};
+    let mut published = BTreeMap::new();
+    published.insert(log.to_owned(), stream.clone());
+    let (svc, handle) = LogService::new(Arc::new(published));
+    let mut ec = EngineConfig::new(nodename, key.clone());
+    ec.listeners = vec![ListenerSpec {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        backlog: 16,
+        recv_buffer: None,
+        send_buffer: None,
+        nodelay: true,
+    }];
+    let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))])?;
+    handle.attach(engine.handle());
+    let addr = engine.local_addrs()[0];
+    Ok((engine, addr))
+}
+
 /// Errors of the blocking [`LogClient`].
 #[derive(Debug, thiserror::Error)]
 pub enum LogClientError {
@@ -1174,7 +1201,6 @@ mod tests {
     /// everything before it arrived.
     #[test]
     fn records_of_every_size_cross_frames_whole() {
-        use crate::engine::{Engine, EngineConfig, ListenerSpec};
         let dir = tempfile::tempdir().unwrap();
         let s = Stream::open(
             dir.path().join("mainlog"),
@@ -1209,22 +1235,8 @@ mod tests {
         }
         s.append(&vec![b'x'; largest + 1]).unwrap();
         let key = ClusterKey::from_bytes(b"svc-test-key-0123456789abcdef-0123").unwrap();
-        let mut published = BTreeMap::new();
-        published.insert("mainlog".to_owned(), s.clone());
-        let (svc, handle) = LogService::new(Arc::new(published));
-        let mut ec = EngineConfig::new("node", key.clone());
-        ec.listeners = vec![ListenerSpec {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            backlog: 4,
-            recv_buffer: None,
-            send_buffer: None,
-            nodelay: true,
-        }];
-        let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))]).unwrap();
-        handle.attach(engine.handle());
-        let mut c =
-            LogClient::connect(engine.local_addrs()[0], &key, "mgr", Duration::from_secs(5))
-                .unwrap();
+        let (engine, addr) = serve_loopback("node", "mainlog", &s, &key).unwrap();
+        let mut c = LogClient::connect(addr, &key, "mgr", Duration::from_secs(5)).unwrap();
         c.subscribe("mainlog", "mgr", MAX_WINDOW).unwrap();
         let (mut got, mut frames) = (Vec::new(), 0);
         let refused = loop {
