@@ -3,6 +3,7 @@
 //! xtask deliberately does not depend on the `duraplane` crate: building that crate needs the
 //! eBPF toolchain, which `cargo xtask setup` is what installs.
 
+mod ab;
 mod disk;
 mod profile;
 mod setup;
@@ -60,6 +61,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A/B-compare the bench harness built from a base revision and from the working tree.
+    ///
+    /// On this machine one run of a scenario swings by ±20 % from the next, so a single
+    /// before/after run misleads; bench-ab runs both builds alternately (ABBA), many times, and
+    /// reports per figure the medians, ranges and in how many pairs B beat A
+    /// (target/ab/report.md; docs/bench-ab.md).
+    BenchAb(ab::AbArgs),
     /// Profile a running node or the demo: eBPF cost and map fill, perf flame graphs, tuning
     /// advice (docs/profiling.md).
     Profile(profile::ProfileArgs),
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
         } => setup::run(&s).and_then(|()| test(no_lint, &args)),
         Cmd::Lint => lint(),
         Cmd::Bench { args } => bench(&args),
+        Cmd::BenchAb(args) => ab::run(&args),
         Cmd::Profile(args) => profile::run(&args),
     };
     match result {
