@@ -1,6 +1,7 @@
 //! Disk full on real, small filesystems mounted for the test, both policies: a tmpfs, and
 //! an ext4 image on a loop device, where segments are zero-filled spares prepared in the
 //! background (so the space runs out in the spare's preparation as well as in appends).
+//! And the manager's side: its consolidated files' filesystem running full.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -273,4 +274,189 @@ fn failed_write_fails_every_later_ticket() {
     for (off, p) in &acked {
         assert_eq!(on_disk.get(off), Some(p), "acknowledged offset {off}");
     }
+}
+
+/// Fills `dir`'s filesystem to the last byte with a file named `ballast`.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join("ballast");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let chunk = vec![0xa5u8; 64 << 10];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", p.display()),
+        }
+    }
+    p
+}
+
+/// Waits up to 60 s for `f`, saying what it waited for when it gives up.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A manager thread, stopped and joined when dropped (also when a test fails, so its files
+/// are closed before the filesystem is unmounted).
+struct Stopping(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<Result<(), duraplane::log::manager::ManagerError>>>,
+);
+
+impl Stopping {
+    fn finished(&self) -> bool {
+        self.1.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn join(mut self) -> Result<(), duraplane::log::manager::ManagerError> {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.1.take() {
+            Some(t) => t.join().expect("the manager thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The manager's own disk runs full: from its start (not even its state file fits), then
+/// part-way through a pull. It keeps trying, never checkpoints on the node what is not in
+/// its consolidated file, and once space returns the file holds every record exactly once,
+/// in order.
+#[test]
+fn manager_output_disk_full_loses_nothing_and_resumes() {
+    use duraplane::engine::ClusterKey;
+    use duraplane::log::manager::{self, ManagerOptions};
+    use duraplane::log::service::serve_loopback;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let node_dir = tempfile::tempdir().unwrap();
+    let out = Mounted::tmpfs("4m");
+    // 1,500 records of 1–4 KiB, each a line naming itself: about 3.7 MB, more than fits
+    // beside the ballast once it is cut back below.
+    let line = |i: usize| -> Vec<u8> {
+        let mut l = format!("record {i:05} ").into_bytes();
+        l.resize(1000 + (i * 37) % 3000, b'a' + (i % 26) as u8);
+        l.push(b'\n');
+        l
+    };
+    let s = Stream::open(
+        node_dir.path().join("mainlog.cluster"),
+        &StreamOptions {
+            create: true,
+            subscribers: vec!["mgr".into()],
+            ..StreamOptions::default()
+        },
+    )
+    .unwrap();
+    let all: Vec<Vec<u8>> = (0..1500).map(line).collect();
+    let batch: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    s.append_batch(&batch).unwrap();
+    let (_, end) = s.bounds();
+
+    let key_bytes = b"manager-disk-full-key-0123456789abcdef";
+    let key_file = node_dir.path().join("cluster.key");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&key_file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, key_bytes))
+        .unwrap();
+    let key = ClusterKey::from_bytes(key_bytes).unwrap();
+    let (engine, addr) = serve_loopback("n1", "mainlog", &s, &key).unwrap();
+
+    let ballast = fill_up(out.path());
+    let conf = node_dir.path().join("eccluster.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Logs {{\n  logfile = \"{}/%{{l}}/%{{n}}\"\n  log_idle_interval = 1\n  Manager \"mgr\" {{\n  }}\n}}\nduraplane {{\n  cluster_key_file = \"{}\"\n}}\n",
+            out.path().display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let opts = ManagerOptions {
+        config: conf,
+        name: "mgr".into(),
+        nodes: vec![("n1".into(), addr)],
+        key_file: None,
+        seeds: Vec::new(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let manager = Stopping(
+        stop.clone(),
+        Some(std::thread::spawn(move || manager::run(&opts, st))),
+    );
+    let consolidated = out.path().join("mainlog/n1");
+    let want: Vec<u8> = all.concat();
+    // Whatever the node counts as consumed is already in the consolidated file.
+    let check = || {
+        let pos = s.position("mgr").unwrap();
+        let have = std::fs::read(&consolidated).unwrap_or_default();
+        let consumed: usize = s
+            .read_at(0)
+            .map(|e| match e.unwrap() {
+                Entry::Record(r) => (r.offset, r.payload.len()),
+                Entry::Gap { .. } => panic!("gap"),
+            })
+            .take_while(|(off, _)| *off < pos)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            have.len() >= consumed && have[..consumed] == want[..consumed],
+            "checkpointed up to {pos}: {consumed} bytes consumed, the file holds {} (or differs)",
+            have.len()
+        );
+        pos
+    };
+
+    // Full from the start: nothing can be written, so nothing may be checkpointed.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(check(), 0, "checkpointed with nothing written");
+    assert!(!manager.finished(), "the manager gave up on a full disk");
+
+    // Room for about half: it gets part-way and stops there, still consistent.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ballast)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(2 << 20)).unwrap();
+    drop(f);
+    wait_for("progress once 2 MiB are free", || check() > 0);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let part = check();
+    assert!(part < end, "3.7 MB cannot fit in 2 MiB");
+    assert!(!manager.finished(), "the manager gave up on a full disk");
+
+    // Space back: it finishes, every record once.
+    std::fs::remove_file(&ballast).unwrap();
+    wait_for("the whole log once the disk has room", || check() >= end);
+    manager.join().unwrap();
+    engine.stop().unwrap();
+    let have = std::fs::read(&consolidated).unwrap();
+    assert_eq!(have.len(), want.len(), "every record once");
+    assert!(have == want, "the consolidated file differs from the log");
 }

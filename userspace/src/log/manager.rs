@@ -55,6 +55,14 @@ pub enum ManagerError {
     },
 }
 
+impl ManagerError {
+    /// The consolidated files' filesystem is out of space (or the quota is used up).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ManagerError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    }
+}
+
 fn ioe<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ManagerError + 'a {
     move |source| ManagerError::Io {
         op,
@@ -1347,18 +1355,34 @@ impl NodePuller {
         }
     }
 
+    /// Opens the consolidated log's state, retrying (and saying so) until it opens or
+    /// the manager stops: a full disk or a wrong permission is mended by the operator
+    /// while the manager runs, and the puller must still be there when it is.
+    fn open_sink(&self, log: &str) -> Option<Sink> {
+        while !self.stop.load(Ordering::Relaxed) {
+            match Sink::open(self.cfg.clone(), self.files.clone(), &self.node, log) {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::error!(node = self.node, log, error = %e, "manager: cannot open the consolidated log state (retrying)");
+                    self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
+                }
+            }
+        }
+        None
+    }
+
     /// Pulls one log until stopped or the node no longer publishes it, reconnecting
     /// after failures.
     fn pull(&self, log: &str) {
-        let mut sink = match Sink::open(self.cfg.clone(), self.files.clone(), &self.node, log) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(node = self.node, log, error = %e, "manager: cannot open the consolidated log state");
-                return;
-            }
+        let Some(mut sink) = self.open_sink(log) else {
+            return;
         };
+        // Bytes per batch: `BATCH`, cut on a full disk so that what still fits is
+        // written and checkpointed (a batch larger than the free space would fail whole,
+        // again and again), and doubled back after each batch that commits.
+        let mut batch = BATCH;
         while !self.stop.load(Ordering::Relaxed) {
-            match self.session(log, &mut sink) {
+            match self.session(log, &mut sink, &mut batch) {
                 Ok(()) => {}
                 Err(SessionError::Client(LogClientError::Refused {
                     code: code::UNKNOWN_LOG | code::UNPUBLISHED,
@@ -1372,23 +1396,27 @@ impl NodePuller {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(node = self.node, log, error = %e, "manager: log session ended");
+                    if matches!(&e, SessionError::Manager(m) if m.is_disk_full()) {
+                        batch = (batch / 4).max(MIN_BATCH);
+                        tracing::error!(node = self.node, log, error = %e, batch,
+                            "manager: the consolidated log's disk is full; nothing unwritten is checkpointed, retrying with smaller batches");
+                    } else {
+                        tracing::warn!(node = self.node, log, error = %e, "manager: log session ended");
+                    }
                     self.sleep(self.cfg.log_idle_interval.max(Duration::from_millis(200)));
                     // Start again from the committed state: a batch appended but not
                     // committed is cut, and fetched again.
-                    match Sink::open(self.cfg.clone(), self.files.clone(), &self.node, log) {
-                        Ok(s) => sink = s,
-                        Err(e) => {
-                            tracing::error!(node = self.node, log, error = %e, "manager: cannot reopen the consolidated log state");
-                            return;
-                        }
+                    drop(sink);
+                    match self.open_sink(log) {
+                        Some(s) => sink = s,
+                        None => return,
                     }
                 }
             }
         }
     }
 
-    fn session(&self, log: &str, sink: &mut Sink) -> Result<(), SessionError> {
+    fn session(&self, log: &str, sink: &mut Sink, batch: &mut u64) -> Result<(), SessionError> {
         let mut c = LogClient::connect(self.addr, &self.key, &self.me, Duration::from_secs(5))?;
         let mut subscribed = None;
         for s in &self.subs {
@@ -1501,7 +1529,7 @@ impl NodePuller {
                     }
                 }
             });
-            let r = self.receive(log, &mut c, &batches, &results);
+            let r = self.receive(log, &mut c, &batches, &results, batch);
             drop(batches);
             r
         })
@@ -1515,32 +1543,45 @@ impl NodePuller {
         c: &mut LogClient,
         batches: &std::sync::mpsc::SyncSender<Vec<RecordsBuf>>,
         results: &std::sync::mpsc::Receiver<Result<Option<Offset>, ManagerError>>,
+        batch: &mut u64,
     ) -> Result<(), SessionError> {
         let mut in_flight = 0usize;
-        let settle =
-            |in_flight: &mut usize, c: &mut LogClient, block: bool| -> Result<(), SessionError> {
-                while *in_flight > 0 {
-                    let r = if block {
-                        match results.recv() {
-                            Ok(r) => r,
-                            Err(_) => return Ok(()),
-                        }
-                    } else {
-                        match results.try_recv() {
-                            Ok(r) => r,
-                            Err(_) => return Ok(()),
-                        }
-                    };
-                    *in_flight -= 1;
-                    if let Some(off) = r? {
-                        fault(Fault::BeforeCheckpoint);
-                        c.send_checkpoint(off)?;
+        // A written batch: checkpointed on the node, and the next batches may be larger.
+        let committed = |r: Result<Option<Offset>, ManagerError>,
+                         c: &mut LogClient,
+                         batch: &mut u64|
+         -> Result<(), SessionError> {
+            if let Some(off) = r? {
+                fault(Fault::BeforeCheckpoint);
+                c.send_checkpoint(off)?;
+                *batch = (*batch * 2).min(BATCH);
+            }
+            Ok(())
+        };
+        let settle = |in_flight: &mut usize,
+                      c: &mut LogClient,
+                      batch: &mut u64,
+                      block: bool|
+         -> Result<(), SessionError> {
+            while *in_flight > 0 {
+                let r = if block {
+                    match results.recv() {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
                     }
-                }
-                Ok(())
-            };
+                } else {
+                    match results.try_recv() {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    }
+                };
+                *in_flight -= 1;
+                committed(r, c, batch)?;
+            }
+            Ok(())
+        };
         while !self.stop.load(Ordering::Relaxed) {
-            settle(&mut in_flight, c, false)?;
+            settle(&mut in_flight, c, batch, false)?;
             // Everything that is here now (up to a batch), then hand it over.
             let mut recs: Vec<RecordsBuf> = Vec::new();
             let (mut bytes, mut count, mut caught_up) = (0u64, 0usize, false);
@@ -1573,13 +1614,13 @@ impl NodePuller {
                     }
                     BatchDelivery::Checkpointed { .. } => {}
                 }
-                if caught_up || count >= 65_536 || bytes >= BATCH {
+                if caught_up || count >= 65_536 || bytes >= *batch {
                     break;
                 }
                 // A write that finished while this batch fills is checkpointed now, not
                 // after the batch: the node makes it durable while records keep coming,
                 // and its window reopens before it runs dry.
-                settle(&mut in_flight, c, false)?;
+                settle(&mut in_flight, c, batch, false)?;
                 d = c.poll_batch(Duration::from_millis(1))?;
             }
             if recs.is_empty() {
@@ -1594,7 +1635,7 @@ impl NodePuller {
             let behind = !caught_up;
             if batches.send(recs).is_err() {
                 // The writer stopped on an error: it is in `results`.
-                settle(&mut in_flight, c, true)?;
+                settle(&mut in_flight, c, batch, true)?;
                 return Ok(());
             }
             in_flight += 1;
@@ -1605,17 +1646,14 @@ impl NodePuller {
                     what: "the consolidated-log writer stopped".into(),
                 })?;
                 in_flight -= 1;
-                if let Some(off) = r? {
-                    fault(Fault::BeforeCheckpoint);
-                    c.send_checkpoint(off)?;
-                }
+                committed(r, c, batch)?;
             }
             if !behind {
-                settle(&mut in_flight, c, true)?;
+                settle(&mut in_flight, c, batch, true)?;
                 self.sleep(self.cfg.log_active_interval);
             }
         }
-        settle(&mut in_flight, c, true)?;
+        settle(&mut in_flight, c, batch, true)?;
         Ok(())
     }
 }
@@ -1629,6 +1667,9 @@ impl NodePuller {
 /// 4 MiB × 12 1,116 (more, smaller commits, each with its fdatasyncs).
 const BATCH: u64 = MAX_WINDOW as u64 / 8;
 const IN_FLIGHT: usize = 5;
+/// The smallest batch on a full disk: one frame from the node (a batch is never cut
+/// below the frame it ends in).
+const MIN_BATCH: u64 = 64 << 10;
 
 /// Crash points for tests (`DURAPLANE_MANAGER_FAULT=before_state:N` or
 /// `before_checkpoint:N`): the process aborts, as a kill -9 would, at the N-th batch.
