@@ -28,19 +28,28 @@ fn toolchain_works(name: &str, need_src: bool) -> bool {
 }
 
 /// Exposes the commit for `duraplane_build_info` and `duraplane version` (absent outside git).
+/// Asks git where HEAD and the refs live: in a worktree (`cargo xtask bench-ab`) `.git` is
+/// a file, and watching a path that does not exist would rebuild every time.
 fn git_commit() {
-    let git = concat!(env!("CARGO_MANIFEST_DIR"), "/../.git");
-    if !std::path::Path::new(git).exists() {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let (Some(dir), Some(common)) = (
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) else {
         return;
-    }
-    println!("cargo:rerun-if-changed={git}/HEAD");
-    println!("cargo:rerun-if-changed={git}/refs/heads");
-    if let Ok(out) = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        && out.status.success()
-    {
-        let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    };
+    println!("cargo:rerun-if-changed={dir}/HEAD");
+    println!("cargo:rerun-if-changed={common}/refs/heads");
+    if let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) {
         println!("cargo:rustc-env=DURAPLANE_GIT_COMMIT={commit}");
     }
 }
