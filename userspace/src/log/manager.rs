@@ -561,9 +561,18 @@ impl OpenFiles {
     /// The open handles of `path`, taken out of the cache, or fresh ones (created with
     /// `file_mode`, its directories with `dir_mode`); with `direct`, also a direct-I/O
     /// handle where the filesystem supports one.
+    /// A cached handle is used only while `path` still names its file: one moved away
+    /// or removed (log rotation) is closed, and the path opened (created) anew.
     fn take(&self, path: &Path, cfg: &LogsConfig, direct: bool) -> Result<Out, ManagerError> {
         if let Some((f, _)) = self.lock().remove(path) {
-            return Ok(f);
+            let same =
+                |a: &fs::Metadata, b: &fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+            match (fs::metadata(path), f.file.metadata()) {
+                (Ok(now), Ok(open)) if same(&now, &open) => return Ok(f),
+                _ => {
+                    tracing::info!(file = %path.display(), "manager: the consolidated file was moved or removed; writing a new one")
+                }
+            }
         }
         if let Some(d) = path.parent() {
             make_dirs(d, cfg.dir_mode)?;
@@ -669,6 +678,10 @@ struct Appender {
     /// The partial last block `st.file` will end in once every staged batch is written:
     /// the next batch's start, while earlier ones are still being written.
     carry: Option<Carry>,
+    /// The inode the last batch went to (not kept across restarts): a file moved away
+    /// and created anew is a switch, like a new path, so the state names its length
+    /// before anything is written to it.
+    ino: Option<u64>,
 }
 
 /// The end of the last staged batch (see [`Appender::carry`]); the file and its length
@@ -733,6 +746,7 @@ impl Sink {
                 direct,
                 refused: Arc::new(AtomicBool::new(false)),
                 carry: None,
+                ino: None,
             },
             state,
         })
@@ -802,12 +816,13 @@ impl Appender {
                     out.file.metadata().map_err(ioe("stat", &path))?.len()
                 }
             };
-            if self.st.file.as_ref() != Some(&path) {
+            if self.st.file.as_ref() != Some(&path) || self.ino != Some(m.ino()) {
                 let mut st = self.st.clone();
                 st.file = Some(path.clone());
                 st.len = len;
                 switch(&st)?;
                 self.st = st;
+                self.ino = Some(m.ino());
             }
             // Gathered straight from the received frames: no copy of the batch.
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(8192);
@@ -1877,6 +1892,54 @@ mod tests {
         assert_eq!(commit(&mut sink.state, p).unwrap(), 120);
         assert_eq!(fs::read_to_string(&out).unwrap(), "a\nb\nc\nd\n");
         assert_eq!(StateFile::load(&sink.state.path).unwrap().1.last, Some(120));
+    }
+
+    /// Log rotation by moving the consolidated file away (logrotate without
+    /// `copytruncate`): the next batch goes to a new file at the path, not through the
+    /// cached handle into the moved one; and a crash before that batch commits cuts it
+    /// from the new file, so it is not there twice once fetched again.
+    #[test]
+    fn a_file_moved_away_is_followed_by_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(cfg(dir.path()));
+        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
+        let out = dir.path().join("mainlog/n1");
+        let rotated = dir.path().join("mainlog/n1.1");
+        let mut sink = Sink::open(c.clone(), files.clone(), "n1", "mainlog").unwrap();
+        {
+            let Sink { appender, state } = &mut sink;
+            // The committer saves a switch before the batch is written; so here.
+            let state = std::cell::RefCell::new(state);
+            let mut switch = |st: &State| state.borrow_mut().save(st);
+            let (p, _) = append(appender, &[frame(&[(0, b"a\n"), (40, b"b")])], &mut switch);
+            assert_eq!(commit(&mut state.borrow_mut(), p).unwrap(), 40);
+            fs::rename(&out, &rotated).unwrap();
+            let (p, _) = append(appender, &[frame(&[(80, b"c\n")])], &mut switch);
+            assert_eq!(fs::read_to_string(&rotated).unwrap(), "a\nb\n");
+            assert_eq!(fs::read_to_string(&out).unwrap(), "c\n");
+            // Crash: the batch is written, never committed.
+            drop(p);
+        }
+        drop(sink);
+        files.sweep();
+        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
+        let mut sink = Sink::open(c.clone(), files.clone(), "n1", "mainlog").unwrap();
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            "",
+            "uncommitted batch cut"
+        );
+        let Sink { appender, state } = &mut sink;
+        let state = std::cell::RefCell::new(state);
+        let mut switch = |st: &State| state.borrow_mut().save(st);
+        let (p, _) = append(
+            appender,
+            &[frame(&[(80, b"c\n"), (120, b"d")])],
+            &mut switch,
+        );
+        assert_eq!(commit(&mut state.borrow_mut(), p).unwrap(), 120);
+        assert_eq!(fs::read_to_string(&out).unwrap(), "c\nd\n");
+        assert_eq!(fs::read_to_string(&rotated).unwrap(), "a\nb\n");
     }
 
     /// Batches that start and end anywhere within blocks, with records smaller and larger
