@@ -9,8 +9,9 @@
 
 use std::{
     any::Any,
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         Arc, OnceLock, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -316,7 +317,13 @@ enum WorkerMsg {
 struct Sub {
     tx: mpsc::Sender<WorkerMsg>,
     thread: Option<JoinHandle<()>>,
+    /// The subscriber this connection holds (see [`LogService::holders`]).
+    holds: Holder,
 }
+
+/// A subscriber of one stream: the stream's directory (one stream may be published under
+/// two names) and the subscriber name.
+type Holder = (PathBuf, String);
 
 /// The engine service. Build it with [`LogService::new`], register it under
 /// [`ServiceId::LOG`], then hand it the engine's handle with [`LogServiceHandle::attach`].
@@ -326,6 +333,14 @@ pub struct LogService {
     handle: Arc<OnceLock<EngineHandle>>,
     counters: Arc<LogServiceCounters>,
     subs: HashMap<ConnId, Sub>,
+    /// Which connection reads each subscriber now. One at a time: two readers of one
+    /// subscriber (two managers configured with the same name) would each checkpoint
+    /// what it stored, and one's checkpoint would move the position past records the
+    /// other never received — lost for it once it reconnects.
+    holders: HashMap<Holder, ConnId>,
+    /// Connections whose subscription the node ended (ERROR sent): a CHECKPOINT the
+    /// client sent before it read that ERROR is not malformed, and is ignored.
+    ended: HashSet<ConnId>,
 }
 
 /// What the owner keeps: attach the engine, read the counters.
@@ -373,6 +388,8 @@ impl LogService {
                 handle: handle.clone(),
                 counters: counters.clone(),
                 subs: HashMap::new(),
+                holders: HashMap::new(),
+                ended: HashSet::new(),
             },
             LogServiceHandle {
                 handle,
@@ -406,6 +423,9 @@ impl LogService {
 
     fn drop_sub(&mut self, conn: ConnId) {
         if let Some(mut s) = self.subs.remove(&conn) {
+            if self.holders.get(&s.holds) == Some(&conn) {
+                self.holders.remove(&s.holds);
+            }
             drop(s.tx);
             // The worker notices the closed channel within one poll; never join on the
             // reactor (it may be in a read or an fdatasync).
@@ -422,6 +442,7 @@ impl LogService {
         let sub = c.str()?;
         let window = c.u32()?;
         c.end()?;
+        self.ended.remove(&conn);
         if self.subs.contains_key(&conn) {
             self.refuse(
                 ctx,
@@ -453,6 +474,22 @@ impl LogService {
                 return Ok(());
             }
         };
+        let holds: Holder = (stream.path().to_path_buf(), sub.clone());
+        if let Some(&other) = self.holders.get(&holds) {
+            let peer = ctx
+                .conn(other)
+                .map(|c| format!("{} {}", c.remote_name, c.remote))
+                .unwrap_or_else(|| other.to_string());
+            self.refuse(
+                ctx,
+                conn,
+                code::ALREADY_SUBSCRIBED,
+                &format!(
+                    "subscriber {sub:?} of log {log:?} is already being read by {peer}; one reader per subscriber (two readers would checkpoint past each other's records)"
+                ),
+            );
+            return Ok(());
+        }
         let Some(engine) = self.handle.get().cloned() else {
             self.refuse(ctx, conn, code::NOT_READY, "log service starting");
             return Ok(());
@@ -486,11 +523,13 @@ impl LogService {
             Ok(t) => {
                 self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%conn, log, subscriber = sub, next, "log service: subscribed");
+                self.holders.insert(holds.clone(), conn);
                 self.subs.insert(
                     conn,
                     Sub {
                         tx,
                         thread: Some(t),
+                        holds,
                     },
                 );
             }
@@ -522,7 +561,11 @@ impl Service for LogService {
                     })
                 }
             }
-            kind::MEMBERS if f.payload.is_empty() => {
+            kind::MEMBERS if !f.payload.is_empty() => Err(WireError {
+                kind: kind::MEMBERS,
+                why: "MEMBERS has no payload",
+            }),
+            kind::MEMBERS => {
                 let list = self.members.as_ref().map(|m| m()).unwrap_or_default();
                 let mut v = (list.len() as u16).to_be_bytes().to_vec();
                 for (n, a) in &list {
@@ -542,6 +585,10 @@ impl Service for LogService {
                     (Ok(off), Ok(())) => match self.subs.get(&conn) {
                         Some(s) => {
                             let _ = s.tx.send(WorkerMsg::Checkpoint(off));
+                            Ok(())
+                        }
+                        None if self.ended.contains(&conn) => {
+                            tracing::debug!(%conn, offset = off, "log service: checkpoint after the subscription ended, ignored");
                             Ok(())
                         }
                         None => Err(WireError {
@@ -564,6 +611,7 @@ impl Service for LogService {
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, conn: &ConnInfo, _reason: &CloseReason) {
         self.drop_sub(conn.id);
+        self.ended.remove(&conn.id);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Box<dyn Any + Send>) {
@@ -571,7 +619,16 @@ impl Service for LogService {
         // failed).
         let msg = match msg.downcast::<SubEnded>() {
             Ok(m) => {
-                self.drop_sub(m.0);
+                // Forgotten and answered in one step on the reactor: the client, once it
+                // reads the error, may subscribe again on the connection, and a
+                // checkpoint it sent before reading it does not close the connection
+                // (which could drop the error still queued).
+                let SubEnded { conn, error } = *m;
+                self.drop_sub(conn);
+                if ctx.conn(conn).is_some() {
+                    self.ended.insert(conn);
+                    ctx.send(conn, &error);
+                }
                 return;
             }
             Err(other) => other,
@@ -592,7 +649,11 @@ impl Service for LogService {
 
 struct BadCheckpoint(ConnId);
 
-struct SubEnded(ConnId);
+/// A subscription ended by itself; `error` tells the client why.
+struct SubEnded {
+    conn: ConnId,
+    error: Frame,
+}
 
 /// A subscription's flow state: durable position, end of what was sent, offsets in flight.
 struct Flow {
@@ -638,15 +699,14 @@ impl Worker {
             "log {:?} is no longer published (configuration reload)",
             self.log
         );
-        // The connection stays open (closing could drop the frame still queued): the
-        // service forgets the subscription first, so the client, once it reads the
-        // error, may subscribe again on it.
-        let _ = self
-            .engine
-            .post(ServiceId::LOG, Box::new(SubEnded(self.conn)));
-        let _ = self
-            .engine
-            .send(self.conn, error_frame(code::UNPUBLISHED, &msg));
+        // The connection stays open (closing could drop the frame still queued).
+        let _ = self.engine.post(
+            ServiceId::LOG,
+            Box::new(SubEnded {
+                conn: self.conn,
+                error: error_frame(code::UNPUBLISHED, &msg),
+            }),
+        );
         false
     }
 
@@ -700,7 +760,14 @@ impl Worker {
                             drained = true;
                             break;
                         }
-                        Some(Err(e)) => return self.fail(code::STORAGE, &e.to_string()),
+                        Some(Err(e)) => {
+                            // The records read before the bad one still go out (they
+                            // used to go down with the batch, never delivered).
+                            if !self.flush(&mut batch, false) {
+                                return;
+                            }
+                            return self.fail(code::STORAGE, &e.to_string());
+                        }
                         Some(Ok(Entry::Gap { from, to })) => {
                             if !self.flush(&mut batch, false) {
                                 return;
@@ -813,10 +880,13 @@ impl Worker {
         // connection stays open. Closing it here dropped the error frame still queued
         // (and a close with unread input is a reset), so the client saw a bare
         // disconnect instead of the reason.
-        let _ = self
-            .engine
-            .post(ServiceId::LOG, Box::new(SubEnded(self.conn)));
-        let _ = self.engine.send(self.conn, error_frame(c, msg));
+        let _ = self.engine.post(
+            ServiceId::LOG,
+            Box::new(SubEnded {
+                conn: self.conn,
+                error: error_frame(c, msg),
+            }),
+        );
     }
 }
 
