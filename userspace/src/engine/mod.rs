@@ -49,6 +49,12 @@ pub struct Limits {
     pub max_out_buffer: usize,
 }
 
+/// Default unsent-output limit per connection: a log subscriber's largest window (64 MiB)
+/// plus the record frame that overshoots it and one more, so a subscriber that reads slowly
+/// but within its window is never closed as slow (`log::service` asserts this at compile
+/// time).
+pub const DEFAULT_MAX_OUT_BUFFER: usize = (64 << 20) + 2 * DEFAULT_MAX_FRAME as usize;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -56,7 +62,7 @@ impl Default for Limits {
             max_connections: 1024,
             auth_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            max_out_buffer: 64 << 20,
+            max_out_buffer: DEFAULT_MAX_OUT_BUFFER,
         }
     }
 }

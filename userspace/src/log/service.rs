@@ -77,6 +77,12 @@ pub const DEFAULT_WINDOW: u32 = 8 << 20;
 /// Window bounds (a client asking for more or less is clamped).
 pub const MIN_WINDOW: u32 = 64 << 10;
 pub const MAX_WINDOW: u32 = 64 << 20;
+// A full window, and the frame past it, fit in a connection's default output limit: a
+// subscriber reading within its window is never closed as slow.
+const _: () = assert!(
+    MAX_WINDOW as usize + 2 * crate::engine::DEFAULT_MAX_FRAME as usize
+        <= crate::engine::DEFAULT_MAX_OUT_BUFFER
+);
 /// Largest RECORDS payload the service builds (below the engine's 1 MiB frame limit).
 pub const BATCH_BYTES: usize = 768 << 10;
 /// Per-record overhead in a RECORDS payload.
