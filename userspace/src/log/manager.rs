@@ -1609,7 +1609,19 @@ impl NodePuller {
                     .log_idle_interval
                     .clamp(Duration::from_millis(10), Duration::from_secs(10))
             };
-            let mut d = c.poll_batch(wait)?;
+            // An error from the node (a bad record in its log, the log unpublished) ends
+            // the session, but only after what arrived before it is written and
+            // committed: dropping it would leave those records out of the file on every
+            // retry, since the node stops at the same place each time.
+            let mut ended = None;
+            let mut poll = |c: &mut LogClient, wait| match c.poll_batch(wait) {
+                Ok(d) => d,
+                Err(e) => {
+                    ended = Some(e);
+                    None
+                }
+            };
+            let mut d = poll(c, wait);
             while let Some(x) = d {
                 match x {
                     BatchDelivery::Records(r) => {
@@ -1636,7 +1648,14 @@ impl NodePuller {
                 // after the batch: the node makes it durable while records keep coming,
                 // and its window reopens before it runs dry.
                 settle(&mut in_flight, c, batch, false)?;
-                d = c.poll_batch(Duration::from_millis(1))?;
+                d = poll(c, Duration::from_millis(1));
+            }
+            if let Some(e) = ended {
+                if !recs.is_empty() && batches.send(recs).is_ok() {
+                    in_flight += 1;
+                }
+                settle(&mut in_flight, c, batch, true)?;
+                return Err(e.into());
             }
             if recs.is_empty() {
                 continue;
