@@ -6,28 +6,28 @@
 //! and never moves a durable position past what that subscriber was sent, nor backwards.
 
 use std::{
-    collections::BTreeMap,
     net::{SocketAddr, TcpStream},
-    os::unix::fs::FileExt,
-    path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering},
+    path::Path,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use duraplane::{
     engine::{
-        ClusterKey, Engine, EngineConfig, Frame, Limits, ListenerSpec, RejectReason, ServiceId,
+        ClusterKey, Engine, Frame, Limits, RejectReason, ServiceId,
         client::{Client, ClientError},
     },
     log::{
-        LogError, Offset, Record, SEGMENT_HEADER_LEN, Stream, StreamOptions,
-        frame::{FRAME_HEADER_LEN, frame_len},
+        LogError, Offset, Record, Stream, StreamOptions,
+        frame::frame_len,
         service::{
-            self, Delivery, LogClient, LogClientError, LogService, LogServiceHandle, MAX_WINDOW,
-            MIN_WINDOW, code, flags, kind,
+            self, Delivery, LogClient, LogClientError, LogServiceHandle, MAX_WINDOW, MIN_WINDOW,
+            code, flags, kind, serve_loopback_with,
         },
     },
 };
+
+mod corrupt_support;
 
 const KEY: &[u8] = b"logsvc-hostile-test-key-0123456789abcdef";
 /// Bound on every wait; only reached when something is broken.
@@ -46,27 +46,11 @@ struct Node {
 
 impl Node {
     fn start(logs: &[(&str, &Stream)], limits: Limits) -> Node {
-        let published: BTreeMap<String, Stream> = logs
-            .iter()
-            .map(|(n, s)| ((*n).to_owned(), (*s).clone()))
-            .collect();
-        let (svc, handle) = LogService::new(Arc::new(published));
-        let mut ec = EngineConfig::new("node", key());
-        ec.limits = limits;
-        ec.listeners = vec![ListenerSpec {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            backlog: 16,
-            recv_buffer: None,
-            send_buffer: None,
-            nodelay: true,
-        }];
-        let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))]).unwrap();
-        handle.attach(engine.handle());
-        let addr = engine.local_addrs()[0];
+        let l = serve_loopback_with("node", logs, &key(), limits).unwrap();
         Node {
-            engine,
-            addr,
-            handle,
+            engine: l.engine,
+            addr: l.addr,
+            handle: l.handle,
         }
     }
 
@@ -915,19 +899,6 @@ fn a_subscriber_that_never_reads_does_not_stall_the_node() {
 }
 
 /// Segment files of a stream, by first offset.
-fn segments(dir: &Path) -> Vec<(Offset, PathBuf)> {
-    let mut v: Vec<(Offset, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name()?.to_str()?.strip_suffix(".seg")?.to_owned();
-            Some((u64::from_str_radix(&name, 16).ok()?, p))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// A bit flipped in a record of a sealed segment (bit rot; sealed segments are trusted
 /// on open): the subscriber gets every record before it, then ERROR STORAGE naming the
 /// offset; nothing at or past it is ever checkpointed; the subscriber can subscribe
@@ -944,24 +915,9 @@ fn bit_flip_in_a_sealed_segment_is_reported_and_stops_the_subscriber_there() {
     let s = open(&path, &["mgr"], 64 << 10);
     let want = fill(&s, 300, 1000);
     drop(s);
-    let segs = segments(&path);
-    assert!(segs.len() >= 4, "{segs:?}");
-    // The fourth record of the third segment (sealed: more follow).
-    let (first, seg) = &segs[2];
-    let bad_i = want.iter().position(|(o, _)| o > first).unwrap() + 2;
+    let offsets: Vec<Offset> = want.iter().map(|(o, _)| *o).collect();
+    let bad_i = corrupt_support::flip_a_bit_in_a_sealed_segment(&path, &offsets);
     let bad = want[bad_i].0;
-    assert!(bad < segs[3].0);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .read(true)
-        .open(seg)
-        .unwrap();
-    let at = SEGMENT_HEADER_LEN + (bad - first) + FRAME_HEADER_LEN as u64 + 100;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
     let s = open(&path, &["mgr"], 64 << 10);
     let other = open(&dir.path().join("other"), &["mgr"], 64 << 10);
     let other_want = fill(&other, 50, 500);

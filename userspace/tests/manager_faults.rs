@@ -3,6 +3,7 @@
 //! on real files: the node's log service alone on loopback (`serve_loopback`), the
 //! manager's `run` on a thread, its consolidated files on a real (small) filesystem.
 
+mod corrupt_support;
 mod mount_support;
 
 use std::net::SocketAddr;
@@ -12,10 +13,9 @@ use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
 use std::time::{Duration, Instant};
 
 use duraplane::engine::{ClusterKey, Engine};
-use duraplane::log::frame::FRAME_HEADER_LEN;
 use duraplane::log::manager::{self, ManagerError, ManagerOptions};
 use duraplane::log::service::serve_loopback;
-use duraplane::log::{Entry, Offset, SEGMENT_HEADER_LEN, Stream, StreamOptions};
+use duraplane::log::{Entry, Offset, Stream, StreamOptions};
 use mount_support::Mounted;
 
 const KEY: &[u8] = b"manager-faults-key-0123456789abcdef";
@@ -242,33 +242,11 @@ fn a_bad_record_on_the_node_stops_the_file_right_before_it() {
     let all: Vec<Vec<u8>> = (0..200).map(line).collect();
     let offsets: Vec<Offset> = all.iter().map(|l| s.append(l).unwrap()).collect();
     drop(s);
-    // The third record of the third segment, which more segments follow.
-    let seg_dir = node_dir.path().join("mainlog.cluster");
-    let mut segs: Vec<(Offset, PathBuf)> = std::fs::read_dir(&seg_dir)
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.unwrap().path();
-            let first = p.file_name()?.to_str()?.strip_suffix(".seg")?.to_owned();
-            Some((u64::from_str_radix(&first, 16).ok()?, p))
-        })
-        .collect();
-    segs.sort();
-    assert!(segs.len() >= 4, "{segs:?}");
-    let (first, seg) = &segs[2];
-    let bad_i = offsets.iter().position(|o| o > first).unwrap() + 2;
+    let bad_i = corrupt_support::flip_a_bit_in_a_sealed_segment(
+        &node_dir.path().join("mainlog.cluster"),
+        &offsets,
+    );
     let bad = offsets[bad_i];
-    assert!(bad < segs[3].0, "the bad record is in a sealed segment");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(seg)
-        .unwrap();
-    let at = SEGMENT_HEADER_LEN + (bad - first) + FRAME_HEADER_LEN as u64 + 100;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
 
     let s = open(node_dir.path(), Some(64 << 10));
     let pull = Pull::start(node_dir.path(), &s, out_dir.path());

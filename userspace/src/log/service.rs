@@ -896,20 +896,30 @@ impl Worker {
     }
 }
 
-/// A node's log service alone, publishing `stream` as `log` on a loopback port the kernel
-/// picks: the engine and its address. For tests, benchmarks and tools that need the 4802
-/// service without a daemon around it.
-pub fn serve_loopback(
+/// A node's log service alone on a loopback port the kernel picks. For tests, benchmarks
+/// and tools that need the 4802 service without a daemon around it.
+pub struct Loopback {
+    pub engine: crate::engine::Engine,
+    pub addr: SocketAddr,
+    /// The service's handle (its counters, the published set).
+    pub handle: LogServiceHandle,
+}
+
+/// [`Loopback`] publishing each `(log, stream)` of `logs`, with the engine's `limits`.
+pub fn serve_loopback_with(
     nodename: &str,
-    log: &str,
-    stream: &Stream,
+    logs: &[(&str, &Stream)],
     key: &ClusterKey,
-) -> Result<(crate::engine::Engine, SocketAddr), crate::engine::EngineError> {
+    limits: crate::engine::Limits,
+) -> Result<Loopback, crate::engine::EngineError> {
     use crate::engine::{Engine, EngineConfig, ListenerSpec};
-    let mut published = BTreeMap::new();
-    published.insert(log.to_owned(), stream.clone());
+    let published: BTreeMap<String, Stream> = logs
+        .iter()
+        .map(|(log, s)| ((*log).to_owned(), (*s).clone()))
+        .collect();
     let (svc, handle) = LogService::new(Arc::new(published));
     let mut ec = EngineConfig::new(nodename, key.clone());
+    ec.limits = limits;
     ec.listeners = vec![ListenerSpec {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         backlog: 16,
@@ -920,7 +930,22 @@ pub fn serve_loopback(
     let engine = Engine::start(ec, vec![(ServiceId::LOG, Box::new(svc))])?;
     handle.attach(engine.handle());
     let addr = engine.local_addrs()[0];
-    Ok((engine, addr))
+    Ok(Loopback {
+        engine,
+        addr,
+        handle,
+    })
+}
+
+/// The service publishing `stream` as `log`, default limits: the engine and its address.
+pub fn serve_loopback(
+    nodename: &str,
+    log: &str,
+    stream: &Stream,
+    key: &ClusterKey,
+) -> Result<(crate::engine::Engine, SocketAddr), crate::engine::EngineError> {
+    let l = serve_loopback_with(nodename, &[(log, stream)], key, Default::default())?;
+    Ok((l.engine, l.addr))
 }
 
 /// Errors of the blocking [`LogClient`].
