@@ -705,14 +705,7 @@ impl Worker {
             "log {:?} is no longer published (configuration reload)",
             self.log
         );
-        // The connection stays open (closing could drop the frame still queued).
-        let _ = self.engine.post(
-            ServiceId::LOG,
-            Box::new(SubEnded {
-                conn: self.conn,
-                error: error_frame(code::UNPUBLISHED, &msg),
-            }),
-        );
+        self.end_with_error(code::UNPUBLISHED, &msg);
         false
     }
 
@@ -882,10 +875,14 @@ impl Worker {
             error = msg,
             "log service: subscription failed"
         );
-        // As for an unpublished log: the service forgets the subscription and the
-        // connection stays open. Closing it here dropped the error frame still queued
-        // (and a close with unread input is a reset), so the client saw a bare
-        // disconnect instead of the reason.
+        self.end_with_error(c, msg);
+    }
+
+    /// Ends the subscription with an ERROR: the service forgets it and sends the error,
+    /// and the connection stays open. Closing it dropped the error frame still queued
+    /// (and a close with unread input is a reset), so the client saw a bare disconnect
+    /// instead of the reason.
+    fn end_with_error(&self, c: u16, msg: &str) {
         let _ = self.engine.post(
             ServiceId::LOG,
             Box::new(SubEnded {
