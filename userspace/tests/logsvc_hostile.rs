@@ -128,7 +128,7 @@ fn checkpoint(off: u64) -> Frame {
 }
 
 /// What the service answered, records of a live subscription aside.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Answer {
     Closed,
     Error(u16, String),
@@ -901,8 +901,10 @@ fn a_subscriber_that_never_reads_does_not_stall_the_node() {
 /// Segment files of a stream, by first offset.
 /// A bit flipped in a record of a sealed segment (bit rot; sealed segments are trusted
 /// on open): the subscriber gets every record before it, then ERROR STORAGE naming the
-/// offset; nothing at or past it is ever checkpointed; the subscriber can subscribe
-/// again (and meets the same error); another log on the same service is unaffected.
+/// offset; its checkpoints of those records are still taken, so its position reaches the
+/// bad record and stops there; nothing at or past it is ever sent or checkpointed; once
+/// the connection closes the subscriber can subscribe again (and meets the same error at
+/// once); another log on the same service is unaffected.
 ///
 /// Bugs found by this test (fixed in service.rs): the records read before the bad one in
 /// the same batch were dropped with it, so the subscriber got the error and none of
@@ -939,40 +941,55 @@ fn bit_flip_in_a_sealed_segment_is_reported_and_stops_the_subscriber_there() {
     );
     assert_records(&c.got, &want, 0);
     assert_eq!(s.position("mgr").unwrap(), 0);
-    // The subscription ended with the ERROR. A checkpoint the client sends after it
-    // (it may have crossed the ERROR in flight) is ignored — no CHECKPOINTED, and the
-    // connection stays open — and moves nothing, even at the bad record.
-    c.send(&checkpoint(bad));
-    c.send(&checkpoint(want[bad_i - 1].0));
-    let r = c.ask(&frame(kind::LIST, vec![]));
-    assert!(
-        matches!(&r, Answer::Other(f) if f.kind == kind::LOGS),
-        "checkpoints after the ERROR: {r:?}"
+    // Nothing more is sent, but the subscription still takes checkpoints of what was
+    // sent: the position can reach the bad record (where `dp-logctl verify` points).
+    let r = c.ask(&checkpoint(want[bad_i - 1].0));
+    assert_eq!(
+        r,
+        Answer::Checkpointed {
+            offset: want[bad_i - 1].0,
+            next: bad
+        }
     );
-    assert_eq!(s.position("mgr").unwrap(), 0);
-    assert_eq!(node.malformed(), 0);
+    assert_eq!(s.position("mgr").unwrap(), bad);
+    assert_eq!(c.got.len(), bad_i, "nothing sent after the ERROR");
+    // The subscriber stays held while the connection is open.
+    let mut other_c = node.raw();
+    let r = other_c.ask(&subscribe(b"mainlog", b"mgr", MIN_WINDOW));
+    assert!(
+        matches!(r, Answer::Error(code::ALREADY_SUBSCRIBED, _)),
+        "{r:?}"
+    );
+    // The bad record itself was never sent: checkpointing it is malformed (closed), and
+    // moves nothing.
+    let r = c.ask(&checkpoint(bad));
+    assert_eq!(r, Answer::Closed);
+    assert_eq!(s.position("mgr").unwrap(), bad);
+    assert_eq!(node.malformed(), 1);
 
-    // Subscribing again works (the failed subscription let go of `mgr`); checkpoints
-    // of what arrives move the position, never to or past the bad record.
+    // With the connection gone, subscribing again works: it starts at the bad record and
+    // meets the same error at once, with nothing sent and the position unchanged.
     let mut c = node.raw();
-    let r = c.ask(&subscribe(b"mainlog", b"mgr", MIN_WINDOW));
-    assert!(matches!(r, Answer::Subscribed { next: 0 }), "{r:?}");
-    let err = loop {
-        match c.next() {
-            // Checkpoints each frame's records as they come, as a manager does.
-            None => {
-                let _ = c.c.send(&checkpoint(c.got.last().unwrap().offset));
+    let r = loop {
+        match c.ask(&subscribe(b"mainlog", b"mgr", MIN_WINDOW)) {
+            // The close is handled on the node's reactor; it may not be through yet.
+            Answer::Error(code::ALREADY_SUBSCRIBED, _) => {
+                std::thread::sleep(Duration::from_millis(20))
             }
-            Some(Answer::Checkpointed { next, .. }) => assert!(next <= bad),
-            Some(a) => break a,
+            other => break other,
         }
     };
-    // The error comes whole even to a client checkpointing as fast as records come.
-    assert!(matches!(err, Answer::Error(code::STORAGE, _)), "{err:?}");
-    let p = s.position("mgr").unwrap();
-    assert!(p > 0 && p <= bad, "position {p}, bad record at {bad}");
-    assert_records(&c.got, &want, 0);
-    assert!(c.sent_end() <= bad);
+    assert!(
+        matches!(r, Answer::Subscribed { next } if next == bad),
+        "{r:?}"
+    );
+    let r = c.answer();
+    assert!(matches!(r, Answer::Error(code::STORAGE, _)), "{r:?}");
+    assert!(
+        c.got.is_empty(),
+        "nothing at or past the bad record is sent"
+    );
+    assert_eq!(s.position("mgr").unwrap(), bad);
 
     // Another log on the same service is unaffected.
     node.assert_lists(&["mainlog", "other"]);

@@ -765,7 +765,7 @@ impl Worker {
                             if !self.flush(&mut batch, false) {
                                 return;
                             }
-                            return self.fail(code::STORAGE, &e.to_string());
+                            return self.stuck(code::STORAGE, &e.to_string(), &mut st);
                         }
                         Some(Ok(Entry::Gap { from, to })) => {
                             if !self.flush(&mut batch, false) {
@@ -789,13 +789,14 @@ impl Worker {
                     if !self.flush(&mut batch, false) {
                         return;
                     }
-                    return self.fail(
+                    return self.stuck(
                         code::RECORD_TOO_LARGE,
                         &format!(
                             "record at offset {} ({} bytes) exceeds the service's frame size",
                             rec.offset,
                             rec.payload.len()
                         ),
+                        &mut st,
                     );
                 }
                 if bytes + sz > BATCH_BYTES {
@@ -820,6 +821,35 @@ impl Worker {
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
+            }
+        }
+    }
+
+    /// The reader cannot get past a record (bad on disk, or too large for a frame): the
+    /// client gets the ERROR after every record before it, and nothing more is sent. The
+    /// subscription stays open for checkpoints of what was sent, until the client closes
+    /// the connection, so the subscriber's position can reach the record. That is where
+    /// `dp-logctl verify` points, and the segments before it can go. The subscriber stays
+    /// held meanwhile (one reader at a time).
+    fn stuck(&mut self, c: u16, msg: &str, st: &mut Flow) {
+        tracing::error!(
+            log = self.log,
+            subscriber = self.sub,
+            error = msg,
+            "log service: the subscription cannot go on (checkpoints of what was sent are still taken)"
+        );
+        if self.engine.send(self.conn, error_frame(c, msg)).is_err() {
+            return;
+        }
+        while self.still_published() {
+            match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(WorkerMsg::Checkpoint(off)) => {
+                    if !self.on_checkpoint(off, st) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
