@@ -221,6 +221,27 @@ fn direction(goal: Option<&str>, unit: &str) -> (Direction, Source) {
 
 /// The rows of one run's JSON: each outcome's figure, and when it has a baseline, the figure
 /// ÷ the baseline (the machine's speed of the moment largely cancels in it) and the baseline.
+/// A baseline's name without the parts that carry this run's numbers: "what the disk
+/// allows: median of min(link, disk B) per round (medians: link 2072, disk B 1837)" names
+/// the same baseline in every run, so its rows must pair up across runs.
+fn stable_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(open) = rest.find('(') {
+        let Some(len) = rest[open..].find(')') else {
+            break;
+        };
+        let group = &rest[open..open + len + 1];
+        out.push_str(&rest[..open]);
+        if !group.chars().any(|c| c.is_ascii_digit()) {
+            out.push_str(group);
+        }
+        rest = &rest[open + len + 1..];
+    }
+    out.push_str(rest);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn parse_run(text: &str) -> Result<Vec<Row>> {
     let doc: DocJson = serde_json::from_str(text).context("not the harness's results JSON")?;
     let mut seen: HashMap<(String, String, Kind), usize> = HashMap::new();
@@ -248,6 +269,7 @@ fn parse_run(text: &str) -> Result<Vec<Row>> {
             value: o.value,
         });
         if let Some((name, Some(base))) = o.baseline {
+            let name = stable_name(&name);
             // Dividing by a negative baseline would turn the direction round: not judged then.
             let (rdir, rsource) = if base > 0.0 {
                 (dir, source)
@@ -951,6 +973,22 @@ pub fn run(args: &AbArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn baseline_names_drop_the_numbers_of_their_run() {
+        use super::stable_name;
+        let a = "what the disk allows: median of min(link, disk B) per round (medians: link 2072, disk B 1837)";
+        let b = "what the disk allows: median of min(link, disk B) per round (medians: link 1849, disk B 1844)";
+        assert_eq!(stable_name(a), stable_name(b));
+        assert_eq!(
+            stable_name(a),
+            "what the disk allows: median of min(link, disk B) per round"
+        );
+        // Parentheses without numbers, and numbers outside parentheses, stay.
+        let f = "F: fdatasync'd 4 KiB overwrites, interleaved (probe, same seconds)";
+        assert_eq!(stable_name(f), f);
+        assert_eq!(stable_name("unclosed (1"), "unclosed (1");
+    }
+
     use super::*;
 
     /// The shape `harness::write_json` writes (trimmed): a latency row with a goal and a
