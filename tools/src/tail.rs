@@ -45,11 +45,11 @@ pub fn write_record(
     )
 }
 
-/// Records lost to the `drop_oldest` disk policy.
+/// Offsets no reader can return: dropped by the `drop_oldest` disk policy, or damage `repair` skipped.
 pub fn write_gap(out: &mut impl Write, from: u64, to: u64) -> io::Result<()> {
     writeln!(
         out,
-        "# gap: offsets {from}..{to} dropped (disk policy drop_oldest)"
+        "# gap: offsets {from}..{to} not readable (dropped by the drop_oldest disk policy, or damage skipped by dp-logctl repair)"
     )
 }
 
@@ -65,7 +65,7 @@ mod tests {
         write_gap(&mut v, 1, 2).unwrap();
         assert_eq!(
             String::from_utf8(v).unwrap(),
-            "42\t7\thello\n43\t8\tno newline\n# gap: offsets 1..2 dropped (disk policy drop_oldest)\n"
+            "42\t7\thello\n43\t8\tno newline\n# gap: offsets 1..2 not readable (dropped by the drop_oldest disk policy, or damage skipped by dp-logctl repair)\n"
         );
     }
 }

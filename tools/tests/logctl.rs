@@ -91,8 +91,9 @@ fn dp_logctl_appends_tails_checkpoints_verifies_and_repairs() {
     assert!(ok(&dir, &["verify"]).ends_with("ok\n"));
 
     // A damaged record with a valid one after it (corruption, not a torn tail): verify
-    // says where and fails; repair cuts there and says what is lost; afterwards the stream
-    // verifies and the records before the damage remain.
+    // says where and fails; repair turns the damaged record into a gap and says so;
+    // afterwards the stream verifies, readers report the gap and every other record
+    // remains.
     let (seg, mut bytes, at) = std::fs::read_dir(&dir)
         .expect("stream dir")
         .flatten()
@@ -113,12 +114,22 @@ fn dp_logctl_appends_tails_checkpoints_verifies_and_repairs() {
     );
     let repaired = ok(&dir, &["repair"]);
     assert!(
-        repaired.starts_with(&format!("cut at offset {}", offsets[1]))
-            && repaired.contains("1 valid frame(s) after the damage"),
+        repaired.starts_with(&format!("skipped offsets {}..{} (", offsets[1], offsets[2]))
+            && !repaired.contains("cut at"),
         "{repaired}"
     );
     assert!(ok(&dir, &["verify"]).ends_with("ok\n"));
-    assert_eq!(texts(&ok(&dir, &["tail", "-s", "m"])), Vec::<String>::new());
+    assert_eq!(ok(&dir, &["repair"]), "nothing to repair\n");
     ok(&dir, &["add", "again"]);
-    assert_eq!(texts(&ok(&dir, &["tail", "-s", "again"])), ["one"]);
+    let tail = ok(&dir, &["tail", "-s", "again"]);
+    assert!(
+        tail.contains(&format!("# gap: offsets {}..{}", offsets[1], offsets[2])),
+        "{tail}"
+    );
+    let records: String = tail
+        .lines()
+        .filter(|l| !l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(texts(&records), ["one", "three"], "{tail}");
 }

@@ -27,6 +27,25 @@ fn all(s: &Stream) -> Vec<Record> {
         .collect()
 }
 
+/// After a repair: every record of `recs` in order, except `skipped`, read as one gap
+/// from its offset to the next frame's (`to`).
+fn assert_all_but(s: &Stream, recs: &[(Offset, Vec<u8>)], skipped: usize, to: Offset) {
+    let got: Vec<Entry> = s.read_from("m").unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(got.len(), recs.len(), "one entry per frame");
+    for (i, (e, (off, p))) in got.iter().zip(recs).enumerate() {
+        match e {
+            Entry::Gap { from, to: t } if i == skipped => {
+                assert_eq!((*from, *t), (*off, to), "the gap covers the damaged record")
+            }
+            Entry::Record(r) if i != skipped => {
+                assert_eq!(r.offset, *off, "record {i} at its offset");
+                assert!(r.payload == *p, "record {i} byte-equal");
+            }
+            other => panic!("entry {i}: {other:?}"),
+        }
+    }
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -133,19 +152,24 @@ fn flipped_bit_mid_segment_followed_by_valid_frames_is_refused() {
         assert!(err.to_string().contains(&format!("offset {}", recs[4].0)));
         std::fs::write(&seg, &orig).unwrap();
     }
-    // Explicit repair cuts at the bad frame and says what is lost.
+    // Explicit repair turns the bad frame into a gap and loses nothing else.
     flip(&seg, SEGMENT_HEADER_LEN + recs[4].0 + 40, 0x80);
     let v = log::verify(&dir).unwrap();
     assert!(!v.is_ok());
     assert_eq!(v.problems[0].offset, recs[4].0);
     let rep = log::repair(&dir).unwrap();
-    assert_eq!(rep.cut_at, Some(recs[4].0));
-    assert_eq!(rep.lost_frames, 5);
-    let old_end = recs[9].0 + 32 + recs[9].1.len() as u64;
-    assert_eq!(rep.lost_bytes, old_end - recs[4].0);
-    let s = Stream::open(&dir, &opts(SEG)).unwrap();
-    assert_eq!(all(&s).len(), 4);
+    assert_eq!(rep.cut_at, None, "{rep:?}");
+    assert_eq!(rep.skipped.len(), 1, "{rep:?}");
+    assert_eq!(
+        (&rep.skipped[0].path, rep.skipped[0].from, rep.skipped[0].to),
+        (&seg, recs[4].0, recs[5].0)
+    );
     assert!(log::verify(&dir).unwrap().is_ok());
+    assert!(log::repair(&dir).unwrap().nothing_done(), "once is enough");
+    let s = Stream::open(&dir, &opts(SEG)).unwrap();
+    assert_all_but(&s, &recs, 4, recs[5].0);
+    let old_end = recs[9].0 + 32 + recs[9].1.len() as u64;
+    assert_eq!(s.append(b"after repair").unwrap(), old_end);
 }
 
 /// A bit flip in the last frame's payload or CRC: the frame was written whole (no zero
@@ -191,15 +215,21 @@ fn flipped_bit_in_last_frame_is_damage_not_a_torn_tail() {
     assert!(v.is_ok(), "a torn tail is not corruption");
     assert_eq!(v.torn_tail.unwrap().offset, recs[9].0);
     drop(Stream::open(&dir, &opts(SEG)).unwrap());
-    // Damage is dropped only by an explicit repair, which says what it lost.
+    // Damage is passed only after an explicit repair, which turns it into a gap.
     std::fs::write(&seg, &orig).unwrap();
     flip(&seg, at + 35, 0x04);
     let rep = log::repair(&dir).unwrap();
-    assert_eq!(rep.cut_at, Some(recs[9].0));
-    assert_eq!(rep.lost_bytes, frame_len);
+    assert_eq!(rep.cut_at, None, "{rep:?}");
+    assert_eq!(
+        rep.skipped
+            .iter()
+            .map(|k| (k.from, k.to))
+            .collect::<Vec<_>>(),
+        [(recs[9].0, recs[9].0 + frame_len)]
+    );
     let s = Stream::open(&dir, &opts(SEG)).unwrap();
-    assert_eq!(all(&s).len(), 9);
-    assert_eq!(s.bounds().1, recs[9].0);
+    assert_all_but(&s, &recs, 9, recs[9].0 + frame_len);
+    assert_eq!(s.bounds().1, recs[9].0 + frame_len);
     assert!(log::verify(&dir).unwrap().is_ok());
 }
 
@@ -239,16 +269,34 @@ fn sealed_segment_corruption_found_by_verify_and_repaired() {
         (segs[1].clone(), *voff)
     );
 
+    // Repair wraps the damaged record as a gap: no segment goes, nothing after it is lost.
+    let end = Stream::open(&dir, &opts(4096)).unwrap().bounds().1;
     let rep = log::repair(&dir).unwrap();
-    assert_eq!(rep.cut_at, Some(*voff));
-    assert_eq!(rep.lost_frames as usize, recs.len() - victim - 1);
-    assert_eq!(rep.removed_segments.len(), segs.len() - 2);
-    assert_eq!(rep.clamped_subscribers, Vec::<String>::new());
+    assert_eq!(rep.cut_at, None, "{rep:?}");
+    assert_eq!(rep.removed_segments, Vec::<PathBuf>::new());
+    let next = recs[victim + 1].0;
+    assert_eq!(
+        rep.skipped
+            .iter()
+            .map(|k| (k.path.clone(), k.from, k.to))
+            .collect::<Vec<_>>(),
+        [(segs[1].clone(), *voff, next)]
+    );
     assert!(log::verify(&dir).unwrap().is_ok());
+    assert!(
+        Stream::open(
+            &dir,
+            &StreamOptions {
+                verify_sealed: true,
+                ..opts(4096)
+            },
+        )
+        .is_ok(),
+        "a checked open passes the wrapped span"
+    );
     let s = Stream::open(&dir, &opts(4096)).unwrap();
-    let got = all(&s);
-    assert_eq!(got.len(), victim);
-    assert_eq!(s.append(b"after repair").unwrap(), *voff);
+    assert_all_but(&s, &recs, victim, next);
+    assert_eq!(s.append(b"after repair").unwrap(), end);
 }
 
 #[test]

@@ -229,7 +229,8 @@ fn manager_output_disk_full_loses_nothing_and_resumes() {
 /// are trusted on open): the node sends every record before it, then ERROR STORAGE, on
 /// every retry. The manager's file gets exactly those records, once, however often it
 /// retries; it never gets the bad one or any after it; and the node's position for the
-/// manager ends right at the bad record (checkpointed up to the record before it).
+/// manager ends right at the bad record (checkpointed up to the record before it). After
+/// `repair` on the node (the bad record becomes a gap) the manager goes on past it.
 ///
 /// Found by this test (fixed in manager.rs): the records that arrived in the same batch
 /// as the node's error were dropped with the session, so on every retry the manager
@@ -275,4 +276,28 @@ fn a_bad_record_on_the_node_stops_the_file_right_before_it() {
         "the manager's position on the node"
     );
     pull.finish().unwrap();
+
+    // The operator repairs the node's log offline: the bad record becomes a gap, and the
+    // manager, started again on the same output, goes on past it. The file then holds
+    // every other record exactly once, in order.
+    drop(s);
+    let rep = duraplane::log::repair(node_dir.path().join("mainlog.cluster")).unwrap();
+    assert_eq!(rep.skipped.len(), 1, "{rep:?}");
+    assert_eq!(rep.skipped[0].from, bad);
+    let s = open(node_dir.path(), Some(64 << 10));
+    let pull = Pull::start(node_dir.path(), &s, out_dir.path());
+    let want: Vec<u8> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != bad_i)
+        .flat_map(|(_, l)| l.iter().copied())
+        .collect();
+    let (_, end) = s.bounds();
+    wait_for("the whole log but the bad record", || {
+        s.position("mgr").unwrap() >= end
+    });
+    let have = pull.file();
+    pull.finish().unwrap();
+    assert_eq!(have.len(), want.len(), "every other record, once");
+    assert!(have == want, "the file after the repair");
 }

@@ -37,7 +37,9 @@ enum Cmd {
     Remove { subscriber: String },
     /// Check every frame of every segment and the checkpoints; exit status 1 on corruption.
     Verify,
-    /// Truncate at the first bad frame, reporting what is lost (jlogctl -r). Offline only.
+    /// Make the log readable past damage (jlogctl -r), offline: each damaged span is
+    /// wrapped as a gap that readers report and pass, every other record stays; damage too
+    /// short to wrap is cut, reporting what is lost.
     Repair,
     /// Print records after a subscriber's checkpoint: `offset<TAB>timestamp_ns<TAB>text`
     /// (over the network, while a daemon holds the stream: `dp-logsub tail`).
@@ -167,7 +169,7 @@ fn main() -> Result<()> {
             }
             if !r.is_ok() {
                 bail!(
-                    "{} problem(s); `dp-logctl {} repair` truncates at the first",
+                    "{} problem(s); `dp-logctl {} repair` turns each damaged span into a gap readers pass",
                     r.problems.len(),
                     args.log.display()
                 );
@@ -176,22 +178,32 @@ fn main() -> Result<()> {
         }
         Cmd::Repair => {
             let r = log::repair(&args.log)?;
-            match r.cut_at {
-                None => writeln!(out, "nothing to repair")?,
-                Some(at) => {
-                    writeln!(
-                        out,
-                        "cut at offset {at} ({}): lost {} bytes, {} valid frame(s) after the damage",
-                        r.reason.as_deref().unwrap_or("?"),
-                        r.lost_bytes,
-                        r.lost_frames
-                    )?;
-                    for p in &r.removed_segments {
-                        writeln!(out, "removed segment {}", p.display())?;
-                    }
-                    for s in &r.clamped_subscribers {
-                        writeln!(out, "subscriber '{s}' moved back to offset {at}")?;
-                    }
+            if r.nothing_done() {
+                writeln!(out, "nothing to repair")?;
+            }
+            for k in &r.skipped {
+                writeln!(
+                    out,
+                    "skipped offsets {}..{} ({}) in {}: readers see a gap there; the records around it stay",
+                    k.from,
+                    k.to,
+                    k.reason,
+                    k.path.display()
+                )?;
+            }
+            if let Some(at) = r.cut_at {
+                writeln!(
+                    out,
+                    "cut at offset {at} ({}): lost {} bytes, {} valid frame(s) after the damage",
+                    r.reason.as_deref().unwrap_or("?"),
+                    r.lost_bytes,
+                    r.lost_frames
+                )?;
+                for p in &r.removed_segments {
+                    writeln!(out, "removed segment {}", p.display())?;
+                }
+                for s in &r.clamped_subscribers {
+                    writeln!(out, "subscriber '{s}' moved back to offset {at}")?;
                 }
             }
         }

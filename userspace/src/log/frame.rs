@@ -11,6 +11,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"DPLG");
 /// Size of [`FrameHeader`] in bytes.
 pub const FRAME_HEADER_LEN: usize = 32;
+/// A frame that is no record: a damaged span `repair` wrapped in a valid frame (the
+/// damaged bytes kept as its payload, for whoever investigates), so readers report a gap
+/// there and go on, instead of the log being cut at the damage.
+pub const FLAG_SKIPPED: u32 = 1;
 /// Largest payload accepted (a frame must also fit in one segment).
 pub const MAX_PAYLOAD: usize = 64 << 20;
 
@@ -27,8 +31,8 @@ pub struct FrameHeader {
     pub offset: U64,
     /// Append time, nanoseconds since the Unix epoch.
     pub timestamp_ns: U64,
-    /// Zero; reserved for flags.
-    pub reserved: U32,
+    /// Zero for a record; [`FLAG_SKIPPED`] for a span cut out by `repair`.
+    pub flags: U32,
     /// CRC32C of the header bytes before this field, then the payload.
     pub crc32c: U32,
 }
@@ -51,13 +55,35 @@ pub fn encode_into(out: &mut Vec<u8>, offset: u64, timestamp_ns: u64, payload: &
         len: U32::new(payload.len() as u32),
         offset: U64::new(offset),
         timestamp_ns: U64::new(timestamp_ns),
-        reserved: U32::new(0),
+        flags: U32::new(0),
         crc32c: U32::new(0),
     };
     let crc = frame_crc(&h.as_bytes()[..FRAME_HEADER_LEN - 4], payload);
     h.crc32c = U32::new(crc);
     out.extend_from_slice(h.as_bytes());
     out.extend_from_slice(payload);
+}
+
+/// A [`FLAG_SKIPPED`] frame at `offset` covering `span` exactly (at least a header long):
+/// a new header over its first bytes, the rest kept as the payload.
+pub fn encode_skipped(offset: u64, span: &[u8]) -> Vec<u8> {
+    assert!(
+        span.len() >= FRAME_HEADER_LEN,
+        "a skipped span holds a header"
+    );
+    let payload = &span[FRAME_HEADER_LEN..];
+    let mut h = FrameHeader {
+        magic: U32::new(FRAME_MAGIC),
+        len: U32::new(payload.len() as u32),
+        offset: U64::new(offset),
+        timestamp_ns: U64::new(0),
+        flags: U32::new(FLAG_SKIPPED),
+        crc32c: U32::new(0),
+    };
+    h.crc32c = U32::new(frame_crc(&h.as_bytes()[..FRAME_HEADER_LEN - 4], payload));
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
 }
 
 /// What sits at a position of a segment's data area.

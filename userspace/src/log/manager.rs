@@ -1636,7 +1636,7 @@ impl NodePuller {
                             log,
                             from,
                             to,
-                            "manager: the node dropped records (disk policy drop_oldest)"
+                            "manager: the node cannot return these offsets (dropped by its drop_oldest disk policy, or damage skipped by dp-logctl repair)"
                         );
                     }
                     BatchDelivery::Checkpointed { .. } => {}

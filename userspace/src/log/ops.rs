@@ -119,60 +119,150 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     Ok(rep)
 }
 
-/// What [`repair`] cut.
+/// What [`repair`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepairReport {
-    /// Offset of the first bad frame, where the log now ends; `None` if nothing was wrong.
+    /// Damaged spans wrapped in skipped frames: readers report each as a gap and go on;
+    /// every record around them stays, at its offset.
+    pub skipped: Vec<Skipped>,
+    /// Where the log was cut, when damage could not be wrapped (a span shorter than a
+    /// frame header): the log now ends there. `None` if nothing was cut.
     pub cut_at: Option<Offset>,
     pub reason: Option<String>,
     /// Frame bytes after the cut that are gone (valid or not).
     pub lost_bytes: u64,
-    /// Valid frames found after the bad one (lost with it).
+    /// Valid frames found after the cut (lost with it).
     pub lost_frames: u64,
     pub removed_segments: Vec<PathBuf>,
     /// Subscribers whose checkpoint pointed past the new end, moved back to it.
     pub clamped_subscribers: Vec<String>,
 }
 
-/// Truncates the log at its first bad frame (any segment), deleting later segments, and
-/// reports what is lost. Explicit and offline: takes the stream's lock.
+impl RepairReport {
+    /// Whether the log was sound (nothing skipped, nothing cut).
+    pub fn nothing_done(&self) -> bool {
+        self.skipped.is_empty() && self.cut_at.is_none()
+    }
+}
+
+/// A damaged span [`repair`] wrapped: the offsets `from..to` of a segment read as a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub from: Offset,
+    pub to: Offset,
+    pub reason: String,
+}
+
+/// Makes the log readable past its damage, explicitly and offline (takes the stream's
+/// lock). Each damaged span (a bad frame up to the next valid one, a damaged last frame,
+/// missing data in a sealed segment) is wrapped in a valid frame flagged skipped, keeping
+/// the damaged bytes as its payload: readers report a gap there and go on, and every
+/// record before and after it stays, at its offset (checkpoints stay valid). Only damage
+/// too short to hold a frame header is cut, as before: the log then ends there, and what
+/// is lost is reported.
 pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
     let dir = dir.as_ref();
     let (_lock, segment_size) = stream::lock_existing(dir)?;
-    let segs = stream::list_segments(dir, true)?;
     let mut rep = RepairReport::default();
-    let mut cut: Option<(usize, u64)> = None; // (segment index, valid data length)
-    let mut damaged_end = 0; // the end of a damaged last frame, whose length is known
-    for (i, seg) in segs.iter().enumerate() {
-        let data = stream::read_data(&seg.path)?;
-        let limit = segs.get(i + 1).map(|n| (n.first - seg.first) as usize);
-        let area = &data[..limit.unwrap_or(data.len()).min(data.len())];
-        let s = frame::scan(area, seg.first);
-        let short = limit.is_some_and(|l| s.valid_len < l);
-        let bad = match s.end {
-            ScanEnd::Clean if !short => None,
-            ScanEnd::Clean => Some("zeros where sealed data should be"),
-            ScanEnd::Torn { reason, .. } if limit.is_some() => Some(reason),
-            ScanEnd::Torn { .. } => None,
-            ScanEnd::Corrupt { reason, .. } | ScanEnd::Damaged { reason, .. } => Some(reason),
-        };
-        if let ScanEnd::Damaged { pos, len, .. } = s.end {
-            damaged_end = seg.first + (pos + len) as u64;
+    'rescan: loop {
+        let segs = stream::list_segments(dir, true)?;
+        for (i, seg) in segs.iter().enumerate() {
+            let data = stream::read_data(&seg.path)?;
+            let limit = segs.get(i + 1).map(|n| (n.first - seg.first) as usize);
+            let area = &data[..limit.unwrap_or(data.len()).min(data.len())];
+            let s = frame::scan(area, seg.first);
+            let short = limit.filter(|&l| s.valid_len < l);
+            let span = match s.end {
+                ScanEnd::Clean => {
+                    short.map(|l| (s.valid_len, l, "zeros where sealed data should be"))
+                }
+                ScanEnd::Torn { reason, .. } => short.map(|l| (s.valid_len, l, reason)),
+                ScanEnd::Corrupt {
+                    pos,
+                    next_valid,
+                    reason,
+                } => Some((pos, next_valid, reason)),
+                ScanEnd::Damaged { pos, len, reason } => Some((pos, pos + len, reason)),
+            };
+            let Some((from, to, reason)) = span else {
+                continue;
+            };
+            let at = seg.first + from as u64;
+            if rep
+                .skipped
+                .iter()
+                .any(|k| k.path == seg.path && k.from == at)
+            {
+                return Err(LogError::BadFrame {
+                    path: seg.path.clone(),
+                    offset: at,
+                    reason: "still damaged after repair wrapped it",
+                });
+            }
+            if to - from < frame::FRAME_HEADER_LEN {
+                cut(dir, &segs, i, from as u64, reason, segment_size, &mut rep)?;
+                return Ok(rep);
+            }
+            let mut bytes = data.get(from..to.min(data.len())).unwrap_or(&[]).to_vec();
+            bytes.resize(to - from, 0);
+            wrap(&seg.path, seg.first, from, &bytes)?;
+            rep.skipped.push(Skipped {
+                path: seg.path.clone(),
+                from: at,
+                to: seg.first + to as u64,
+                reason: reason.into(),
+            });
+            continue 'rescan;
         }
-        if let Some(reason) = bad {
-            let (n, _) = loose_frames(&data, seg.first, s.valid_len + 1);
-            rep.lost_frames += n;
-            rep.cut_at = Some(seg.first + s.valid_len as u64);
-            rep.reason = Some(reason.into());
-            cut = Some((i, s.valid_len as u64));
-            break;
-        }
-    }
-    let Some((i, valid)) = cut else {
         return Ok(rep);
-    };
+    }
+}
+
+/// Writes `span` (starting `from` bytes into the data area of the segment whose first
+/// offset is `first`) back as skipped frames, each at most the largest frame, durably.
+fn wrap(path: &Path, first: Offset, from: usize, span: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, "open", e))?;
+    let most = frame::FRAME_HEADER_LEN + frame::MAX_PAYLOAD;
+    let mut pos = 0;
+    while pos < span.len() {
+        let rest = span.len() - pos;
+        let mut n = rest.min(most);
+        if rest - n > 0 && rest - n < frame::FRAME_HEADER_LEN {
+            n -= frame::FRAME_HEADER_LEN;
+        }
+        let at = from + pos;
+        let bytes = frame::encode_skipped(first + at as u64, &span[pos..pos + n]);
+        f.write_all_at(&bytes, files::SEGMENT_HEADER_LEN + at as u64)
+            .map_err(|e| LogError::io(path, "write", e))?;
+        pos += n;
+    }
+    f.sync_data()
+        .map_err(|e| LogError::io(path, "fdatasync", e))
+}
+
+/// Truncates the log at `valid` bytes into segment `i` (damage too short to wrap),
+/// deleting later segments, and reports what is lost.
+fn cut(
+    dir: &Path,
+    segs: &[stream::FoundSegment],
+    i: usize,
+    valid: u64,
+    reason: &str,
+    segment_size: u64,
+    rep: &mut RepairReport,
+) -> Result<()> {
+    let first_data = stream::read_data(&segs[i].path)?;
+    let (n, _) = loose_frames(&first_data, segs[i].first, valid as usize + 1);
+    rep.lost_frames += n;
+    rep.cut_at = Some(segs[i].first + valid);
+    rep.reason = Some(reason.into());
     let new_end = segs[i].first + valid;
-    let mut old_end = new_end.max(damaged_end);
+    let mut old_end = new_end;
     for (j, seg) in segs.iter().enumerate().skip(i) {
         let data = stream::read_data(&seg.path)?;
         let (n, end) = loose_frames(
@@ -206,8 +296,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
             rep.clamped_subscribers.push(name);
         }
     }
-    files::fsync_dir(dir)?;
-    Ok(rep)
+    files::fsync_dir(dir)
 }
 
 /// Valid frames in `data` from `from`, skipping over damage, and the end of the last one

@@ -106,7 +106,8 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// What a reader yields: records, or a range lost to the `drop_oldest` policy.
+/// What a reader yields: records, or a range no reader can return (dropped by the
+/// `drop_oldest` policy, or damage `repair` wrapped as skipped).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Record(Record),
@@ -1806,6 +1807,11 @@ impl Reader {
             f.read_exact_at(&mut buf, at)
                 .map_err(|e| LogError::io(&path, "read", e))?;
             return match frame::decode(&buf, self.pos) {
+                Decoded::Frame { header, .. } if header.flags.get() & frame::FLAG_SKIPPED != 0 => {
+                    let from = self.pos;
+                    self.pos += flen as u64;
+                    Ok(Some(Entry::Gap { from, to: self.pos }))
+                }
                 Decoded::Frame { header, payload } => {
                     let rec = Record {
                         offset: self.pos,
