@@ -227,14 +227,8 @@ fn wrap(path: &Path, first: Offset, from: usize, span: &[u8]) -> Result<()> {
         .write(true)
         .open(path)
         .map_err(|e| LogError::io(path, "open", e))?;
-    let most = frame::FRAME_HEADER_LEN + frame::MAX_PAYLOAD;
     let mut pos = 0;
-    while pos < span.len() {
-        let rest = span.len() - pos;
-        let mut n = rest.min(most);
-        if rest - n > 0 && rest - n < frame::FRAME_HEADER_LEN {
-            n -= frame::FRAME_HEADER_LEN;
-        }
+    for n in skip_lengths(span.len(), frame::FRAME_HEADER_LEN + frame::MAX_PAYLOAD) {
         let at = from + pos;
         let bytes = frame::encode_skipped(first + at as u64, &span[pos..pos + n]);
         f.write_all_at(&bytes, files::SEGMENT_HEADER_LEN + at as u64)
@@ -243,6 +237,22 @@ fn wrap(path: &Path, first: Offset, from: usize, span: &[u8]) -> Result<()> {
     }
     f.sync_data()
         .map_err(|e| LogError::io(path, "fdatasync", e))
+}
+
+/// How a span of `len` bytes (at least a header) splits into skipped frames of at most
+/// `most` bytes, each at least a header long.
+fn skip_lengths(len: usize, most: usize) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut rest = len;
+    while rest > 0 {
+        let mut n = rest.min(most);
+        if rest - n > 0 && rest - n < frame::FRAME_HEADER_LEN {
+            n -= frame::FRAME_HEADER_LEN;
+        }
+        v.push(n);
+        rest -= n;
+    }
+    v
 }
 
 /// Truncates the log at `valid` bytes into segment `i` (damage too short to wrap),
@@ -337,4 +347,25 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_lengths;
+
+    /// Every piece fits a frame and holds a header; together they cover the span.
+    #[test]
+    fn skipped_spans_split_into_whole_frames() {
+        let most = 100;
+        for len in 32..=400 {
+            let v = skip_lengths(len, most);
+            assert_eq!(v.iter().sum::<usize>(), len, "len {len}: {v:?}");
+            assert!(
+                v.iter().all(|&n| (32..=most).contains(&n)),
+                "len {len}: {v:?}"
+            );
+        }
+        assert_eq!(skip_lengths(100, 100), [100]);
+        assert_eq!(skip_lengths(110, 100), [68, 42]);
+    }
 }
