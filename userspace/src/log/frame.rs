@@ -48,19 +48,23 @@ pub fn frame_len(len: usize) -> u64 {
     (FRAME_HEADER_LEN + len) as u64
 }
 
-/// Appends the encoded frame to `out`.
-pub fn encode_into(out: &mut Vec<u8>, offset: u64, timestamp_ns: u64, payload: &[u8]) {
+/// The header of a frame at `offset` carrying `payload`, its CRC filled in.
+fn header(offset: u64, timestamp_ns: u64, flags: u32, payload: &[u8]) -> FrameHeader {
     let mut h = FrameHeader {
         magic: U32::new(FRAME_MAGIC),
         len: U32::new(payload.len() as u32),
         offset: U64::new(offset),
         timestamp_ns: U64::new(timestamp_ns),
-        flags: U32::new(0),
+        flags: U32::new(flags),
         crc32c: U32::new(0),
     };
-    let crc = frame_crc(&h.as_bytes()[..FRAME_HEADER_LEN - 4], payload);
-    h.crc32c = U32::new(crc);
-    out.extend_from_slice(h.as_bytes());
+    h.crc32c = U32::new(frame_crc(&h.as_bytes()[..FRAME_HEADER_LEN - 4], payload));
+    h
+}
+
+/// Appends the encoded frame to `out`.
+pub fn encode_into(out: &mut Vec<u8>, offset: u64, timestamp_ns: u64, payload: &[u8]) {
+    out.extend_from_slice(header(offset, timestamp_ns, 0, payload).as_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -72,16 +76,7 @@ pub fn encode_skipped(offset: u64, span: &[u8]) -> Vec<u8> {
         "a skipped span holds a header"
     );
     let payload = &span[FRAME_HEADER_LEN..];
-    let mut h = FrameHeader {
-        magic: U32::new(FRAME_MAGIC),
-        len: U32::new(payload.len() as u32),
-        offset: U64::new(offset),
-        timestamp_ns: U64::new(0),
-        flags: U32::new(FLAG_SKIPPED),
-        crc32c: U32::new(0),
-    };
-    h.crc32c = U32::new(frame_crc(&h.as_bytes()[..FRAME_HEADER_LEN - 4], payload));
-    let mut out = h.as_bytes().to_vec();
+    let mut out = header(offset, 0, FLAG_SKIPPED, payload).as_bytes().to_vec();
     out.extend_from_slice(payload);
     out
 }

@@ -266,13 +266,11 @@ fn cut(
     segment_size: u64,
     rep: &mut RepairReport,
 ) -> Result<()> {
-    let first_data = stream::read_data(&segs[i].path)?;
-    let (n, _) = loose_frames(&first_data, segs[i].first, valid as usize + 1);
-    rep.lost_frames += n;
     rep.cut_at = Some(segs[i].first + valid);
     rep.reason = Some(reason.into());
     let new_end = segs[i].first + valid;
     let mut old_end = new_end;
+    // Valid frames after the cut, in the cut segment and every later one (each read once).
     for (j, seg) in segs.iter().enumerate().skip(i) {
         let data = stream::read_data(&seg.path)?;
         let (n, end) = loose_frames(
@@ -280,9 +278,7 @@ fn cut(
             seg.first,
             if j == i { valid as usize + 1 } else { 0 },
         );
-        if j > i {
-            rep.lost_frames += n;
-        }
+        rep.lost_frames += n;
         old_end = old_end.max(seg.first + end as u64);
     }
     rep.lost_bytes = old_end - new_end;
