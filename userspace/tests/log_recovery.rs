@@ -297,6 +297,50 @@ fn sealed_segment_corruption_found_by_verify_and_repaired() {
     let s = Stream::open(&dir, &opts(4096)).unwrap();
     assert_all_but(&s, &recs, victim, next);
     assert_eq!(s.append(b"after repair").unwrap(), end);
+    // Only the repaired segment is marked: readers before the skipped flag refuse it
+    // (they accept version 1 only) instead of returning its damage as a record.
+    for p in segments(&dir) {
+        let want = if p == segs[1] { 2 } else { 1 };
+        assert_eq!(segment_version(&p), want, "{}", p.display());
+    }
+}
+
+fn segment_version(path: &Path) -> u32 {
+    let b = std::fs::read(path).unwrap();
+    u32::from_le_bytes(b[4..8].try_into().unwrap())
+}
+
+/// Rewrites a segment header's version, sealed with a valid CRC32C (as a newer duraplane
+/// would write it).
+fn set_segment_version(path: &Path, version: u32) {
+    let mut b = std::fs::read(path).unwrap();
+    b[4..8].copy_from_slice(&version.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_segment_of_an_unknown_format_version_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("newer");
+    fill(&dir, 100, 4096);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 2, "{segs:?}");
+    let before = std::fs::read(&segs[0]).unwrap();
+    set_segment_version(&segs[0], 3);
+    let err = Stream::open(&dir, &opts(4096)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&segs[0].display().to_string()) && msg.contains("format version 3"),
+        "{msg}"
+    );
+    assert!(log::verify(&dir).is_err(), "verify refuses it too");
+    assert!(log::repair(&dir).is_err(), "repair does not rewrite it");
+    // Refusing changed nothing: restored, the log opens with every record.
+    set_segment_version(&segs[0], 1);
+    assert_eq!(std::fs::read(&segs[0]).unwrap(), before);
+    assert_eq!(all(&Stream::open(&dir, &opts(4096)).unwrap()).len(), 100);
 }
 
 #[test]
@@ -330,4 +374,87 @@ fn torn_checkpoint_slot_falls_back_to_the_previous_one() {
         ),
         "{err}"
     );
+}
+
+/// A sealed segment whose successor starts 8 bytes past its last frame (a file named
+/// and headed with an offset that is not a frame boundary, as no writer makes it): the
+/// gap is too short for a skipped frame, so `repair` falls back to cutting the log where
+/// the sound data ends. It deletes the later segment, reports the valid frames it held
+/// as lost, and moves checkpoints past the new end back to it.
+#[test]
+fn damage_shorter_than_a_frame_header_is_cut_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("short");
+    let recs = fill(&dir, 200, 4096);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 3, "{segs:?}");
+    let last = segs.last().unwrap().clone();
+    let first_of =
+        |p: &Path| u64::from_str_radix(&p.file_stem().unwrap().to_string_lossy(), 16).unwrap();
+    let x = first_of(&last);
+    {
+        // "n" stays at the start and holds every segment; "m" read to the end.
+        let s = Stream::open(
+            &dir,
+            &StreamOptions {
+                subscribers: vec!["m".into(), "n".into()],
+                ..opts(4096)
+            },
+        )
+        .unwrap();
+        s.checkpoint("m", recs.last().unwrap().0).unwrap();
+    }
+    // The last segment is replaced by one at x + 8 holding three frames of its own.
+    std::fs::remove_file(&last).unwrap();
+    let at = x + 8;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"DPLS");
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&(segs.len() as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&at.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let mut off = at;
+    for p in [&b"one"[..], b"two", b"three"] {
+        log::frame::encode_into(&mut b, off, 1, p);
+        off += log::frame::frame_len(p.len());
+    }
+    let forged = dir.join(log::segment_name(at));
+    std::fs::write(&forged, &b).unwrap();
+
+    let v = log::verify(&dir).unwrap();
+    assert!(v.problems.iter().any(|p| p.offset == x), "{v:?}");
+    let rep = log::repair(&dir).unwrap();
+    assert_eq!(rep.cut_at, Some(x), "{rep:?}");
+    assert!(rep.skipped.is_empty(), "{rep:?}");
+    assert_eq!(rep.removed_segments, vec![forged.clone()]);
+    assert_eq!(
+        rep.lost_frames, 3,
+        "the forged segment's frames are reported lost"
+    );
+    assert_eq!(rep.lost_bytes, off - x);
+    assert_eq!(rep.clamped_subscribers, vec!["m".to_string()]);
+    assert!(!forged.exists());
+    assert!(log::verify(&dir).unwrap().is_ok());
+    assert!(log::repair(&dir).unwrap().nothing_done(), "once is enough");
+
+    let s = Stream::open(&dir, &opts(4096)).unwrap();
+    let kept: Vec<(Offset, Vec<u8>)> = recs.iter().filter(|(o, _)| *o < x).cloned().collect();
+    let got: Vec<(Offset, Vec<u8>)> = s
+        .read_from("n")
+        .unwrap()
+        .map(|e| match e.unwrap() {
+            Entry::Record(r) => (r.offset, r.payload),
+            gap => panic!("{gap:?}"),
+        })
+        .collect();
+    assert_eq!(got, kept, "everything before the cut, byte-equal");
+    assert_eq!(
+        s.position("m").unwrap(),
+        x,
+        "checkpoint moved back to the new end"
+    );
+    assert_eq!(s.append(b"after the cut").unwrap(), x);
 }

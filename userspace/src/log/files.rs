@@ -16,6 +16,11 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"DPLS");
 pub const METADATA_MAGIC: u32 = u32::from_le_bytes(*b"DPLM");
 pub const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"DPLC");
 pub const FORMAT_VERSION: u32 = 1;
+/// Segment format of a segment `repair` wrote skipped frames into. Readers before it
+/// took a skipped frame's damaged bytes for a record (they never looked at the flags),
+/// and they refuse any version but [`FORMAT_VERSION`]: marking the segment makes a
+/// downgrade after a repair fail at open, naming the file, instead of delivering damage.
+pub const SKIPS_VERSION: u32 = 2;
 /// Bytes before the first frame of a segment.
 pub const SEGMENT_HEADER_LEN: u64 = 32;
 /// Distance between the two checkpoint slots: different 512-byte sectors, so a torn
@@ -343,14 +348,44 @@ pub fn read_segment_header(path: &Path, file: &File) -> Result<SegmentHeader> {
         what: "segment header",
         reason: "crc32c mismatch".into(),
     })?;
-    if h.magic.get() != SEGMENT_MAGIC || h.version.get() != FORMAT_VERSION {
+    if h.magic.get() != SEGMENT_MAGIC {
         return Err(LogError::BadFile {
             path: path.to_owned(),
             what: "segment header",
-            reason: "bad magic or version".into(),
+            reason: "bad magic".into(),
+        });
+    }
+    let v = h.version.get();
+    if v != FORMAT_VERSION && v != SKIPS_VERSION {
+        return Err(LogError::BadFile {
+            path: path.to_owned(),
+            what: "segment header",
+            reason: format!(
+                "format version {v}, this duraplane reads {FORMAT_VERSION} and {SKIPS_VERSION}: \
+                 open the log with the duraplane that wrote it"
+            ),
         });
     }
     Ok(h)
+}
+
+/// Marks a segment as holding skipped frames ([`SKIPS_VERSION`]), durably, before
+/// `repair` writes the first one: a crash in between leaves a marked segment with its
+/// damage still there (the next repair wraps it), never skipped frames in a segment an
+/// older reader accepts.
+pub fn mark_skips(path: &Path, file: &File) -> Result<()> {
+    let h = read_segment_header(path, file)?;
+    if h.version.get() == SKIPS_VERSION {
+        return Ok(());
+    }
+    let marked = SegmentHeader {
+        version: U32::new(SKIPS_VERSION),
+        ..h
+    }
+    .seal();
+    file.write_all_at(marked.as_bytes(), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| LogError::io(path, "mark segment as repaired", e))
 }
 
 pub fn read_metadata(dir: &Path) -> Result<MetadataFile> {

@@ -224,9 +224,11 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
 fn wrap(path: &Path, first: Offset, from: usize, span: &[u8]) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(path)
         .map_err(|e| LogError::io(path, "open", e))?;
+    files::mark_skips(path, &f)?;
     let mut pos = 0;
     for n in skip_lengths(span.len(), frame::FRAME_HEADER_LEN + frame::MAX_PAYLOAD) {
         let at = from + pos;
