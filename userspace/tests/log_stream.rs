@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use duraplane::log::{
-    DiskPolicy, Entry, LOG_IO_ENV, LogError, LogIo, Record, StartAt, Stream, StreamOptions,
-    render_show_logs,
+    DiskPolicy, Entry, EntryRef, LOG_IO_ENV, LogError, LogIo, Record, StartAt, Stream,
+    StreamOptions, render_show_logs,
 };
 
 fn opts(subs: &[&str]) -> StreamOptions {
@@ -535,7 +535,8 @@ fn readers_return_every_record_across_segment_ends() {
 fn a_reader_following_appends_gets_each_record_once() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Stream::open(tmp.path().join("follow"), &small(&["m"], 1 << 20)).unwrap();
-    // Payloads whose 32-byte-framed sizes sit on and around 64 KiB, tiny ones, big ones.
+    // Payloads whose 32-byte-framed sizes sit on and around 64 KiB and the reader's
+    // 256 KiB chunk, tiny ones, big ones.
     let sizes = [
         65_504usize,
         1,
@@ -546,7 +547,10 @@ fn a_reader_following_appends_gets_each_record_once() {
         32_737,
         200_000,
         0,
+        262_112,
         9,
+        262_113,
+        262_111,
     ];
     let payload = |i: usize| -> Vec<u8> {
         let n = sizes[i % sizes.len()];
@@ -591,4 +595,41 @@ fn a_reader_following_appends_gets_each_record_once() {
     }
     assert_eq!(got.len(), appended, "every appended record, once");
     assert!(segment_files(&tmp.path().join("follow")).len() > 3);
+}
+
+/// `peek` shows the next entry without moving (the log service leaves a record that does
+/// not fit its batch for the next one), `consume` moves past it; at the end `peek` says
+/// so and sees what is appended later; a record borrowed from the read-ahead is the record.
+#[test]
+fn peek_shows_the_same_entry_until_consumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stream::open(tmp.path().join("peek"), &small(&["m"], 1 << 20)).unwrap();
+    let big: Vec<u8> = (0..300_000).map(|k| (k % 251) as u8).collect();
+    let offs = s.append_batch(&[&b"one"[..], &big, b"three"]).unwrap();
+    let mut r = s.read_from("m").unwrap();
+    let expect = |e: Option<EntryRef<'_>>, off: u64, p: &[u8]| match e {
+        Some(EntryRef::Record {
+            offset, payload, ..
+        }) => {
+            assert_eq!(offset, off);
+            assert!(payload == p, "payload at {off}");
+        }
+        other => panic!("at {off}: {other:?}"),
+    };
+    expect(r.peek().unwrap(), offs[0], b"one");
+    expect(r.peek().unwrap(), offs[0], b"one");
+    assert_eq!(r.position(), offs[0], "peek does not move");
+    r.consume();
+    expect(r.peek().unwrap(), offs[1], &big);
+    r.consume();
+    r.consume(); // nothing peeked since: no move
+    expect(r.peek().unwrap(), offs[2], b"three");
+    r.consume();
+    assert_eq!(r.peek().unwrap(), None);
+    let end = s.bounds().1;
+    assert_eq!(r.position(), end);
+    let four = s.append(b"four").unwrap();
+    expect(r.peek().unwrap(), four, b"four");
+    r.consume();
+    assert_eq!(r.peek().unwrap(), None);
 }

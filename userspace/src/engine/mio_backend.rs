@@ -253,7 +253,7 @@ fn flush(core: &mut Core, conns: &mut HashMap<ConnId, MConn>, id: ConnId) {
     }
     loop {
         if c.pos >= c.chunk.len() {
-            c.chunk = core.take_out(id);
+            c.chunk = core.take_out(id, std::mem::take(&mut c.chunk));
             c.pos = 0;
             if c.chunk.is_empty() {
                 return;

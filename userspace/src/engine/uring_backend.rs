@@ -378,7 +378,7 @@ impl Reactor {
             return Ok(());
         }
         if c.pos >= c.chunk.len() {
-            c.chunk = core.take_out(id);
+            c.chunk = core.take_out(id, std::mem::take(&mut c.chunk));
             c.pos = 0;
             if c.chunk.is_empty() {
                 return Ok(());

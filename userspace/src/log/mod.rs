@@ -19,8 +19,8 @@ pub use error::{LogError, Result};
 pub use files::{SEGMENT_HEADER_LEN, checkpoint_name, segment_name};
 pub use ops::{Problem, RepairReport, VerifyReport, render_show_logs, repair, verify};
 pub use stream::{
-    AppendStats, AppendTicket, DEFAULT_SEGMENT_SIZE, DiskPolicy, Entry, JlogPosition, Lag, Offset,
-    Reader, Record, StartAt, Stream, StreamOptions, StreamSummary, SubscriberInfo,
+    AppendStats, AppendTicket, DEFAULT_SEGMENT_SIZE, DiskPolicy, Entry, EntryRef, JlogPosition,
+    Lag, Offset, Reader, Record, StartAt, Stream, StreamOptions, StreamSummary, SubscriberInfo,
     valid_subscriber_name,
 };
 pub use uring::{LOG_IO_ENV, LogIo};

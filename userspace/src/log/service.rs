@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Entry, Offset, Record, Stream, frame::frame_len};
+use super::{EntryRef, Offset, Record, Stream, frame::frame_len};
 use crate::engine::{
     CloseReason, ClusterKey, ConnId, ConnInfo, Ctx, EngineHandle, Frame, Service, ServiceId,
     client::{Client, ClientError},
@@ -178,12 +178,17 @@ fn error_frame(code: u16, msg: &str) -> Frame {
 pub fn encode_records(recs: &[Record]) -> Vec<u8> {
     let mut v = Vec::with_capacity(recs.iter().map(|r| REC_HDR + r.payload.len()).sum());
     for r in recs {
-        v.extend_from_slice(&r.offset.to_be_bytes());
-        v.extend_from_slice(&r.timestamp_ns.to_be_bytes());
-        v.extend_from_slice(&(r.payload.len() as u32).to_be_bytes());
-        v.extend_from_slice(&r.payload);
+        encode_record_into(&mut v, r.offset, r.timestamp_ns, &r.payload);
     }
     v
+}
+
+/// Appends one record to a RECORDS payload.
+fn encode_record_into(v: &mut Vec<u8>, offset: Offset, timestamp_ns: u64, payload: &[u8]) {
+    v.extend_from_slice(&offset.to_be_bytes());
+    v.extend_from_slice(&timestamp_ns.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
 }
 
 /// Decodes a RECORDS payload.
@@ -661,6 +666,12 @@ struct SubEnded {
     error: Frame,
 }
 
+/// A RECORDS payload being built, and how many records it holds.
+struct Batch {
+    wire: Vec<u8>,
+    records: u64,
+}
+
 /// A subscription's flow state: durable position, end of what was sent, offsets in flight.
 struct Flow {
     acked: Offset,
@@ -723,7 +734,6 @@ impl Worker {
             sent_end: acked,
             in_flight: VecDeque::new(),
         };
-        let mut held: Option<Record> = None;
         loop {
             if !self.still_published() {
                 return;
@@ -748,42 +758,49 @@ impl Worker {
                 }
                 continue;
             }
-            let mut batch: Vec<Record> = Vec::new();
-            let mut bytes = 0usize;
+            // Records are encoded straight from the reader's read-ahead into the frame.
+            let mut batch = Batch {
+                wire: Vec::with_capacity(BATCH_BYTES),
+                records: 0,
+            };
             let mut drained = false;
-            while st.sent_end.saturating_sub(st.acked) < self.window && bytes < BATCH_BYTES {
-                let rec = match held.take() {
-                    Some(r) => r,
-                    None => match reader.next() {
-                        None => {
-                            drained = true;
-                            break;
+            while st.sent_end.saturating_sub(st.acked) < self.window
+                && batch.wire.len() < BATCH_BYTES
+            {
+                let (offset, timestamp_ns, payload) = match reader.peek() {
+                    Ok(None) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) => {
+                        // The records read before the bad one still go out (they
+                        // used to go down with the batch, never delivered).
+                        if !self.flush(&mut batch, false) {
+                            return;
                         }
-                        Some(Err(e)) => {
-                            // The records read before the bad one still go out (they
-                            // used to go down with the batch, never delivered).
-                            if !self.flush(&mut batch, false) {
-                                return;
-                            }
-                            return self.stuck(code::STORAGE, &e.to_string(), &mut st);
+                        return self.stuck(code::STORAGE, &e.to_string(), &mut st);
+                    }
+                    Ok(Some(EntryRef::Gap { from, to })) => {
+                        reader.consume();
+                        if !self.flush(&mut batch, false) {
+                            return;
                         }
-                        Some(Ok(Entry::Gap { from, to })) => {
-                            if !self.flush(&mut batch, false) {
-                                return;
-                            }
-                            bytes = 0;
-                            let mut v = from.to_be_bytes().to_vec();
-                            v.extend_from_slice(&to.to_be_bytes());
-                            if self.engine.send(self.conn, frame(kind::GAP, v)).is_err() {
-                                return;
-                            }
-                            continue;
+                        let mut v = from.to_be_bytes().to_vec();
+                        v.extend_from_slice(&to.to_be_bytes());
+                        if self.engine.send(self.conn, frame(kind::GAP, v)).is_err() {
+                            return;
                         }
-                        Some(Ok(Entry::Record(r))) => r,
-                    },
+                        continue;
+                    }
+                    Ok(Some(EntryRef::Record {
+                        offset,
+                        timestamp_ns,
+                        payload,
+                    })) => (offset, timestamp_ns, payload),
                 };
-                let sz = REC_HDR + rec.payload.len();
+                let sz = REC_HDR + payload.len();
                 if sz > BATCH_BYTES {
+                    let len = payload.len();
                     // What came before it is still delivered (it used to go down with
                     // the batch, so those records never reached the subscriber).
                     if !self.flush(&mut batch, false) {
@@ -792,21 +809,20 @@ impl Worker {
                     return self.stuck(
                         code::RECORD_TOO_LARGE,
                         &format!(
-                            "record at offset {} ({} bytes) exceeds the service's frame size",
-                            rec.offset,
-                            rec.payload.len()
+                            "record at offset {offset} ({len} bytes) exceeds the service's frame size"
                         ),
                         &mut st,
                     );
                 }
-                if bytes + sz > BATCH_BYTES {
-                    held = Some(rec);
+                if batch.wire.len() + sz > BATCH_BYTES {
+                    // Left for the next batch (the reader stays on it).
                     break;
                 }
-                bytes += sz;
-                st.sent_end = rec.offset + frame_len(rec.payload.len());
-                st.in_flight.push_back(rec.offset);
-                batch.push(rec);
+                encode_record_into(&mut batch.wire, offset, timestamp_ns, payload);
+                batch.records += 1;
+                st.sent_end = offset + frame_len(payload.len());
+                st.in_flight.push_back(offset);
+                reader.consume();
             }
             if !self.flush(&mut batch, drained) {
                 return;
@@ -880,17 +896,17 @@ impl Worker {
 
     /// Sends `batch` as one RECORDS frame, flagged [`flags::CAUGHT_UP`] if the reader
     /// had nothing after it.
-    fn flush(&self, batch: &mut Vec<Record>, caught_up: bool) -> bool {
-        if batch.is_empty() {
+    fn flush(&self, batch: &mut Batch, caught_up: bool) -> bool {
+        if batch.records == 0 {
             return true;
         }
-        let n = batch.len() as u64;
-        let p = encode_records(batch);
-        self.counters.records_sent.fetch_add(n, Ordering::Relaxed);
+        let p = std::mem::take(&mut batch.wire);
+        self.counters
+            .records_sent
+            .fetch_add(std::mem::take(&mut batch.records), Ordering::Relaxed);
         self.counters
             .bytes_sent
             .fetch_add(p.len() as u64, Ordering::Relaxed);
-        batch.clear();
         let mut f = frame(kind::RECORDS, p);
         if caught_up {
             f.flags |= flags::CAUGHT_UP;
