@@ -46,6 +46,11 @@ fn assert_all_but(s: &Stream, recs: &[(Offset, Vec<u8>)], skipped: usize, to: Of
     }
 }
 
+/// A segment's first offset, from its file name.
+fn first_of(p: &Path) -> u64 {
+    u64::from_str_radix(&p.file_stem().unwrap().to_string_lossy(), 16).unwrap()
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -240,8 +245,6 @@ fn sealed_segment_corruption_found_by_verify_and_repaired() {
     let recs = fill(&dir, 400, 4096);
     let segs = segments(&dir);
     assert!(segs.len() >= 5, "{segs:?}");
-    let first_of =
-        |p: &Path| u64::from_str_radix(&p.file_stem().unwrap().to_string_lossy(), 16).unwrap();
     let (s1, s2) = (first_of(&segs[1]), first_of(&segs[2]));
     let victim = recs.iter().position(|(o, _)| *o > s1 && *o < s2).unwrap();
     let (voff, _) = &recs[victim];
@@ -389,8 +392,6 @@ fn damage_shorter_than_a_frame_header_is_cut_and_reported() {
     let segs = segments(&dir);
     assert!(segs.len() >= 3, "{segs:?}");
     let last = segs.last().unwrap().clone();
-    let first_of =
-        |p: &Path| u64::from_str_radix(&p.file_stem().unwrap().to_string_lossy(), 16).unwrap();
     let x = first_of(&last);
     {
         // "n" stays at the start and holds every segment; "m" read to the end.
