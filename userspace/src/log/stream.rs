@@ -1779,7 +1779,9 @@ pub enum EntryRef<'a> {
 
 /// Bytes a reader reads at once. One pread per chunk instead of two per record: per 4 KiB
 /// record, the two preads cost more CPU than the copy they make (issue 6, `perf` of the
-/// node side of a pull).
+/// node side of a pull). It pays only with the engine reusing its output buffers: a
+/// reader this fast runs ahead of the socket (docs/logs.md). 64 KiB did no better for the
+/// manager's pull (A/B in BENCHMARKS.md, 2026-11-26).
 const READ_CHUNK: usize = 256 << 10;
 
 impl Reader {
