@@ -19,6 +19,10 @@ use super::{
     stats::{RejectReason, StatsCell},
 };
 
+/// How fast the remembered peak of a connection's output decays: by 1/PEAK_DECAY per
+/// buffer written (see [`swap_out`]).
+const PEAK_DECAY: usize = 256;
+
 /// Largest output buffer a connection keeps once quiet for a keepalive interval (see
 /// [`Core::take_out`]): a frame of the largest size, and its header, fit.
 const KEEP_IDLE_OUT: usize = 2 << 20;
@@ -34,6 +38,8 @@ struct Conn {
     stage: Stage,
     dec: FrameDecoder,
     out: Vec<u8>,
+    /// Recent largest output taken at once, decaying (see [`swap_out`]).
+    out_peak: usize,
     in_dirty: bool,
     deadline: Instant,
     /// When its one pending deadline check is due (older heap entries are stale).
@@ -251,7 +257,7 @@ impl Core {
     /// `max_out_buffer`) until it has been quiet for a keepalive interval.
     pub(crate) fn take_out(&mut self, id: ConnId, spare: Vec<u8>) -> Vec<u8> {
         match self.st.conns.get_mut(&id) {
-            Some(c) => swap_out(&mut c.out, spare),
+            Some(c) => swap_out(&mut c.out, &mut c.out_peak, spare),
             None => Vec::new(),
         }
     }
@@ -367,6 +373,7 @@ impl State {
                 stage,
                 dec: FrameDecoder::new(self.settings.limits.max_frame),
                 out: Vec::new(),
+                out_peak: 0,
                 in_dirty: false,
                 deadline,
                 check_at: None,
@@ -694,10 +701,18 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-/// [`Core::take_out`] on a connection's queue `out`: what to write now; `spare` (the
-/// written buffer) becomes the queue's buffer unless the queue already has a larger one.
-fn swap_out(out: &mut Vec<u8>, mut spare: Vec<u8>) -> Vec<u8> {
+/// [`Core::take_out`] on a connection's queue `out`: what to write now. `spare` (the
+/// written buffer) becomes the queue's buffer unless the queue already has a larger one,
+/// or it is more than four times `peak` (and over [`KEEP_IDLE_OUT`]): `peak` follows the
+/// largest output taken at once, decaying by 1/[`PEAK_DECAY`] per take, so a busy
+/// connection whose burst is over (a subscription tailing the log after pulling a
+/// backlog) lets its burst-sized buffers go instead of keeping two of them for good.
+fn swap_out(out: &mut Vec<u8>, peak: &mut usize, mut spare: Vec<u8>) -> Vec<u8> {
+    *peak = out.len().max(*peak - *peak / PEAK_DECAY);
     spare.clear();
+    if spare.capacity() > KEEP_IDLE_OUT && spare.capacity() > 4 * *peak {
+        spare = Vec::new();
+    }
     if out.is_empty() {
         if out.capacity() < spare.capacity() {
             *out = spare;
@@ -721,13 +736,14 @@ mod tests {
     #[test]
     fn written_buffers_are_reused_and_let_go_once_quiet() {
         let big = 48 << 20;
+        let mut peak = 0;
         // Output queued: it goes out, and the written buffer (any size) takes its place.
-        let mut out = vec![7u8; 1000];
+        let mut out = vec![7u8; big / 2];
         let mut written = Vec::with_capacity(big);
         written.extend_from_slice(&[1, 2, 3]);
         let ptr = written.as_ptr();
-        let got = swap_out(&mut out, written);
-        assert_eq!(got, vec![7u8; 1000]);
+        let got = swap_out(&mut out, &mut peak, written);
+        assert_eq!(got.len(), big / 2);
         assert!(out.is_empty(), "the reused buffer starts empty");
         assert_eq!(
             out.as_ptr(),
@@ -735,12 +751,16 @@ mod tests {
             "the written buffer itself, no new allocation"
         );
         // Nothing queued: nothing to write, and the larger buffer stays for the next burst.
-        let got = swap_out(&mut out, Vec::with_capacity(64));
+        let got = swap_out(&mut out, &mut peak, got);
         assert!(got.is_empty());
         assert_eq!(out.as_ptr(), ptr);
         let mut small = Vec::with_capacity(64);
-        assert!(swap_out(&mut small, Vec::with_capacity(1 << 20)).is_empty());
-        assert!(small.capacity() >= 1 << 20);
+        let mut small_peak = 0;
+        assert!(swap_out(&mut small, &mut small_peak, Vec::with_capacity(1 << 20)).is_empty());
+        assert!(
+            small.capacity() >= 1 << 20,
+            "up to KEEP_IDLE_OUT is kept regardless"
+        );
         // Quiet for a keepalive interval: only a small buffer stays.
         release_idle(&mut out);
         assert_eq!(out.capacity(), 0);
@@ -753,5 +773,27 @@ mod tests {
             busy.capacity() >= big,
             "a buffer with queued output is never dropped"
         );
+    }
+
+    #[test]
+    fn a_busy_connection_lets_its_burst_buffer_go_once_the_burst_is_over() {
+        let (mut out, mut peak) = (Vec::new(), 0);
+        let mut written = Vec::new();
+        // A burst: 40 MiB taken at once, its buffer goes round.
+        out.resize(40 << 20, 1);
+        written = swap_out(&mut out, &mut peak, std::mem::take(&mut written));
+        out.resize(40 << 20, 1);
+        written = swap_out(&mut out, &mut peak, std::mem::take(&mut written));
+        assert!(out.capacity() >= 40 << 20, "kept during the burst");
+        // Then small frames, still busy: within ~1,000 takes the big buffers are gone.
+        let mut most = 0;
+        for i in 0..2000 {
+            out.extend_from_slice(&[0u8; 1000]);
+            written = swap_out(&mut out, &mut peak, std::mem::take(&mut written));
+            if i >= 1500 {
+                most = most.max(out.capacity()).max(written.capacity());
+            }
+        }
+        assert!(most <= KEEP_IDLE_OUT, "{most}");
     }
 }
