@@ -252,9 +252,9 @@ impl Core {
     /// and grown again: a new buffer of megabytes costs a page fault, a zeroed page and
     /// later an unmap per 4 KiB, which took more CPU than the copy itself when a log
     /// subscription's reader ran ahead of the socket (issue 6: the raw pull fell from ~2.3
-    /// to ~1.7 GB/s, and dropping the buffer whenever the queue ran empty was not enough).
-    /// A connection keeps at most one buffer of its largest burst (bounded by
-    /// `max_out_buffer`) until it has been quiet for a keepalive interval.
+    /// to 1.2–1.5 GB/s, and dropping the buffer whenever the queue ran empty was not
+    /// enough). What a connection keeps is bounded by its recent peak output
+    /// ([`swap_out`]) and, once it is quiet for a keepalive interval, by [`KEEP_IDLE_OUT`].
     pub(crate) fn take_out(&mut self, id: ConnId, spare: Vec<u8>) -> Vec<u8> {
         match self.st.conns.get_mut(&id) {
             Some(c) => swap_out(&mut c.out, &mut c.out_peak, spare),
