@@ -606,7 +606,7 @@ impl State {
                 }
                 if now >= c.last_tx + keepalive {
                     if let Some(c) = self.conns.get_mut(&id) {
-                        release_idle(&mut c.out);
+                        release_idle(&mut c.out, &mut c.out_peak);
                     }
                     self.write(id, &Frame::new(ServiceId::ENGINE, kind::PING, Vec::new()));
                 }
@@ -722,8 +722,10 @@ fn swap_out(out: &mut Vec<u8>, peak: &mut usize, mut spare: Vec<u8>) -> Vec<u8> 
     std::mem::replace(out, spare)
 }
 
-/// A connection quiet for a keepalive interval lets a large kept buffer go.
-fn release_idle(out: &mut Vec<u8>) {
+/// A connection quiet for a keepalive interval lets a large kept buffer go, and forgets
+/// its peak, so the backend's written buffer goes too when it comes back as the spare.
+fn release_idle(out: &mut Vec<u8>, peak: &mut usize) {
+    *peak = 0;
     if out.is_empty() && out.capacity() > KEEP_IDLE_OUT {
         *out = Vec::new();
     }
@@ -761,14 +763,19 @@ mod tests {
             small.capacity() >= 1 << 20,
             "up to KEEP_IDLE_OUT is kept regardless"
         );
-        // Quiet for a keepalive interval: only a small buffer stays.
-        release_idle(&mut out);
+        // Quiet for a keepalive interval: only a small buffer stays, and the backend's
+        // written buffer goes when it comes back with the next frame (a PING).
+        release_idle(&mut out, &mut peak);
         assert_eq!(out.capacity(), 0);
-        release_idle(&mut small);
+        out.extend_from_slice(b"ping");
+        let sent = swap_out(&mut out, &mut peak, Vec::with_capacity(big));
+        assert_eq!(sent, b"ping");
+        assert!(out.capacity() <= KEEP_IDLE_OUT, "{}", out.capacity());
+        release_idle(&mut small, &mut small_peak);
         assert!(small.capacity() >= 1 << 20, "up to KEEP_IDLE_OUT is kept");
         let mut busy = Vec::with_capacity(big);
         busy.push(1);
-        release_idle(&mut busy);
+        release_idle(&mut busy, &mut peak);
         assert!(
             busy.capacity() >= big,
             "a buffer with queued output is never dropped"
