@@ -992,7 +992,7 @@ impl Stream {
         }
         loop {
             if !st.committing && !st.pending.is_empty() {
-                self.lead(st);
+                self.lead(st, true);
             } else {
                 drop(st);
                 std::thread::park();
@@ -1013,10 +1013,18 @@ impl Stream {
     /// returned success; only one commit runs at a time, so fdatasync calls never overlap
     /// and each failure is reported to exactly the commit whose data it concerns, which then
     /// poisons the stream before any later ticket can be committed.
-    fn lead<'a>(&'a self, mut st: MutexGuard<'a, AppendState>) {
+    ///
+    /// `gather`: wait for blocking producers on their way back first ([`Stream::gather`]).
+    /// The committer thread leading `append_async` tickets does not: pipelined producers
+    /// are not waiting on this commit to send more, and the wait only delays the records
+    /// already pending (issue 6, open loop at 550k/s on a calm disk: ack p99 1.25–1.31 ms
+    /// without it, 1.61–1.99 ms with it).
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, AppendState>, gather: bool) {
         let inner = &*self.inner;
         st.committing = true;
-        st = self.gather(st);
+        if gather {
+            st = self.gather(st);
+        }
         let batch = std::mem::take(&mut st.pending);
         st.in_commit = std::mem::take(&mut st.pending_records);
         drop(st);
@@ -1620,7 +1628,7 @@ fn committer_loop(weak: Weak<Inner>) {
             let stream = Stream { inner };
             let st = lock(&stream.inner.append);
             if !st.committing && !st.pending.is_empty() {
-                stream.lead(st);
+                stream.lead(st, false);
                 continue;
             }
         }
