@@ -158,6 +158,21 @@ impl Raw {
         self.c.send(f).unwrap();
     }
 
+    /// Subscribes, asking again while the subscriber is still held: the previous
+    /// connection's close is handled on the node's reactor and may not be through yet.
+    /// Gives the last answer after `T`.
+    fn subscribe_when_free(&mut self, log: &[u8], sub: &[u8], window: u32) -> Answer {
+        let deadline = Instant::now() + T;
+        loop {
+            match self.ask(&subscribe(log, sub, window)) {
+                Answer::Error(code::ALREADY_SUBSCRIBED, _) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                a => return a,
+            }
+        }
+    }
+
     /// Sends `f` and returns the answer (see [`Raw::answer`]).
     fn ask(&mut self, f: &Frame) -> Answer {
         // A write after the node closed can fail; the read below says what happened.
@@ -562,22 +577,12 @@ fn malformed_frames_close_or_refuse_and_move_nothing() {
 /// close reached the service), then leaves it free again with a malformed request (one
 /// more counted).
 fn wait_subscribable(node: &Node, sub: &str) {
-    let deadline = Instant::now() + T;
-    loop {
-        let mut c = node.raw();
-        match c.ask(&subscribe(b"mainlog", sub.as_bytes(), MIN_WINDOW)) {
-            Answer::Subscribed { .. } => {
-                // Released synchronously by a malformed request.
-                let a = c.ask(&frame(0, vec![]));
-                assert!(matches!(a, Answer::Closed), "{a:?}");
-                return;
-            }
-            Answer::Error(code::ALREADY_SUBSCRIBED, _) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            a => panic!("{sub}: {a:?}"),
-        }
-    }
+    let mut c = node.raw();
+    let a = c.subscribe_when_free(b"mainlog", sub.as_bytes(), MIN_WINDOW);
+    assert!(matches!(a, Answer::Subscribed { .. }), "{sub}: {a:?}");
+    // Released synchronously by a malformed request.
+    let a = c.ask(&frame(0, vec![]));
+    assert!(matches!(a, Answer::Closed), "{a:?}");
 }
 
 /// The windows a client may ask for: 0 is the default (8 MiB: everything here arrives
@@ -707,14 +712,7 @@ fn nonsense_checkpoints_never_move_a_position_wrongly() {
     // A new subscription starts at the durable position; what it was not sent is still
     // refused.
     let mut c = node.raw();
-    let a = loop {
-        match c.ask(&subscribe(b"mainlog", b"mgr", MIN_WINDOW)) {
-            Answer::Error(code::ALREADY_SUBSCRIBED, _) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            a => break a,
-        }
-    };
+    let a = c.subscribe_when_free(b"mainlog", b"mgr", MIN_WINDOW);
     assert!(
         matches!(a, Answer::Subscribed { next } if next == want[6].0),
         "{a:?}"
@@ -970,15 +968,7 @@ fn bit_flip_in_a_sealed_segment_is_reported_and_stops_the_subscriber_there() {
     // With the connection gone, subscribing again works: it starts at the bad record and
     // meets the same error at once, with nothing sent and the position unchanged.
     let mut c = node.raw();
-    let r = loop {
-        match c.ask(&subscribe(b"mainlog", b"mgr", MIN_WINDOW)) {
-            // The close is handled on the node's reactor; it may not be through yet.
-            Answer::Error(code::ALREADY_SUBSCRIBED, _) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => break other,
-        }
-    };
+    let r = c.subscribe_when_free(b"mainlog", b"mgr", MIN_WINDOW);
     assert!(
         matches!(r, Answer::Subscribed { next } if next == bad),
         "{r:?}"
