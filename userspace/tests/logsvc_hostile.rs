@@ -824,26 +824,29 @@ fn one_reader_per_subscriber() {
     drain_on(&mut b, next, &want);
 }
 
-/// A subscriber that never reads its socket. One asking for the largest window gets
-/// more than the engine's output limit queued and is closed as slow; one with a small
-/// window is held by its window (bounded output) and stays open. Meanwhile another
-/// subscriber of the same log gets everything, the node keeps answering, nothing is
-/// checkpointed for either stalled subscriber, and the small one, once it reads, gets
-/// its records from the start, in order.
+/// Subscribers that never read their sockets, one with the largest window and one with
+/// the smallest. The node reads only a little ahead of each socket (the big one used to
+/// get more than the engine's output limit queued and be closed as slow), so both stay
+/// open with bounded output. Meanwhile another subscriber of the same log gets
+/// everything, the node keeps answering, nothing is checkpointed for either stalled
+/// subscriber, and each, once it reads, gets its records from the start, in order.
 #[test]
-fn a_subscriber_that_never_reads_does_not_stall_the_node() {
+fn subscribers_that_never_read_do_not_stall_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(
         &dir.path().join("mainlog"),
         &["good", "stall_big", "stall_small"],
         4 << 20,
     );
-    // 24 MB: several times the output limit plus what the two socket buffers hold.
+    // 24 MB: several times what the node reads ahead plus what the two socket buffers
+    // hold.
     let want = fill(&s, 3000, 8 << 10);
     let node = Node::start(
         &[("mainlog", &s)],
         Limits {
-            max_out_buffer: 4 << 20,
+            // Above what a subscription reads ahead of its socket (4 MiB and a frame),
+            // far below its window.
+            max_out_buffer: 8 << 20,
             idle_timeout: Duration::from_secs(300),
             ..Limits::default()
         },
@@ -861,39 +864,77 @@ fn a_subscriber_that_never_reads_does_not_stall_the_node() {
     small.send(&subscribe(b"mainlog", b"stall_small", MIN_WINDOW));
 
     drain(node.addr, "mainlog", "good", &want);
-    let deadline = Instant::now() + T;
-    while node.engine.stats().rejected.get(RejectReason::Slow) == 0 {
-        assert!(Instant::now() < deadline, "the non-reader was never closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     node.assert_lists(&["mainlog"]);
     assert_eq!(s.position("stall_big").unwrap(), 0);
     assert_eq!(s.position("stall_small").unwrap(), 0);
-
-    // The big one was closed: what it reads now ends in the close, nothing past it.
-    let r = big.answer();
-    assert!(matches!(r, Answer::Subscribed { next: 0 }), "{r:?}");
-    let r = big.answer();
-    assert!(matches!(r, Answer::Closed), "{r:?}");
-    assert!(big.sent_end() < 24 << 20);
-    assert_records(&big.got, &want, 0);
-
-    // The small one is still open and served in order from the start.
-    let r = small.answer();
-    assert!(matches!(r, Answer::Subscribed { next: 0 }), "{r:?}");
-    small.read_at_least(u64::from(MIN_WINDOW));
-    let last = small.got.last().unwrap().offset;
-    let r = small.ask(&checkpoint(last));
-    assert!(
-        matches!(r, Answer::Checkpointed { offset, next } if offset == last && next == small.sent_end()),
-        "{r:?}"
-    );
-    assert_records(&small.got, &want, 0);
     assert_eq!(
         node.engine.stats().rejected.get(RejectReason::Slow),
-        1,
-        "only the non-reader with the big window was closed"
+        0,
+        "a subscriber within its window was closed as slow"
     );
+
+    // Both are still open and served in order from the start.
+    for (c, window) in [(&mut big, 16u64 << 20), (&mut small, u64::from(MIN_WINDOW))] {
+        let r = c.answer();
+        assert!(matches!(r, Answer::Subscribed { next: 0 }), "{r:?}");
+        c.read_at_least(window);
+        let (last, upto) = (c.got.last().unwrap().offset, c.sent_end());
+        // (More records may come before the answer: the big window is far from full.)
+        let r = c.ask(&checkpoint(last));
+        assert!(
+            matches!(r, Answer::Checkpointed { offset, next } if offset == last && next == upto),
+            "{r:?}"
+        );
+        assert_records(&c.got, &want, 0);
+    }
+}
+
+/// A subscriber with the largest window whose socket takes nothing for a while: the node
+/// reads only a few MiB ahead of the socket (it used to queue the whole 64 MiB window in
+/// its memory, per connection), and once the subscriber reads, everything arrives in
+/// order.
+#[test]
+fn a_subscription_reads_only_a_little_ahead_of_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("mainlog"), &["slow"], 64 << 20);
+    // 72 MiB: more than the largest window.
+    let want = fill(&s, 9 * 1024, 8 << 10);
+    let end = want.last().map(|(o, p)| o + frame_len(p.len())).unwrap();
+    let node = Node::serve(&[("mainlog", &s)]);
+
+    // A small receive buffer, so the kernel holds little of what the node sends.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    sock.connect_timeout(&node.addr.into(), T).unwrap();
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(T)).unwrap();
+    let mut c = Raw::new(Client::handshake(stream, &key(), "slow").unwrap());
+    c.send(&subscribe(b"mainlog", b"slow", u32::MAX));
+
+    // Everything the node sends before the client reads anything.
+    let sent = || node.handle.counters().bytes_sent.load(Ordering::Relaxed);
+    let (mut last, mut since) = (sent(), Instant::now());
+    let deadline = Instant::now() + T;
+    while last == 0 || since.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < deadline, "the node never stopped sending");
+        std::thread::sleep(Duration::from_millis(20));
+        let now = sent();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    // The socket buffers (up to 4 MiB sending on this kernel, 64 KiB receiving), what the
+    // node reads ahead (4 MiB) and the frame that crosses it: well under a window.
+    assert!(
+        last <= 16 << 20,
+        "the node read {last} bytes ahead of a socket that took nothing"
+    );
+
+    let r = c.answer();
+    assert!(matches!(r, Answer::Subscribed { next: 0 }), "{r:?}");
+    c.read_to_checkpointing(end);
+    assert_eq!(c.got.len(), want.len());
+    assert_records(&c.got, &want, 0);
 }
 
 /// Segment files of a stream, by first offset.

@@ -15,6 +15,7 @@ use super::{
     Command, EngineSettings, PeerSpec,
     auth::{Handshake, Role, Step, kind},
     frame::{Frame, FrameDecoder, FrameError, ServiceId},
+    outflow::OutGauge,
     service::{CloseReason, ConnId, ConnInfo, ConnOrigin, Ctx, Service, TimerId},
     stats::{RejectReason, StatsCell},
 };
@@ -40,6 +41,8 @@ struct Conn {
     out: Vec<u8>,
     /// Recent largest output taken at once, decaying (see [`swap_out`]).
     out_peak: usize,
+    /// The sender pacing itself to this socket, told of every write (see [`OutGauge`]).
+    gauge: Option<Arc<OutGauge>>,
     in_dirty: bool,
     deadline: Instant,
     /// When its one pending deadline check is due (older heap entries are stale).
@@ -242,9 +245,12 @@ impl Core {
         self.settle();
     }
 
-    /// The backend wrote `n` bytes.
-    pub(crate) fn wrote(&mut self, n: usize) {
+    /// The backend wrote `n` bytes of the connection's output.
+    pub(crate) fn wrote(&mut self, id: ConnId, n: usize) {
         StatsCell::add(&self.st.stats.bytes_out, n as u64);
+        if let Some(g) = self.st.conns.get(&id).and_then(|c| c.gauge.as_ref()) {
+            g.wrote(n);
+        }
     }
 
     /// Takes the connection's queued output for writing, leaving `spare` (the buffer the
@@ -272,6 +278,7 @@ impl Core {
             Command::Send(id, f) => {
                 self.st.send(id, &f);
             }
+            Command::SendGauged(id, f, g) => self.st.send_gauged(id, &f, g),
             Command::SendPeer(name, f) => {
                 if let Some(id) = self.st.peer_conn(&name) {
                     self.st.send(id, &f);
@@ -374,6 +381,7 @@ impl State {
                 dec: FrameDecoder::new(self.settings.limits.max_frame),
                 out: Vec::new(),
                 out_peak: 0,
+                gauge: None,
                 in_dirty: false,
                 deadline,
                 check_at: None,
@@ -421,6 +429,27 @@ impl State {
         }
         self.write(id, f);
         true
+    }
+
+    /// [`State::send`] for a sender pacing itself with `g`: the connection tells `g` of
+    /// its writes from now on (a later sender's gauge replaces an earlier one's). A frame
+    /// for a connection that is not open is dropped and counted as gone, so its sender
+    /// never waits for it.
+    fn send_gauged(&mut self, id: ConnId, f: &Frame, g: Arc<OutGauge>) {
+        if !self.is_open(id) {
+            g.wrote(f.wire_len());
+            g.close();
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.gauge.as_ref().is_some_and(|old| Arc::ptr_eq(old, &g))
+        {
+            let old = c.gauge.replace(g);
+            if let Some(old) = old {
+                old.close();
+            }
+        }
+        self.write(id, f);
     }
 
     /// Marks a dirty entry consumed (the backend took it off `dirty`).
@@ -485,6 +514,9 @@ impl State {
     /// Removes a connection; returns its info and whether services knew it.
     fn finish_close(&mut self, id: ConnId, reason: &CloseReason) -> Option<(ConnInfo, bool)> {
         let c = self.conns.remove(&id)?;
+        if let Some(g) = &c.gauge {
+            g.close();
+        }
         self.stats
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

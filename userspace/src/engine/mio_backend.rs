@@ -262,7 +262,7 @@ fn flush(core: &mut Core, conns: &mut HashMap<ConnId, MConn>, id: ConnId) {
         match c.stream.write(&c.chunk[c.pos..]) {
             Ok(n) => {
                 c.pos += n;
-                core.wrote(n);
+                core.wrote(id, n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod listen;
 pub mod metrics;
 mod mio_backend;
+pub mod outflow;
 pub mod select;
 pub mod service;
 pub mod stats;
@@ -27,6 +28,7 @@ use std::{
 pub use auth::{ClusterKey, KeyError};
 pub use frame::{DEFAULT_MAX_FRAME, Frame, FrameError, ServiceId};
 pub use listen::{ListenerSpec, listeners_from_config};
+pub use outflow::OutGauge;
 pub use select::{BackendChoice, BackendKind, Selection};
 pub use service::{CloseReason, ConnId, ConnInfo, ConnOrigin, Ctx, Service, TimerId};
 pub use stats::{EngineStats, RejectCounts, RejectReason, UringStats};
@@ -165,6 +167,7 @@ pub enum EngineError {
 /// Requests from other threads, executed on the reactor.
 pub(crate) enum Command {
     Send(ConnId, Frame),
+    SendGauged(ConnId, Frame, Arc<OutGauge>),
     SendPeer(String, Frame),
     Close(ConnId),
     AddPeer(PeerSpec),
@@ -205,6 +208,18 @@ impl EngineHandle {
     /// Queues a frame on an authenticated connection (dropped if it is not open).
     pub fn send(&self, conn: ConnId, frame: Frame) -> Result<(), EngineError> {
         self.cmd(Command::Send(conn, frame))
+    }
+
+    /// [`EngineHandle::send`] for a sender that paces itself to the socket: `gauge` counts
+    /// the frame now and the connection's writes from now on (see [`OutGauge`]).
+    pub fn send_gauged(
+        &self,
+        conn: ConnId,
+        frame: Frame,
+        gauge: &Arc<OutGauge>,
+    ) -> Result<(), EngineError> {
+        gauge.posted(frame.wire_len());
+        self.cmd(Command::SendGauged(conn, frame, gauge.clone()))
     }
 
     /// Queues a frame on the link to a configured peer (dropped if the link is down).

@@ -521,7 +521,7 @@ impl Reactor {
                     OP_SEND => {
                         if res >= 0 {
                             c.pos += res as usize;
-                            core.wrote(res as usize);
+                            core.wrote(id, res as usize);
                             Self::arm_send(&mut self.ring, core, id, c)?;
                         } else if matches!(-res, libc::EAGAIN | libc::EINTR) {
                             Self::arm_send(&mut self.ring, core, id, c)?;

@@ -23,7 +23,8 @@ use std::{
 
 use super::{EntryRef, Offset, Record, Stream, frame::frame_len};
 use crate::engine::{
-    CloseReason, ClusterKey, ConnId, ConnInfo, Ctx, EngineHandle, Frame, Service, ServiceId,
+    CloseReason, ClusterKey, ConnId, ConnInfo, Ctx, EngineHandle, Frame, OutGauge, Service,
+    ServiceId,
     client::{Client, ClientError},
 };
 
@@ -515,21 +516,26 @@ impl LogService {
         ctx.send(conn, &frame(kind::SUBSCRIBED, ok));
         let (tx, rx) = mpsc::channel();
         let counters = self.counters.clone();
-        let w = Worker {
-            stream,
-            log: log.clone(),
-            sub: sub.clone(),
-            conn,
-            engine,
-            rx,
-            window,
-            counters,
-            published: self.logs.clone(),
-            generation,
-        };
+        let (wlog, wsub, published) = (log.clone(), sub.clone(), self.logs.clone());
         let thread = std::thread::Builder::new()
             .name(format!("log-sub-{}", conn.0))
-            .spawn(move || w.run());
+            .spawn(move || {
+                Worker {
+                    stream,
+                    log: wlog,
+                    sub: wsub,
+                    conn,
+                    engine,
+                    rx,
+                    window,
+                    counters,
+                    published,
+                    generation,
+                    // On the worker's thread: the engine wakes this thread.
+                    gauge: Arc::new(OutGauge::for_this_thread()),
+                }
+                .run()
+            });
         match thread {
             Ok(t) => {
                 self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -596,6 +602,10 @@ impl Service for LogService {
                     (Ok(off), Ok(())) => match self.subs.get(&conn) {
                         Some(s) => {
                             let _ = s.tx.send(WorkerMsg::Checkpoint(off));
+                            // It may be parked waiting for its socket (see `Worker::run`).
+                            if let Some(t) = &s.thread {
+                                t.thread().unpark();
+                            }
                             Ok(())
                         }
                         None if self.ended.contains(&conn) => {
@@ -691,10 +701,18 @@ struct Worker {
     published: Arc<PublishedSet>,
     /// The published set's generation this subscription last checked its log against.
     generation: u64,
+    /// What the connection's socket has not taken yet of what this worker sent.
+    gauge: Arc<OutGauge>,
 }
 
 /// How often a caught-up subscription looks for new records.
 const TAIL_POLL: Duration = Duration::from_millis(10);
+
+/// Bytes a subscription reads ahead of its socket. The window bounds what the subscriber
+/// has not acknowledged; this bounds what sits in this node's memory: without it a
+/// subscription replaying a backlog queued up to its whole window (64 MiB) in the engine,
+/// per connection, and every byte was cold in memory by the time it was written.
+const SOCKET_AHEAD: u64 = 4 << 20;
 
 impl Worker {
     /// `false` (after the error frame) once a reload stopped publishing this log.
@@ -754,6 +772,14 @@ impl Worker {
             };
             if let Some(WorkerMsg::Checkpoint(off)) = msg {
                 if !self.on_checkpoint(off, &mut st) {
+                    return;
+                }
+                continue;
+            }
+            if self.gauge.unsent() > SOCKET_AHEAD {
+                // The socket has not taken what was sent: wait for it (the service wakes
+                // this thread for a checkpoint, and the loop takes it first).
+                if !self.gauge.wait_until_below(SOCKET_AHEAD, TAIL_POLL) && self.gauge.is_closed() {
                     return;
                 }
                 continue;
@@ -911,7 +937,7 @@ impl Worker {
         if caught_up {
             f.flags |= flags::CAUGHT_UP;
         }
-        self.engine.send(self.conn, f).is_ok()
+        self.engine.send_gauged(self.conn, f, &self.gauge).is_ok()
     }
 
     fn fail(&self, c: u16, msg: &str) {
