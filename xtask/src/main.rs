@@ -149,6 +149,7 @@ const MIO_SUITES: &[&str] = &[
     "replicate_hostile",
     "logsvc_node",
     "logsvc_cluster",
+    "logsvc_hostile",
     "engine_metrics",
 ];
 
