@@ -1473,77 +1473,86 @@ impl NodePuller {
         let (written, results) = std::sync::mpsc::channel::<Result<Option<Offset>, ManagerError>>();
         let (mut pool, back) = Pool::new(2);
         let Sink { appender, state } = sink;
+        // Named, so `top -H` and `perf` show which stage of a pull is busy.
+        let stage = |name: &str| std::thread::Builder::new().name(format!("mgr-{name}"));
+        let started = |e| ioe("start a thread for log", Path::new(log))(e);
         std::thread::scope(|scope| {
             let w = written.clone();
-            scope.spawn(move || {
-                for job in for_committer {
-                    match job {
-                        Job::Commit(p) => {
-                            let r = commit(state, p).map(Some);
-                            let failed = r.is_err();
-                            if w.send(r).is_err() || failed {
-                                return;
+            stage("commit")
+                .spawn_scoped(scope, move || {
+                    for job in for_committer {
+                        match job {
+                            Job::Commit(p) => {
+                                let r = commit(state, p).map(Some);
+                                let failed = r.is_err();
+                                if w.send(r).is_err() || failed {
+                                    return;
+                                }
                             }
-                        }
-                        Job::Switch(st, ack) => {
-                            let r = state.save(&st);
-                            let failed = r.is_err();
-                            if ack.send(r).is_err() || failed {
-                                return;
+                            Job::Switch(st, ack) => {
+                                let r = state.save(&st);
+                                let failed = r.is_err();
+                                if ack.send(r).is_err() || failed {
+                                    return;
+                                }
                             }
                         }
                     }
-                }
-            });
+                })
+                .map_err(started)?;
             let w = written.clone();
-            scope.spawn(move || {
-                for (write, job) in for_flusher {
-                    if let Some(d) = write {
-                        let (buf, r) = d.flush();
-                        // The writer may have stopped; the buffer is then just freed.
-                        let _ = back.send(buf);
-                        if let Err(e) = r {
-                            let _ = w.send(Err(e));
+            stage("flush")
+                .spawn_scoped(scope, move || {
+                    for (write, job) in for_flusher {
+                        if let Some(d) = write {
+                            let (buf, r) = d.flush();
+                            // The writer may have stopped; the buffer is then just freed.
+                            let _ = back.send(buf);
+                            if let Err(e) = r {
+                                let _ = w.send(Err(e));
+                                return;
+                            }
+                        }
+                        if jobs.send(job).is_err() {
                             return;
                         }
                     }
-                    if jobs.send(job).is_err() {
-                        return;
-                    }
-                }
-            });
-            scope.spawn(move || {
-                for recs in for_writer {
-                    let mut switch = |st: &State| {
-                        let (ack, done) = std::sync::mpsc::sync_channel(1);
-                        let gone = || ManagerError::Invalid {
-                            path: PathBuf::from(log),
-                            what: "the consolidated-log committer stopped".into(),
+                })
+                .map_err(started)?;
+            stage("write")
+                .spawn_scoped(scope, move || {
+                    for recs in for_writer {
+                        let mut switch = |st: &State| {
+                            let (ack, done) = std::sync::mpsc::sync_channel(1);
+                            let gone = || ManagerError::Invalid {
+                                path: PathBuf::from(log),
+                                what: "the consolidated-log committer stopped".into(),
+                            };
+                            to_flusher
+                                .send((None, Job::Switch(st.clone(), ack)))
+                                .map_err(|_| gone())?;
+                            done.recv().map_err(|_| gone())?
                         };
-                        to_flusher
-                            .send((None, Job::Switch(st.clone(), ack)))
-                            .map_err(|_| gone())?;
-                        done.recv().map_err(|_| gone())?
-                    };
-                    let r = appender.stage(&recs, &mut switch, &mut pool);
-                    match r {
-                        Ok(Some(Staged { pending, write })) => {
-                            if to_flusher.send((write, Job::Commit(pending))).is_err() {
+                        let r = appender.stage(&recs, &mut switch, &mut pool);
+                        match r {
+                            Ok(Some(Staged { pending, write })) => {
+                                if to_flusher.send((write, Job::Commit(pending))).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {
+                                if written.send(Ok(None)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = written.send(Err(e));
                                 return;
                             }
-                        }
-                        Ok(None) => {
-                            if written.send(Ok(None)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = written.send(Err(e));
-                            return;
                         }
                     }
-                }
-            });
+                })
+                .map_err(started)?;
             let r = self.receive(log, &mut c, &batches, &results, batch);
             drop(batches);
             r
