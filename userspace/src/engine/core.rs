@@ -5,7 +5,7 @@
 use std::{
     any::Any,
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, VecDeque},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -28,6 +28,11 @@ const PEAK_DECAY: usize = 256;
 /// [`Core::take_out`]): a frame of the largest size, and its header, fit.
 const KEEP_IDLE_OUT: usize = 2 << 20;
 
+/// Frames from other threads with at least this much payload go out from their own
+/// buffer instead of being copied into the connection's output: for a log subscription
+/// that copy took more CPU than the kernel's own copy into the socket (issue 6, `perf`).
+const ZERO_COPY_MIN: usize = 64 << 10;
+
 enum Stage {
     Connecting,
     Handshaking(Handshake),
@@ -39,6 +44,11 @@ struct Conn {
     stage: Stage,
     dec: FrameDecoder,
     out: Vec<u8>,
+    /// Buffers that go out before `out`, each written as it is: the payloads of large
+    /// frames (not copied, see [`ZERO_COPY_MIN`]) and the output queued before them.
+    sealed: VecDeque<Vec<u8>>,
+    /// Bytes in `sealed`.
+    sealed_bytes: usize,
     /// Recent largest output taken at once, decaying (see [`swap_out`]).
     out_peak: usize,
     /// The sender pacing itself to this socket, told of every write (see [`OutGauge`]).
@@ -262,9 +272,17 @@ impl Core {
     /// enough). What a connection keeps is bounded by its recent peak output
     /// ([`swap_out`]) and, once it is quiet for a keepalive interval, by [`KEEP_IDLE_OUT`].
     pub(crate) fn take_out(&mut self, id: ConnId, spare: Vec<u8>) -> Vec<u8> {
-        match self.st.conns.get_mut(&id) {
-            Some(c) => swap_out(&mut c.out, &mut c.out_peak, spare),
-            None => Vec::new(),
+        let Some(c) = self.st.conns.get_mut(&id) else {
+            return Vec::new();
+        };
+        match c.sealed.pop_front() {
+            Some(next) => {
+                c.sealed_bytes -= next.len();
+                c.out_peak = next.len().max(c.out_peak - c.out_peak / PEAK_DECAY);
+                adopt_spare(&mut c.out, c.out_peak, spare);
+                next
+            }
+            None => swap_out(&mut c.out, &mut c.out_peak, spare),
         }
     }
 
@@ -275,13 +293,11 @@ impl Core {
     pub(crate) fn command(&mut self, cmd: Command) {
         self.st.now = Instant::now();
         match cmd {
-            Command::Send(id, f) => {
-                self.st.send(id, &f);
-            }
-            Command::SendGauged(id, f, g) => self.st.send_gauged(id, &f, g),
+            Command::Send(id, f) => self.st.send_owned(id, f),
+            Command::SendGauged(id, f, g) => self.st.send_gauged(id, f, g),
             Command::SendPeer(name, f) => {
                 if let Some(id) = self.st.peer_conn(&name) {
-                    self.st.send(id, &f);
+                    self.st.send_owned(id, f);
                 }
             }
             Command::Close(id) => self.st.request_close(id, CloseReason::Local),
@@ -380,6 +396,8 @@ impl State {
                 stage,
                 dec: FrameDecoder::new(self.settings.limits.max_frame),
                 out: Vec::new(),
+                sealed: VecDeque::new(),
+                sealed_bytes: 0,
                 out_peak: 0,
                 gauge: None,
                 in_dirty: false,
@@ -407,18 +425,43 @@ impl State {
 
     /// Appends an encoded frame to a connection's output (any stage).
     fn write(&mut self, id: ConnId, f: &Frame) {
-        let max = self.settings.limits.max_out_buffer;
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         f.encode_into(&mut c.out);
+        self.wrote_frame(id);
+    }
+
+    /// [`State::write`] for a frame the engine owns: a large payload is not copied but
+    /// queued as it is, after the header.
+    fn write_owned(&mut self, id: ConnId, f: Frame) {
+        if f.payload.len() < ZERO_COPY_MIN {
+            return self.write(id, &f);
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        f.encode_header_into(&mut c.out);
+        let head = std::mem::take(&mut c.out);
+        c.sealed_bytes += head.len() + f.payload.len();
+        c.sealed.push_back(head);
+        c.sealed.push_back(f.payload);
+        self.wrote_frame(id);
+    }
+
+    /// Bookkeeping after a frame was queued on `id`.
+    fn wrote_frame(&mut self, id: ConnId) {
+        let max = self.settings.limits.max_out_buffer;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         c.last_tx = self.now;
         StatsCell::add(&self.stats.frames_out, 1);
         if !c.in_dirty {
             c.in_dirty = true;
             self.dirty.push(id);
         }
-        if c.out.len() > max {
+        if c.out.len() + c.sealed_bytes > max {
             self.reject(id, RejectReason::Slow);
         }
     }
@@ -431,11 +474,18 @@ impl State {
         true
     }
 
+    /// [`State::send`] of a frame the engine owns (see [`State::write_owned`]).
+    fn send_owned(&mut self, id: ConnId, f: Frame) {
+        if self.is_open(id) {
+            self.write_owned(id, f);
+        }
+    }
+
     /// [`State::send`] for a sender pacing itself with `g`: the connection tells `g` of
     /// its writes from now on (a later sender's gauge replaces an earlier one's). A frame
     /// for a connection that is not open is dropped and counted as gone, so its sender
     /// never waits for it.
-    fn send_gauged(&mut self, id: ConnId, f: &Frame, g: Arc<OutGauge>) {
+    fn send_gauged(&mut self, id: ConnId, f: Frame, g: Arc<OutGauge>) {
         if !self.is_open(id) {
             g.wrote(f.wire_len());
             g.close();
@@ -449,7 +499,7 @@ impl State {
                 old.close();
             }
         }
-        self.write(id, f);
+        self.write_owned(id, f);
     }
 
     /// Marks a dirty entry consumed (the backend took it off `dirty`).
@@ -754,6 +804,19 @@ fn swap_out(out: &mut Vec<u8>, peak: &mut usize, mut spare: Vec<u8>) -> Vec<u8> 
     std::mem::replace(out, spare)
 }
 
+/// `spare` (a written buffer) becomes the buffer frames are queued into when `out` holds
+/// nothing and is smaller, within [`swap_out`]'s bound; otherwise it is dropped.
+fn adopt_spare(out: &mut Vec<u8>, peak: usize, mut spare: Vec<u8>) {
+    if !out.is_empty() || spare.capacity() <= out.capacity() {
+        return;
+    }
+    if spare.capacity() > KEEP_IDLE_OUT && spare.capacity() > 4 * peak {
+        return;
+    }
+    spare.clear();
+    *out = spare;
+}
+
 /// A connection quiet for a keepalive interval lets a large kept buffer go, and forgets
 /// its peak, so the backend's written buffer goes too when it comes back as the spare.
 fn release_idle(out: &mut Vec<u8>, peak: &mut usize) {
@@ -766,6 +829,76 @@ fn release_idle(out: &mut Vec<u8>, peak: &mut usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Backoff, ClusterKey, Limits, frame::HEADER_LEN};
+
+    /// A core with one open connection, nothing else.
+    fn core_with_open_conn() -> (Core, ConnId) {
+        let settings = EngineSettings {
+            nodename: "t".into(),
+            key: ClusterKey::from_bytes(b"core-unit-test-key-0123456789").expect("key"),
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+        };
+        let mut core = Core::new(
+            Arc::new(settings),
+            Arc::new(StatsCell::default()),
+            Vec::new(),
+            Vec::new(),
+        );
+        let addr: SocketAddr = "192.0.2.1:4802".parse().expect("addr");
+        let id = core
+            .st
+            .new_conn(ConnOrigin::Inbound { listener: addr }, addr, Stage::Open);
+        (core, id)
+    }
+
+    /// Drains a connection's output as a backend does; the bytes and the buffers taken.
+    fn drain(core: &mut Core, id: ConnId) -> (Vec<u8>, Vec<*const u8>) {
+        let (mut wire, mut bufs, mut spare) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let b = core.take_out(id, std::mem::take(&mut spare));
+            if b.is_empty() {
+                return (wire, bufs);
+            }
+            wire.extend_from_slice(&b);
+            bufs.push(b.as_ptr());
+            spare = b;
+        }
+    }
+
+    #[test]
+    fn a_large_frame_goes_out_from_its_own_buffer_in_order() {
+        let (mut core, id) = core_with_open_conn();
+        let f = |kind: u8, len: usize| Frame::new(ServiceId::LOG, kind, vec![kind; len]);
+        let frames = [
+            f(1, 10),
+            f(2, ZERO_COPY_MIN),
+            f(3, ZERO_COPY_MIN - 1),
+            f(4, 3 * ZERO_COPY_MIN),
+            f(5, 0),
+        ];
+        let want: Vec<u8> = frames.iter().flat_map(|x| x.encode()).collect();
+        let large: Vec<*const u8> = [&frames[1], &frames[3]]
+            .iter()
+            .map(|x| x.payload.as_ptr())
+            .collect();
+        for x in frames {
+            core.command(Command::Send(id, x));
+        }
+        let (wire, bufs) = drain(&mut core, id);
+        assert_eq!(wire.len(), want.len());
+        assert!(wire == want, "bytes out of order or changed");
+        for p in large {
+            assert!(bufs.contains(&p), "a large payload was copied");
+        }
+        // Small frames queued after a large one follow it; nothing is left.
+        assert!(drain(&mut core, id).0.is_empty());
+        core.command(Command::Send(id, f(6, ZERO_COPY_MIN)));
+        core.command(Command::Send(id, f(7, 5)));
+        let (wire, _) = drain(&mut core, id);
+        assert_eq!(wire.len(), 2 * HEADER_LEN + ZERO_COPY_MIN + 5);
+        assert_eq!(wire[wire.len() - 5..], [7u8; 5]);
+    }
 
     #[test]
     fn written_buffers_are_reused_and_let_go_once_quiet() {

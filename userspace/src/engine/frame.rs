@@ -72,6 +72,12 @@ impl Frame {
 
     /// Appends the encoded frame to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_header_into(out);
+        out.extend_from_slice(&self.payload);
+    }
+
+    /// Appends the frame's header alone (its payload follows on the wire).
+    pub fn encode_header_into(&self, out: &mut Vec<u8>) {
         let hdr = FrameHeader {
             magic: U32::new(MAGIC),
             version: VERSION,
@@ -81,7 +87,6 @@ impl Frame {
             length: U32::new(self.payload.len() as u32),
         };
         out.extend_from_slice(hdr.as_bytes());
-        out.extend_from_slice(&self.payload);
     }
 
     /// The encoded frame.
