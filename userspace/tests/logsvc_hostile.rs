@@ -66,6 +66,18 @@ impl Node {
         Raw::new(Client::connect(self.addr, &key(), "hostile", T).unwrap())
     }
 
+    /// A raw client with a small receive buffer (64 KiB), so the kernel holds little of
+    /// what the node sends it.
+    fn raw_small_buffer(&self, name: &str) -> Raw {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(64 << 10).unwrap();
+        sock.connect_timeout(&self.addr.into(), T).unwrap();
+        let stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(T)).unwrap();
+        Raw::new(Client::handshake(stream, &key(), name).unwrap())
+    }
+
     fn client(&self) -> LogClient {
         LogClient::connect(self.addr, &key(), "mgr-node", T).unwrap()
     }
@@ -852,13 +864,7 @@ fn subscribers_that_never_read_do_not_stall_the_node() {
         },
     );
 
-    // A small receive buffer, so the kernel holds little of what the node sends.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(64 << 10).unwrap();
-    sock.connect_timeout(&node.addr.into(), T).unwrap();
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(T)).unwrap();
-    let mut big = Raw::new(Client::handshake(stream, &key(), "stall-big").unwrap());
+    let mut big = node.raw_small_buffer("stall-big");
     big.send(&subscribe(b"mainlog", b"stall_big", u32::MAX));
     let mut small = node.raw();
     small.send(&subscribe(b"mainlog", b"stall_small", MIN_WINDOW));
@@ -902,13 +908,7 @@ fn a_subscription_reads_only_a_little_ahead_of_its_socket() {
     let end = want.last().map(|(o, p)| o + frame_len(p.len())).unwrap();
     let node = Node::serve(&[("mainlog", &s)]);
 
-    // A small receive buffer, so the kernel holds little of what the node sends.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(64 << 10).unwrap();
-    sock.connect_timeout(&node.addr.into(), T).unwrap();
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(T)).unwrap();
-    let mut c = Raw::new(Client::handshake(stream, &key(), "slow").unwrap());
+    let mut c = node.raw_small_buffer("slow");
     c.send(&subscribe(b"mainlog", b"slow", u32::MAX));
 
     // Everything the node sends before the client reads anything.

@@ -263,8 +263,9 @@ impl Core {
         }
     }
 
-    /// Takes the connection's queued output for writing, leaving `spare` (the buffer the
-    /// backend finished writing) to queue into. Buffers go round instead of being dropped
+    /// Takes the connection's queued output for writing: the next sealed buffer (a large
+    /// frame's payload, or what was queued before it), else all that is queued, leaving
+    /// `spare` (the buffer the backend finished writing) to queue into. Buffers go round instead of being dropped
     /// and grown again: a new buffer of megabytes costs a page fault, a zeroed page and
     /// later an unmap per 4 KiB, which took more CPU than the copy itself when a log
     /// subscription's reader ran ahead of the socket (issue 6: the raw pull fell from ~2.3
@@ -429,7 +430,7 @@ impl State {
             return;
         };
         f.encode_into(&mut c.out);
-        self.wrote_frame(id);
+        self.queued(id);
     }
 
     /// [`State::write`] for a frame the engine owns: a large payload is not copied but
@@ -446,11 +447,11 @@ impl State {
         c.sealed_bytes += head.len() + f.payload.len();
         c.sealed.push_back(head);
         c.sealed.push_back(f.payload);
-        self.wrote_frame(id);
+        self.queued(id);
     }
 
     /// Bookkeeping after a frame was queued on `id`.
-    fn wrote_frame(&mut self, id: ConnId) {
+    fn queued(&mut self, id: ConnId) {
         let max = self.settings.limits.max_out_buffer;
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -792,7 +793,7 @@ fn jitter(d: Duration) -> Duration {
 fn swap_out(out: &mut Vec<u8>, peak: &mut usize, mut spare: Vec<u8>) -> Vec<u8> {
     *peak = out.len().max(*peak - *peak / PEAK_DECAY);
     spare.clear();
-    if spare.capacity() > KEEP_IDLE_OUT && spare.capacity() > 4 * *peak {
+    if !worth_keeping(&spare, *peak) {
         spare = Vec::new();
     }
     if out.is_empty() {
@@ -807,14 +808,16 @@ fn swap_out(out: &mut Vec<u8>, peak: &mut usize, mut spare: Vec<u8>) -> Vec<u8> 
 /// `spare` (a written buffer) becomes the buffer frames are queued into when `out` holds
 /// nothing and is smaller, within [`swap_out`]'s bound; otherwise it is dropped.
 fn adopt_spare(out: &mut Vec<u8>, peak: usize, mut spare: Vec<u8>) {
-    if !out.is_empty() || spare.capacity() <= out.capacity() {
-        return;
+    if out.is_empty() && spare.capacity() > out.capacity() && worth_keeping(&spare, peak) {
+        spare.clear();
+        *out = spare;
     }
-    if spare.capacity() > KEEP_IDLE_OUT && spare.capacity() > 4 * peak {
-        return;
-    }
-    spare.clear();
-    *out = spare;
+}
+
+/// A written buffer is kept for reuse unless it is over [`KEEP_IDLE_OUT`] and over four
+/// times the connection's recent peak output.
+fn worth_keeping(buf: &Vec<u8>, peak: usize) -> bool {
+    buf.capacity() <= KEEP_IDLE_OUT || buf.capacity() <= 4 * peak
 }
 
 /// A connection quiet for a keepalive interval lets a large kept buffer go, and forgets
