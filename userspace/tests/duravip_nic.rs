@@ -258,9 +258,14 @@ fn four_thousand_and_ninety_six_vips_through_the_daemon_are_plumbed_answered_and
         n.ask("cluster info")
             .contains(&format!("ARP/NS answered at the NIC for {N} "))
     });
+    // The console's state follows once the daemon's tick that plumbed them is through
+    // (plumbing 4,096 addresses takes seconds; the test may look in between).
+    let owned = |show: &str| show.lines().filter(|l| l.contains("(owned,safe)")).count();
+    wait_until("every VIP shown owned", 10, || {
+        owned(&n.ask("cluster duravip show")) == N
+    });
     let show = n.ask("cluster duravip show");
-    let owned = show.lines().filter(|l| l.contains("(owned,safe)")).count();
-    assert_eq!(owned, N, "{}", &show[..show.len().min(2000)]);
+    assert_eq!(owned(&show), N, "{}", &show[..show.len().min(2000)]);
 }
 
 /// The datapath pieces the daemon uses, at the full 4,096: netlink plumbing (tagged, one
