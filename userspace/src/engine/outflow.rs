@@ -62,25 +62,21 @@ impl OutGauge {
     /// timeout or when the connection closed.
     pub fn wait_until_below(&self, limit: u64, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        loop {
+        let below = loop {
             // Announce the wait before looking, so a write completing in between wakes us
             // (the unpark token is kept until the park).
             self.waiting.store(true, Ordering::SeqCst);
             if self.unsent() <= limit {
-                self.waiting.store(false, Ordering::SeqCst);
-                return true;
-            }
-            if self.is_closed() {
-                self.waiting.store(false, Ordering::SeqCst);
-                return false;
+                break true;
             }
             let now = std::time::Instant::now();
-            if now >= deadline {
-                self.waiting.store(false, Ordering::SeqCst);
-                return false;
+            if self.is_closed() || now >= deadline {
+                break false;
             }
             std::thread::park_timeout(deadline - now);
-        }
+        };
+        self.waiting.store(false, Ordering::SeqCst);
+        below
     }
 
     /// Wakes the sender if it waits (a checkpoint or other work for it arrived).
