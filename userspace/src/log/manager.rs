@@ -26,7 +26,10 @@ use std::{
 
 use super::{
     Offset,
-    service::{BatchDelivery, LogClient, LogClientError, MAX_WINDOW, RecordsBuf, code},
+    service::{
+        BATCH_BYTES, BatchDelivery, LogClient, LogClientError, MAX_WINDOW, RecordsBuf, Subscribed,
+        code,
+    },
 };
 use crate::config::parser::{Node, Scope, Tree, Value, ValueKind, parse_file};
 use crate::engine::{ClusterKey, KeyError};
@@ -762,6 +765,58 @@ struct Staged {
 }
 
 impl Appender {
+    /// The file records written now go to.
+    fn path_now(&self) -> PathBuf {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        PathBuf::from(expand(
+            &self.cfg.logfile,
+            &self.log,
+            &self.node,
+            "default",
+            now,
+        ))
+    }
+
+    /// Makes `path` (inode `ino`, `len` bytes long) the committed state's file before a
+    /// byte goes to it, unless it already is.
+    fn switch_to(
+        &mut self,
+        path: &Path,
+        ino: u64,
+        len: u64,
+        switch: &mut dyn FnMut(&State) -> Result<(), ManagerError>,
+    ) -> Result<(), ManagerError> {
+        if self.st.file.as_deref() == Some(path) && self.ino == Some(ino) {
+            return Ok(());
+        }
+        let mut st = self.st.clone();
+        st.file = Some(path.to_owned());
+        st.len = len;
+        switch(&st)?;
+        self.st = st;
+        self.ino = Some(ino);
+        Ok(())
+    }
+
+    /// Opens (creating) the file the next records go to and commits its starting state
+    /// ahead of them: a pull with a backlog then creates and syncs directories, file and
+    /// state while its first records arrive, not after. Only before the first batch
+    /// (nothing staged, nothing carried).
+    fn prepare(
+        &mut self,
+        switch: &mut dyn FnMut(&State) -> Result<(), ManagerError>,
+    ) -> Result<(), ManagerError> {
+        let path = self.path_now();
+        let out = self.files.take(&path, &self.cfg, self.direct)?;
+        let m = out.file.metadata().map_err(ioe("stat", &path))?;
+        let r = self.switch_to(&path, m.ino(), m.len(), switch);
+        self.files.put(path, out);
+        r
+    }
+
     /// Stages the new records (skipping any at or below the last appended offset),
     /// without syncing; `switch` commits a new file's starting state before its first
     /// write. Whole blocks are copied into a buffer from `pool` for the flusher to write
@@ -788,17 +843,7 @@ impl Appender {
         let mut data = None;
         let mut write = None;
         if fresh.peek().is_some() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            let path = PathBuf::from(expand(
-                &self.cfg.logfile,
-                &self.log,
-                &self.node,
-                "default",
-                now,
-            ));
+            let path = self.path_now();
             let mut out = self.files.take(&path, &self.cfg, self.direct)?;
             let direct = self.direct && out.direct.is_some();
             let m = out.file.metadata().map_err(ioe("stat", &path))?;
@@ -816,14 +861,7 @@ impl Appender {
                     out.file.metadata().map_err(ioe("stat", &path))?.len()
                 }
             };
-            if self.st.file.as_ref() != Some(&path) || self.ino != Some(m.ino()) {
-                let mut st = self.st.clone();
-                st.file = Some(path.clone());
-                st.len = len;
-                switch(&st)?;
-                self.st = st;
-                self.ino = Some(m.ino());
-            }
+            self.switch_to(&path, m.ino(), len, switch)?;
             // Gathered straight from the received frames: no copy of the batch.
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(8192);
             let mut total = 0u64;
@@ -932,6 +970,19 @@ impl Pool {
             return Ok(Staging::default());
         }
         self.back.recv().map_err(|_| Self::gone())
+    }
+
+    /// Faults in every buffer for batches of up to `n` bytes before the first batch (a
+    /// backlog is coming): touching fresh pages otherwise doubled the first batch's copy.
+    fn warm(&mut self, n: usize) {
+        while self.out + self.free.len() < self.cap {
+            let mut s = Staging::default();
+            let b = s.get(n);
+            for i in (0..b.len()).step_by(BLOCK) {
+                b[i] = 0;
+            }
+            self.free.push(s);
+        }
     }
 
     /// Waits until every buffer is back: nothing staged is left unwritten.
@@ -1153,10 +1204,24 @@ fn write_all_vectored(f: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Resul
     Ok(())
 }
 
-/// Makes an appended batch durable, then its state; returns the offset to checkpoint.
-fn commit(state: &mut StateFile, p: Pending) -> Result<Offset, ManagerError> {
-    if let Some((path, f, at, n)) = &p.data {
+/// Makes appended batches durable, then the last one's state; returns the offset to
+/// checkpoint. Each file is synced once, with the handle of its last batch (batches of
+/// one file follow each other: a new file is a [`Job::Switch`] between them).
+fn commit(state: &mut StateFile, ps: Vec<Pending>) -> Result<Offset, ManagerError> {
+    let Some(last) = ps.last().map(|p| (p.st.clone(), p.last)) else {
+        return Err(ManagerError::Invalid {
+            path: state.path.clone(),
+            what: "nothing to commit".into(),
+        });
+    };
+    let files: Vec<_> = ps.iter().filter_map(|p| p.data.as_ref()).collect();
+    for (i, (path, f, _, _)) in files.iter().enumerate() {
+        if files.get(i + 1).is_some_and(|n| n.0 == *path) {
+            continue;
+        }
         f.sync_data().map_err(ioe("write", path))?;
+    }
+    for (_, f, at, n) in &files {
         // The consolidated files are write-once: once durable, their pages are only
         // cache pollution. Dropping them hands the next batch recently freed pages
         // instead of new ones (which on a VM can cost more than the write itself).
@@ -1167,10 +1232,12 @@ fn commit(state: &mut StateFile, p: Pending) -> Result<Offset, ManagerError> {
             *n as libc::off_t,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         );
+    }
+    if !files.is_empty() {
         fault(Fault::BeforeState);
     }
-    state.save(&p.st)?;
-    Ok(p.last)
+    state.save(&last.0)?;
+    Ok(last.1)
 }
 
 /// How the manager is run.
@@ -1435,9 +1502,9 @@ impl NodePuller {
         let mut c = LogClient::connect(self.addr, &self.key, &self.me, Duration::from_secs(5))?;
         let mut subscribed = None;
         for s in &self.subs {
-            match c.subscribe(log, s, MAX_WINDOW) {
-                Ok(next) => {
-                    subscribed = Some((s.clone(), next));
+            match c.subscribe_backlog(log, s, MAX_WINDOW) {
+                Ok(at) => {
+                    subscribed = Some((s.clone(), at));
                     break;
                 }
                 Err(LogClientError::Refused {
@@ -1447,7 +1514,7 @@ impl NodePuller {
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some((sub, next)) = subscribed else {
+        let Some((sub, Subscribed { next, end })) = subscribed else {
             tracing::warn!(node = self.node, log, subscribers = ?self.subs, "manager: none of our subscribers exists on this log");
             self.sleep(self.cfg.log_idle_interval.max(Duration::from_secs(1)) * 6);
             return Ok(());
@@ -1457,8 +1524,12 @@ impl NodePuller {
             log,
             subscriber = sub,
             next,
+            end,
             "manager: pulling"
         );
+        // A backlog is coming: the writer opens the file and faults in its buffers while
+        // the first records arrive, instead of after.
+        let backlog = end > next;
         // Receiving, copying, writing and syncing overlap: a writer thread stages a batch
         // (copies it into a staging buffer) while a flusher writes the previous one to
         // the disk, a committer makes the one before durable (fdatasync, then the state)
@@ -1469,7 +1540,8 @@ impl NodePuller {
         let (batches, for_writer) = std::sync::mpsc::sync_channel::<Vec<RecordsBuf>>(1);
         let (to_flusher, for_flusher) =
             std::sync::mpsc::sync_channel::<(Option<DirectWrite>, Job)>(1);
-        let (jobs, for_committer) = std::sync::mpsc::sync_channel::<Job>(1);
+        // Room for every batch out, so the flusher never waits on the committer.
+        let (jobs, for_committer) = std::sync::mpsc::sync_channel::<Job>(IN_FLIGHT);
         let (written, results) = std::sync::mpsc::channel::<Result<Option<Offset>, ManagerError>>();
         let (mut pool, back) = Pool::new(2);
         let Sink { appender, state } = sink;
@@ -1480,13 +1552,38 @@ impl NodePuller {
             let w = written.clone();
             stage("commit")
                 .spawn_scoped(scope, move || {
-                    for job in for_committer {
+                    let mut held = None;
+                    while let Some(job) = held.take().or_else(|| for_committer.recv().ok()) {
                         match job {
                             Job::Commit(p) => {
-                                let r = commit(state, p).map(Some);
-                                let failed = r.is_err();
-                                if w.send(r).is_err() || failed {
-                                    return;
+                                // Batches that queued up while the last commit ran are
+                                // made durable with this one: one fdatasync and one state
+                                // save for all, when the disk is slower than the link.
+                                let mut ps = vec![p];
+                                while let Ok(j) = for_committer.try_recv() {
+                                    match j {
+                                        Job::Commit(p) => ps.push(p),
+                                        other => {
+                                            held = Some(other);
+                                            break;
+                                        }
+                                    }
+                                }
+                                let n = ps.len();
+                                match commit(state, ps) {
+                                    // One answer per batch (the receiver counts them);
+                                    // the last carries the checkpoint.
+                                    Ok(last) => {
+                                        for r in (1..n).map(|_| None).chain([Some(last)]) {
+                                            if w.send(Ok(r)).is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                    Err(e) => {
+                                        let _ = w.send(Err(e));
+                                        return;
+                                    }
                                 }
                             }
                             Job::Switch(st, ack) => {
@@ -1521,19 +1618,32 @@ impl NodePuller {
                 .map_err(started)?;
             stage("write")
                 .spawn_scoped(scope, move || {
-                    for recs in for_writer {
-                        let mut switch = |st: &State| {
-                            let (ack, done) = std::sync::mpsc::sync_channel(1);
-                            let gone = || ManagerError::Invalid {
-                                path: PathBuf::from(log),
-                                what: "the consolidated-log committer stopped".into(),
-                            };
-                            to_flusher
-                                .send((None, Job::Switch(st.clone(), ack)))
-                                .map_err(|_| gone())?;
-                            done.recv().map_err(|_| gone())?
+                    let mut switch = |st: &State| {
+                        let (ack, done) = std::sync::mpsc::sync_channel(1);
+                        let gone = || ManagerError::Invalid {
+                            path: PathBuf::from(log),
+                            what: "the consolidated-log committer stopped".into(),
                         };
-                        let r = appender.stage(&recs, &mut switch, &mut pool);
+                        to_flusher
+                            .send((None, Job::Switch(st.clone(), ack)))
+                            .map_err(|_| gone())?;
+                        done.recv().map_err(|_| gone())?
+                    };
+                    // Getting ready for a backlog: a failure (a full disk, a committer
+                    // that stopped) is the first batch's answer, which the receiver
+                    // waits for; it is not retried into a different error.
+                    let mut early = None;
+                    if backlog {
+                        match appender.prepare(&mut switch) {
+                            Ok(()) => pool.warm(BATCH as usize + FRAME_SLACK),
+                            Err(e) => early = Some(e),
+                        }
+                    }
+                    for recs in for_writer {
+                        let r = match early.take() {
+                            Some(e) => Err(e),
+                            None => appender.stage(&recs, &mut switch, &mut pool),
+                        };
                         match r {
                             Ok(Some(Staged { pending, write })) => {
                                 if to_flusher.send((write, Job::Commit(pending))).is_err() {
@@ -1604,6 +1714,10 @@ impl NodePuller {
             }
             Ok(())
         };
+        // The first batches are small and each twice the last, up to `*batch`: the disk
+        // starts on the first records while the next arrive, instead of idling until a
+        // whole batch is in.
+        let mut ramp = FIRST_BATCH;
         while !self.stop.load(Ordering::Relaxed) {
             settle(&mut in_flight, c, batch, false)?;
             // Everything that is here now (up to a batch), then hand it over.
@@ -1650,7 +1764,7 @@ impl NodePuller {
                     }
                     BatchDelivery::Checkpointed { .. } => {}
                 }
-                if caught_up || count >= 65_536 || bytes >= *batch {
+                if caught_up || count >= 65_536 || bytes >= ramp.min(*batch) {
                     break;
                 }
                 // A write that finished while this batch fills is checkpointed now, not
@@ -1682,6 +1796,7 @@ impl NodePuller {
                 return Ok(());
             }
             in_flight += 1;
+            ramp = ramp.saturating_mul(2);
             if in_flight >= IN_FLIGHT {
                 // Enough out: wait for the oldest before reading more.
                 let r = results.recv().map_err(|_| ManagerError::Invalid {
@@ -1710,6 +1825,11 @@ impl NodePuller {
 /// 4 MiB × 12 1,116 (more, smaller commits, each with its fdatasyncs).
 const BATCH: u64 = MAX_WINDOW as u64 / 8;
 const IN_FLIGHT: usize = 5;
+/// A session's first batch (then 4, 8 MiB); from 2 MiB on a staging buffer sits on huge
+/// pages, and one warmed for `BATCH` is kept (see [`Staging::get`]).
+const FIRST_BATCH: u64 = 2 << 20;
+/// How far past `BATCH` a batch may end: it is cut after the frame that reaches it.
+const FRAME_SLACK: usize = BATCH_BYTES;
 /// The smallest batch on a full disk: one frame from the node (a batch is never cut
 /// below the frame it ends in).
 const MIN_BATCH: u64 = 64 << 10;
@@ -1896,7 +2016,7 @@ mod tests {
         );
         let out = dir.path().join("mainlog/n1");
         assert_eq!(fs::read_to_string(&out).unwrap(), "a\nb\nc\nd\n");
-        assert_eq!(commit(&mut sink.state, a).unwrap(), 80);
+        assert_eq!(commit(&mut sink.state, vec![a]).unwrap(), 80);
         // Committed only up to the first batch: a restart cuts the second and
         // fetches it again.
         drop(sink);
@@ -1917,9 +2037,63 @@ mod tests {
             &[frame(&[(80, b"c\n"), (120, b"d")])],
             &mut switch,
         );
-        assert_eq!(commit(&mut sink.state, p).unwrap(), 120);
+        assert_eq!(commit(&mut sink.state, vec![p]).unwrap(), 120);
         assert_eq!(fs::read_to_string(&out).unwrap(), "a\nb\nc\nd\n");
         assert_eq!(StateFile::load(&sink.state.path).unwrap().1.last, Some(120));
+    }
+
+    /// Batches that queued behind a slow commit are committed as one: the state is the
+    /// last batch's, and a restart keeps every one of them.
+    #[test]
+    fn queued_batches_commit_together_as_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(cfg(dir.path()));
+        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
+        let mut sink = Sink::open(c.clone(), files.clone(), "n1", "mainlog").unwrap();
+        let mut switch = |_: &State| Ok(());
+        let (a, _) = append(&mut sink.appender, &[frame(&[(0, b"a\n")])], &mut switch);
+        let (b, _) = append(&mut sink.appender, &[frame(&[(40, b"b\n")])], &mut switch);
+        assert_eq!(commit(&mut sink.state, vec![a, b]).unwrap(), 40);
+        drop(sink);
+        files.sweep();
+        let sink = Sink::open(
+            c,
+            Arc::new(OpenFiles::new(8, Duration::ZERO)),
+            "n1",
+            "mainlog",
+        )
+        .unwrap();
+        assert_eq!(sink.appender.st.last, Some(40));
+        let out = dir.path().join("mainlog/n1");
+        assert_eq!(fs::read_to_string(out).unwrap(), "a\nb\n");
+    }
+
+    /// Ahead of a backlog the file is created and made the committed state's file before
+    /// any record arrives; the first batch then needs no switch of its own.
+    #[test]
+    fn a_prepared_file_is_the_committed_state_before_the_first_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(cfg(dir.path()));
+        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
+        let mut sink = Sink::open(c, files, "n1", "mainlog").unwrap();
+        let saved = std::cell::RefCell::new(Vec::new());
+        let mut switch = |st: &State| {
+            saved.borrow_mut().push(st.clone());
+            Ok(())
+        };
+        sink.appender.prepare(&mut switch).unwrap();
+        let out = dir.path().join("mainlog/n1");
+        let first = State {
+            last: None,
+            file: Some(out.clone()),
+            len: 0,
+        };
+        assert_eq!(*saved.borrow(), std::slice::from_ref(&first));
+        assert_eq!(fs::metadata(&out).unwrap().len(), 0);
+        let (p, _) = append(&mut sink.appender, &[frame(&[(0, b"a\n")])], &mut switch);
+        assert_eq!(*saved.borrow(), [first]);
+        assert_eq!(commit(&mut sink.state, vec![p]).unwrap(), 0);
+        assert_eq!(fs::read_to_string(out).unwrap(), "a\n");
     }
 
     /// Log rotation by moving the consolidated file away (logrotate without
@@ -1940,7 +2114,7 @@ mod tests {
             let state = std::cell::RefCell::new(state);
             let mut switch = |st: &State| state.borrow_mut().save(st);
             let (p, _) = append(appender, &[frame(&[(0, b"a\n"), (40, b"b")])], &mut switch);
-            assert_eq!(commit(&mut state.borrow_mut(), p).unwrap(), 40);
+            assert_eq!(commit(&mut state.borrow_mut(), vec![p]).unwrap(), 40);
             fs::rename(&out, &rotated).unwrap();
             let (p, _) = append(appender, &[frame(&[(80, b"c\n")])], &mut switch);
             assert_eq!(fs::read_to_string(&rotated).unwrap(), "a\nb\n");
@@ -1965,7 +2139,7 @@ mod tests {
             &[frame(&[(80, b"c\n"), (120, b"d")])],
             &mut switch,
         );
-        assert_eq!(commit(&mut state.borrow_mut(), p).unwrap(), 120);
+        assert_eq!(commit(&mut state.borrow_mut(), vec![p]).unwrap(), 120);
         assert_eq!(fs::read_to_string(&out).unwrap(), "c\nd\n");
         assert_eq!(fs::read_to_string(&rotated).unwrap(), "a\nb\n");
     }
@@ -2017,7 +2191,7 @@ mod tests {
                     back.send(buf).unwrap();
                 }
                 let last = pending.last;
-                assert_eq!(commit(state, pending).unwrap(), last);
+                assert_eq!(commit(state, vec![pending]).unwrap(), last);
                 let got = fs::read(&out).unwrap();
                 assert!(
                     got == want[..upto],

@@ -1057,6 +1057,16 @@ pub enum Delivery {
     },
 }
 
+/// Where a subscription starts: records in `next..end` were already in the log when it
+/// began (the backlog), later ones follow as they are appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The subscriber's durable position: the first record delivered is at or after it.
+    pub next: Offset,
+    /// The log's end when the node answered.
+    pub end: Offset,
+}
+
 /// A blocking subscriber (the manager, tests, tools).
 #[derive(Debug)]
 pub struct LogClient {
@@ -1166,6 +1176,18 @@ impl LogClient {
         subscriber: &str,
         window: u32,
     ) -> Result<Offset, LogClientError> {
+        self.subscribe_backlog(log, subscriber, window)
+            .map(|s| s.next)
+    }
+
+    /// Subscribes, and says how much was already waiting: a consumer that knows a backlog
+    /// is coming can get ready for it while the first records arrive.
+    pub fn subscribe_backlog(
+        &mut self,
+        log: &str,
+        subscriber: &str,
+        window: u32,
+    ) -> Result<Subscribed, LogClientError> {
         let mut v = Vec::new();
         put_str(&mut v, log);
         put_str(&mut v, subscriber);
@@ -1179,7 +1201,9 @@ impl LogClient {
             b: &f.payload,
             kind: kind::SUBSCRIBED,
         };
-        c.u64().map_err(|e| self.wire(e))
+        let next = c.u64().map_err(|e| self.wire(e))?;
+        let end = c.u64().map_err(|e| self.wire(e))?;
+        Ok(Subscribed { next, end })
     }
 
     /// The next delivery, waiting at most `timeout`; `None` when nothing came (a keepalive
