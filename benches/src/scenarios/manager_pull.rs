@@ -105,6 +105,7 @@ fn raw_pull(addr: SocketAddr, key: &ClusterKey, end: u64, sub: &str) -> Result<f
                         acked = last_end;
                     }
                 }
+                c.recycle(r);
             }
             Some(_) => {}
             None => bail!("raw pull stalled at {last_end} of {end}"),

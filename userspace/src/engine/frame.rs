@@ -173,8 +173,15 @@ impl FrameDecoder {
     /// A frame of at least `min` payload bytes whose header is in but whose payload is
     /// not: taken out of this buffer with the payload bytes received so far, so that the
     /// caller reads the rest straight into the payload (bulk frames then skip two copies,
-    /// through a read buffer and through this one). `Ok(None)`: no such frame.
-    pub fn take_partial(&mut self, min: usize) -> Result<Option<PartialFrame>, FrameError> {
+    /// through a read buffer and through this one). The payload goes into one of
+    /// `spares` when there is one (its contents are dropped): a consumer that hands its
+    /// buffers back does not fault in fresh memory for every frame. `Ok(None)`: no such
+    /// frame.
+    pub fn take_partial(
+        &mut self,
+        min: usize,
+        spares: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<PartialFrame>, FrameError> {
         let avail = &self.buf[self.pos..];
         let Ok((hdr, rest)) = FrameHeader::read_from_prefix(avail) else {
             return Ok(None);
@@ -184,7 +191,9 @@ impl FrameDecoder {
         if len < min || rest.len() >= len {
             return Ok(None);
         }
-        let mut payload = Vec::with_capacity(len);
+        let mut payload = spares.pop().unwrap_or_default();
+        payload.clear();
+        payload.reserve_exact(len);
         payload.extend_from_slice(rest);
         self.buf.clear();
         self.pos = 0;

@@ -1538,6 +1538,8 @@ impl NodePuller {
         // sees it in order. At most `IN_FLIGHT` batches of ≤ `BATCH` bytes are out, plus
         // the one arriving: the node's window never closes while the disk keeps up.
         let (batches, for_writer) = std::sync::mpsc::sync_channel::<Vec<RecordsBuf>>(1);
+        // Frames the writer is done with go back to the receiver, to receive later ones.
+        let (done_with, returned) = std::sync::mpsc::channel::<Vec<RecordsBuf>>();
         let (to_flusher, for_flusher) =
             std::sync::mpsc::sync_channel::<(Option<DirectWrite>, Job)>(1);
         // Room for every batch out, so the flusher never waits on the committer.
@@ -1644,6 +1646,8 @@ impl NodePuller {
                             Some(e) => Err(e),
                             None => appender.stage(&recs, &mut switch, &mut pool),
                         };
+                        // Copied (or written): the frames are free for reuse.
+                        let _ = done_with.send(recs);
                         match r {
                             Ok(Some(Staged { pending, write })) => {
                                 if to_flusher.send((write, Job::Commit(pending))).is_err() {
@@ -1663,7 +1667,7 @@ impl NodePuller {
                     }
                 })
                 .map_err(started)?;
-            let r = self.receive(log, &mut c, &batches, &results, batch);
+            let r = self.receive(log, &mut c, &batches, &results, &returned, batch);
             drop(batches);
             r
         })
@@ -1677,6 +1681,7 @@ impl NodePuller {
         c: &mut LogClient,
         batches: &std::sync::mpsc::SyncSender<Vec<RecordsBuf>>,
         results: &std::sync::mpsc::Receiver<Result<Option<Offset>, ManagerError>>,
+        returned: &std::sync::mpsc::Receiver<Vec<RecordsBuf>>,
         batch: &mut u64,
     ) -> Result<(), SessionError> {
         let mut in_flight = 0usize;
@@ -1720,6 +1725,9 @@ impl NodePuller {
         let mut ramp = FIRST_BATCH;
         while !self.stop.load(Ordering::Relaxed) {
             settle(&mut in_flight, c, batch, false)?;
+            for r in returned.try_iter().flatten() {
+                c.recycle(r);
+            }
             // Everything that is here now (up to a batch), then hand it over.
             let mut recs: Vec<RecordsBuf> = Vec::new();
             let (mut bytes, mut count, mut caught_up) = (0u64, 0usize, false);

@@ -276,6 +276,11 @@ impl RecordsBuf {
         self.iter().next_back()
     }
 
+    /// The frame's buffer, for [`LogClient::recycle`].
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+
     /// Whether the node had nothing more to send after these records.
     pub fn caught_up(&self) -> bool {
         self.caught_up
@@ -1293,6 +1298,11 @@ impl LogClient {
             }
             _ => Err(self.unexpected(&f)),
         }
+    }
+
+    /// Hands back records that are done with: their buffer receives a later frame.
+    pub fn recycle(&mut self, records: RecordsBuf) {
+        self.c.recycle(records.into_payload());
     }
 
     /// Sends a checkpoint without waiting for its confirmation.
