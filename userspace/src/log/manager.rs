@@ -2003,12 +2003,19 @@ mod tests {
         (pending, direct)
     }
 
+    /// The consolidation of log `mainlog` of node `n1` into `dir`, with its config and
+    /// open-file cache.
+    fn open_sink(dir: &Path) -> (Arc<LogsConfig>, Arc<OpenFiles>, Sink) {
+        let c = Arc::new(cfg(dir));
+        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
+        let sink = Sink::open(c.clone(), files.clone(), "n1", "mainlog").unwrap();
+        (c, files, sink)
+    }
+
     #[test]
     fn appended_batches_are_lines_once_and_committed_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(cfg(dir.path()));
-        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
-        let mut sink = Sink::open(c.clone(), files.clone(), "n1", "mainlog").unwrap();
+        let (c, files, mut sink) = open_sink(dir.path());
         let mut switch = |_: &State| Ok(());
         // Two frames in one batch; a record without a newline gets one.
         let (a, _) = append(
@@ -2055,9 +2062,7 @@ mod tests {
     #[test]
     fn queued_batches_commit_together_as_the_last_one() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(cfg(dir.path()));
-        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
-        let mut sink = Sink::open(c.clone(), files.clone(), "n1", "mainlog").unwrap();
+        let (c, files, mut sink) = open_sink(dir.path());
         let mut switch = |_: &State| Ok(());
         let (a, _) = append(&mut sink.appender, &[frame(&[(0, b"a\n")])], &mut switch);
         let (b, _) = append(&mut sink.appender, &[frame(&[(40, b"b\n")])], &mut switch);
@@ -2081,9 +2086,7 @@ mod tests {
     #[test]
     fn a_prepared_file_is_the_committed_state_before_the_first_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(cfg(dir.path()));
-        let files = Arc::new(OpenFiles::new(8, Duration::from_secs(3600)));
-        let mut sink = Sink::open(c, files, "n1", "mainlog").unwrap();
+        let (_, _, mut sink) = open_sink(dir.path());
         let saved = std::cell::RefCell::new(Vec::new());
         let mut switch = |st: &State| {
             saved.borrow_mut().push(st.clone());
