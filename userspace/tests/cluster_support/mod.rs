@@ -328,14 +328,36 @@ impl Cluster {
     /// One console command on node `i` that must succeed.
     pub fn ask(&self, i: usize, cmd: &str) -> String {
         self.console(i, cmd).unwrap_or_else(|e| {
-            let log = self.nodes[i].log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
             panic!(
                 "{cmd} on node{}: {e}\nlog tail (newest first):\n{}",
                 i + 1,
-                tail.join("\n")
+                self.log_tail(i)
             )
         })
+    }
+
+    /// The last 30 lines of node `i`'s daemon log, newest first.
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = self.nodes[i].log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        tail.join("\n")
+    }
+
+    /// Every running node's `cluster info` and log tail: what a wait that timed out
+    /// shows, so a failure in CI can be read without reproducing it.
+    pub fn diagnosis(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.nodes.len() {
+            let info = self
+                .console(i, "cluster info")
+                .unwrap_or_else(|e| format!("(no answer: {e})"));
+            out += &format!(
+                "--- node{n}: cluster info\n{info}\n--- node{n}: log tail (newest first)\n{}\n",
+                self.log_tail(i),
+                n = i + 1
+            );
+        }
+        out
     }
 
     /// Node `i`'s local API socket.
@@ -362,11 +384,16 @@ impl Cluster {
 
     /// Waits (30 s) until node `i` has replication links to `peers` live peers.
     pub fn wait_node_linked(&self, i: usize, peers: usize) {
-        wait_until(
-            &format!("node{} linked to {peers} peers", i + 1),
-            30,
-            || self.ask(i, "cluster info").matches("(linked, live").count() == peers,
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ask(i, "cluster info").matches("(linked, live").count() != peers {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for node{} linked to {peers} peers\n{}",
+                i + 1,
+                self.diagnosis()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits (30 s) until every running daemon's view has all nodes, all live.
