@@ -1010,15 +1010,21 @@ fn private_files(template: &str) -> bool {
 /// transparent huge pages where the kernel offers them (THP `madvise` mode, the default):
 /// a direct write pins its memory page by page, 2 pages per 4 MiB instead of 1,024
 /// (measured here: the manager's pull 1,070–1,130 MB/s with them, 940–1,010 without,
-/// alternating runs). Reallocated when much larger than the batch needs, so a puller of a
-/// trickle does not keep a backlog's 20 MiB.
+/// alternating runs). Reallocated when much larger than the batch needs for more than a
+/// few batches in a row, so a puller of a trickle does not keep a backlog's 20 MiB, while
+/// the small first batches of a session (see [`FIRST_BATCH`]) keep the buffer warmed for
+/// the large ones that follow.
 #[derive(Default)]
 struct Staging {
     mem: Vec<u8>,
+    /// Batches in a row for which `mem` was much larger than needed.
+    oversized: u32,
 }
 
 impl Staging {
     const HUGE: usize = 2 << 20;
+    /// Oversized batches in a row after which the buffer is reallocated to size.
+    const SHRINK_AFTER: u32 = 4;
 
     /// Where `n` bytes start: on a block boundary, a 2 MiB one from 2 MiB on.
     fn align(n: usize) -> usize {
@@ -1030,7 +1036,13 @@ impl Staging {
         let align = Self::align(n);
         // Room to align the start anywhere in the first `align` bytes.
         let want = n.next_multiple_of(align) + align;
-        if self.mem.len() < want || self.mem.len() > 4 * want {
+        self.oversized = if self.mem.len() > 4 * want {
+            self.oversized + 1
+        } else {
+            0
+        };
+        if self.mem.len() < want || self.oversized > Self::SHRINK_AFTER {
+            self.oversized = 0;
             self.mem = Vec::new();
             self.mem = vec![0u8; want];
             let at = self.mem.as_ptr().align_offset(align);
@@ -1833,8 +1845,8 @@ impl NodePuller {
 /// 4 MiB × 12 1,116 (more, smaller commits, each with its fdatasyncs).
 const BATCH: u64 = MAX_WINDOW as u64 / 8;
 const IN_FLIGHT: usize = 5;
-/// A session's first batch (then 4, 8 MiB); from 2 MiB on a staging buffer sits on huge
-/// pages, and one warmed for `BATCH` is kept (see [`Staging::get`]).
+/// A session's first batch (then 4, 8 MiB); the staging buffers warmed for `BATCH` are
+/// kept through these (see [`Staging`]).
 const FIRST_BATCH: u64 = 2 << 20;
 /// How far past `BATCH` a batch may end: it is cut after the frame that reaches it.
 const FRAME_SLACK: usize = BATCH_BYTES;
@@ -2105,6 +2117,36 @@ mod tests {
         assert_eq!(*saved.borrow(), [first]);
         assert_eq!(commit(&mut sink.state, vec![p]).unwrap(), 0);
         assert_eq!(fs::read_to_string(out).unwrap(), "a\n");
+    }
+
+    /// A buffer warmed for a full batch stays through a session's small first batches
+    /// and a few more, and is cut to size once small batches go on (a trickle).
+    #[test]
+    fn a_staging_buffer_shrinks_only_after_several_small_batches() {
+        let mut s = Staging::default();
+        s.get(BATCH as usize + FRAME_SLACK);
+        let (big, at) = (s.mem.len(), s.mem.as_ptr());
+        for i in 0..Staging::SHRINK_AFTER {
+            s.get(FIRST_BATCH as usize / 2);
+            assert_eq!((s.mem.len(), s.mem.as_ptr()), (big, at), "small batch {i}");
+        }
+        s.get(FIRST_BATCH as usize / 2);
+        assert!(
+            s.mem.len() < big / 4,
+            "still {} bytes for 1 MiB",
+            s.mem.len()
+        );
+        // A large batch between small ones starts the count again.
+        let mut s = Staging::default();
+        s.get(BATCH as usize);
+        let big = s.mem.len();
+        for _ in 0..3 {
+            for _ in 0..Staging::SHRINK_AFTER {
+                s.get(4096);
+            }
+            s.get(BATCH as usize);
+        }
+        assert_eq!(s.mem.len(), big);
     }
 
     /// Log rotation by moving the consolidated file away (logrotate without
