@@ -31,10 +31,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_duraplane");
 pub type Hook = Box<dyn Fn(usize) -> String + Send + Sync>;
 
 /// Polls `f` every 50 ms until it holds; panics naming `what` after `secs` seconds.
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    wait_until_or(what, secs, f, String::new);
+}
+
+/// [`wait_until`], with what `diagnose` says at the time appended to the panic.
+pub fn wait_until_or(
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> bool,
+    diagnose: impl Fn() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            diagnose()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -384,16 +398,12 @@ impl Cluster {
 
     /// Waits (30 s) until node `i` has replication links to `peers` live peers.
     pub fn wait_node_linked(&self, i: usize, peers: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.ask(i, "cluster info").matches("(linked, live").count() != peers {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for node{} linked to {peers} peers\n{}",
-                i + 1,
-                self.diagnosis()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_or(
+            &format!("node{} linked to {peers} peers", i + 1),
+            30,
+            || self.ask(i, "cluster info").matches("(linked, live").count() == peers,
+            || self.diagnosis(),
+        );
     }
 
     /// Waits (30 s) until every running daemon's view has all nodes, all live.
@@ -401,9 +411,12 @@ impl Cluster {
         let n = self.len();
         let want = format!("View: {n} members ({n} live)");
         for i in 0..self.nodes.len() {
-            wait_until(&format!("node{}: {want}", i + 1), 30, || {
-                self.ask(i, "cluster info").contains(&want)
-            });
+            wait_until_or(
+                &format!("node{}: {want}", i + 1),
+                30,
+                || self.ask(i, "cluster info").contains(&want),
+                || self.diagnosis(),
+            );
         }
     }
 
