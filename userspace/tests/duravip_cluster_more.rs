@@ -143,7 +143,8 @@ fn preference_hung_owner_move_ipv6_and_partition() {
     // within the token timeout is a flap, not a partition: the rings re-form in several
     // steps (a view {node1, node3} without node2 was seen) and VIPs move for real.
     wait_until("the majority's view lost node3", 15, || {
-        c.ask(0, "cluster info").contains("View: 2 members (2 live)")
+        c.ask(0, "cluster info")
+            .contains("View: 2 members (2 live)")
     });
     wait_until("isolated node3 without quorum", 15, || {
         c.ask(2, "cluster info").contains("Quorum: NOT quorate")

@@ -252,6 +252,35 @@ struct Writer {
     /// The commit buffer, kept between commits (and rolls): a fresh multi-megabyte `Vec`
     /// per commit was an mmap, page faults and regrowth copies on every commit.
     buf: Vec<u8>,
+    /// When this writer started on its segment, and at which position: the append rate
+    /// that paces the next spare ([`Writer::spare_pace`]).
+    since: (Instant, u64),
+}
+
+/// Longest a spare's zero fill is spread over (a slow stream still gets it in seconds).
+const MAX_SPARE_PACE: Duration = Duration::from_secs(5);
+
+impl Writer {
+    /// How long the next spare's zero fill may take: half the time this segment will
+    /// still take to fill at its rate so far, so the spare is ready at the roll with room
+    /// to spare while the disk sees a steady trickle of zeros rather than a burst.
+    fn spare_pace(&self, segment_size: u64) -> Duration {
+        let (t0, p0) = self.since;
+        spare_pace(
+            self.pos.saturating_sub(p0),
+            t0.elapsed(),
+            segment_size.saturating_sub(self.pos),
+        )
+    }
+}
+
+/// [`Writer::spare_pace`] from `written` bytes in `elapsed` and `left` bytes to go.
+fn spare_pace(written: u64, elapsed: Duration, left: u64) -> Duration {
+    if written == 0 || elapsed.is_zero() {
+        return Duration::ZERO;
+    }
+    let to_roll = elapsed.as_secs_f64() * left as f64 / written as f64;
+    Duration::from_secs_f64(to_roll / 2.0).min(MAX_SPARE_PACE)
 }
 
 /// Largest commit buffer kept for the next commit (a bigger one is freed after use).
@@ -702,7 +731,7 @@ impl Stream {
             // A new stream's first segment is written with zeros at once (see `SpareState`);
             // if that fails, a plain preallocated one reports the real problem or works.
             let spare = if prezero {
-                files::prepare_spare(&dir, segment_size, || true)
+                files::prepare_spare(&dir, segment_size, Duration::ZERO, || true)
                     .ok()
                     .flatten()
             } else {
@@ -785,6 +814,7 @@ impl Stream {
                 SEGMENT_HEADER_LEN + scan.valid_len as u64
             },
             io,
+            since: (Instant::now(), SEGMENT_HEADER_LEN + scan.valid_len as u64),
         };
         let segments: BTreeMap<Offset, Seg> = found
             .into_iter()
@@ -1198,14 +1228,15 @@ impl Stream {
             m.disk_full = false;
         }
         if inner.prezero && w.pos >= inner.segment_size / 4 {
-            self.kick_spare();
+            self.kick_spare(w.spare_pace(inner.segment_size));
         }
         Ok(())
     }
 
-    /// Starts preparing the next segment's spare in the background unless one is ready,
-    /// being prepared, or the last attempt failed (retried after the next roll).
-    fn kick_spare(&self) {
+    /// Starts preparing the next segment's spare in the background, its zeros spread over
+    /// `pace`, unless one is ready, being prepared, or the last attempt failed (retried
+    /// after the next roll).
+    fn kick_spare(&self, pace: Duration) {
         let inner = &*self.inner;
         {
             let mut sp = lock(&inner.spare);
@@ -1219,7 +1250,7 @@ impl Stream {
         let spawned = std::thread::Builder::new()
             .name("dp-log-spare".into())
             .spawn(move || {
-                let r = files::prepare_spare(&dir, len, || weak.strong_count() > 0);
+                let r = files::prepare_spare(&dir, len, pace, || weak.strong_count() > 0);
                 let Some(inner) = weak.upgrade() else {
                     if let Ok(Some((_, p))) = r {
                         let _ = fs::remove_file(p);
@@ -1323,6 +1354,7 @@ impl Stream {
                 SEGMENT_HEADER_LEN
             },
             io,
+            since: (Instant::now(), SEGMENT_HEADER_LEN),
         };
         inner.rolls.fetch_add(1, Ordering::Relaxed);
         self.collect()
@@ -2040,5 +2072,31 @@ fn compare_prezero() {
             lat[n * 99 / 100].as_micros(),
             s.summary().unwrap().segments
         );
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_is_zeroed_over_half_the_time_left_to_the_roll() {
+        // 16 MiB written in 100 ms, 48 MiB to go: the roll comes in 300 ms.
+        let p = spare_pace(16 << 20, Duration::from_millis(100), 48 << 20);
+        assert!(
+            p > Duration::from_millis(149) && p < Duration::from_millis(151),
+            "{p:?}"
+        );
+        // A trickle stream: capped, so the spare still comes in seconds.
+        assert_eq!(
+            spare_pace(1 << 10, Duration::from_secs(60), 64 << 20),
+            MAX_SPARE_PACE
+        );
+        // Nothing written yet (or no time passed): no rate to go by, full speed.
+        assert_eq!(
+            spare_pace(0, Duration::from_secs(1), 1 << 20),
+            Duration::ZERO
+        );
+        assert_eq!(spare_pace(1 << 20, Duration::ZERO, 1 << 20), Duration::ZERO);
     }
 }
