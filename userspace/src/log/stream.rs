@@ -914,6 +914,33 @@ impl Stream {
     /// by the stream's committer thread, started by the first call.
     pub fn append_async(&self, payload: &[u8]) -> Result<AppendTicket> {
         self.check_sizes(&[payload])?;
+        self.enqueue_async(Payloads::One(payload.to_vec()), 1)
+    }
+
+    /// [`Stream::append_async`] for several records at once: one ticket, which yields the
+    /// offset of the first once all are durable (the others follow it, contiguous and in
+    /// order: a ticket never spans segments). For a producer with several records ready,
+    /// one ticket, one slot and one completion instead of one per record — at 550k
+    /// records/s on two vCPUs the per-record costs were most of the CPU time.
+    /// `InvalidOption` for an empty batch (it would have no offset to give).
+    pub fn append_batch_async<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<AppendTicket> {
+        self.check_sizes(payloads)?;
+        let n = payloads.len();
+        let payloads = match payloads {
+            [] => {
+                return Err(LogError::InvalidOption {
+                    what: "append_batch_async",
+                    reason: "no records to append".into(),
+                });
+            }
+            [one] => Payloads::One(one.as_ref().to_vec()),
+            many => Payloads::Many(many.iter().map(|p| p.as_ref().to_vec()).collect()),
+        };
+        self.enqueue_async(payloads, n)
+    }
+
+    /// Queues one asynchronous ticket of `n` records and wakes the committer if idle.
+    fn enqueue_async(&self, payloads: Payloads, n: usize) -> Result<AppendTicket> {
         let inner = &*self.inner;
         let committer = self.committer()?;
         let slot = Arc::new(AsyncSlot::default());
@@ -923,9 +950,9 @@ impl Stream {
         }
         st.pending.push(Ticket {
             waiter: Waiter::Async(slot.clone()),
-            payloads: Payloads::One(payload.to_vec()),
+            payloads,
         });
-        st.pending_records += 1;
+        st.pending_records += n;
         let gatherer = if st.pending_records >= st.gather_target {
             st.gatherer.take()
         } else {
