@@ -62,16 +62,14 @@ fn calibrate_fsync(dir: &Path, secs: f64) -> Result<f64> {
     Ok(n as f64 / took)
 }
 
-/// The file F is measured on, kept open so F can be sampled in slices between the slices
-/// of another measurement.
-struct FsyncCalibration {
+/// A calibration's own file, removed however its phase ends.
+struct Scratch {
     path: PathBuf,
     file: std::fs::File,
-    buf: Vec<u8>,
 }
 
-impl FsyncCalibration {
-    fn new(dir: &Path, name: &str) -> Result<FsyncCalibration> {
+impl Scratch {
+    fn create(dir: &Path, name: &str) -> Result<Scratch> {
         let path = dir.join(name);
         let file = OpenOptions::new()
             .create(true)
@@ -80,10 +78,30 @@ impl FsyncCalibration {
             .write(true)
             .open(&path)
             .with_context(|| format!("create {}", path.display()))?;
+        Ok(Scratch { path, file })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The file F is measured on, kept open so F can be sampled in slices between the slices
+/// of another measurement.
+struct FsyncCalibration {
+    scratch: Scratch,
+    buf: Vec<u8>,
+}
+
+impl FsyncCalibration {
+    fn new(dir: &Path, name: &str) -> Result<FsyncCalibration> {
+        let scratch = Scratch::create(dir, name)?;
         let buf = vec![0x5au8; 4096];
-        file.write_all_at(&buf, 0)?;
-        file.sync_all()?;
-        Ok(FsyncCalibration { path, file, buf })
+        scratch.file.write_all_at(&buf, 0)?;
+        scratch.file.sync_all()?;
+        Ok(FsyncCalibration { scratch, buf })
     }
 
     /// Overwrite + fdatasync for `secs`: (count, seconds taken).
@@ -98,15 +116,9 @@ impl FsyncCalibration {
     }
 
     fn once(&mut self) -> Result<()> {
-        self.file.write_all_at(&self.buf, 0)?;
-        self.file.sync_data()?;
+        self.scratch.file.write_all_at(&self.buf, 0)?;
+        self.scratch.file.sync_data()?;
         Ok(())
-    }
-}
-
-impl Drop for FsyncCalibration {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -460,15 +472,8 @@ const RAW_FILE: u64 = 64 << 20;
 /// disk allows for this load in these seconds, so the stream's tail can be told apart from
 /// the disk's. Latency = fdatasync return − intended send time (µs).
 fn raw_group_commit(dir: &Path, secs: f64) -> Result<Histogram<u64>> {
-    let path = dir.join("raw-group-commit");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("create {}", path.display()))?;
-    let _cleanup = RemoveOnDrop(path);
+    let scratch = Scratch::create(dir, "raw-group-commit")?;
+    let file = &scratch.file;
     let zeros = vec![0u8; 1 << 20];
     for k in 0..RAW_FILE >> 20 {
         file.write_all_at(&zeros, k << 20)?;
@@ -538,15 +543,6 @@ fn raw_group_commit(dir: &Path, secs: f64) -> Result<Histogram<u64>> {
 
 /// Intended send times not yet committed, and whether the schedule has ended.
 type Arrivals = (Vec<Instant>, bool);
-
-/// Removes a yardstick's file however its phase ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// Records/s and the latency histogram (µs) of 64 concurrent closed-loop producers.
 fn many_producers(dir: &Path, secs: f64, producers: usize) -> Result<(f64, Histogram<u64>, u64)> {

@@ -428,6 +428,14 @@ enum Payloads {
 }
 
 impl Payloads {
+    /// One copy of the caller's records (no second allocation for a single one).
+    fn copy_of<P: AsRef<[u8]>>(payloads: &[P]) -> Payloads {
+        match payloads {
+            [one] => Payloads::One(one.as_ref().to_vec()),
+            many => Payloads::Many(many.iter().map(|p| p.as_ref().to_vec()).collect()),
+        }
+    }
+
     fn as_slice(&self) -> &[Vec<u8>] {
         match self {
             Payloads::One(p) => std::slice::from_ref(p),
@@ -925,18 +933,13 @@ impl Stream {
     /// `InvalidOption` for an empty batch (it would have no offset to give).
     pub fn append_batch_async<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<AppendTicket> {
         self.check_sizes(payloads)?;
-        let n = payloads.len();
-        let payloads = match payloads {
-            [] => {
-                return Err(LogError::InvalidOption {
-                    what: "append_batch_async",
-                    reason: "no records to append".into(),
-                });
-            }
-            [one] => Payloads::One(one.as_ref().to_vec()),
-            many => Payloads::Many(many.iter().map(|p| p.as_ref().to_vec()).collect()),
-        };
-        self.enqueue_async(payloads, n)
+        if payloads.is_empty() {
+            return Err(LogError::InvalidOption {
+                what: "append_batch_async",
+                reason: "no records to append".into(),
+            });
+        }
+        self.enqueue_async(Payloads::copy_of(payloads), payloads.len())
     }
 
     /// Queues one asynchronous ticket of `n` records and wakes the committer if idle.
@@ -1036,10 +1039,7 @@ impl Stream {
         }
         st.pending.push(Ticket {
             waiter: Waiter::Sync(slot.clone()),
-            payloads: match payloads {
-                [one] => Payloads::One(one.as_ref().to_vec()),
-                many => Payloads::Many(many.iter().map(|p| p.as_ref().to_vec()).collect()),
-            },
+            payloads: Payloads::copy_of(payloads),
         });
         st.pending_records += payloads.len();
         if st.pending_records >= st.gather_target
