@@ -746,7 +746,7 @@ impl LogAppends {
                     on_ratio: false,
                 }),
                 format!(
-                    "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs over {} records; {} segment rolls; from the append_async call instead: p50 {} µs, p99 {} µs, max {} µs; disk probe (4 KiB overwrite + fdatasync every 10 ms, {} samples): p50 {} µs, p99 {} µs, max {} µs; an acknowledgement waits for the fdatasync in flight, then its own; raw group commit ({secs} s, just before): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+                    "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs over {} records; {} segment rolls; from the append_batch_async call instead: p50 {} µs, p99 {} µs, max {} µs; disk probe (4 KiB overwrite + fdatasync every 10 ms, {} samples): p50 {} µs, p99 {} µs, max {} µs; an acknowledgement waits for the fdatasync in flight, then its own; raw group commit ({secs} s, just before): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
                     ol.hist.value_at_quantile(0.5),
                     ol.hist.value_at_quantile(0.99),
                     ol.hist.value_at_quantile(0.999),
