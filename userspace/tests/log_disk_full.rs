@@ -1,6 +1,7 @@
 //! Disk full on real, small filesystems mounted for the test, both policies: a tmpfs, and
-//! an ext4 image on a loop device, where segments are zero-filled spares prepared in the
-//! background (so the space runs out in the spare's preparation as well as in appends).
+//! an ext4 image on a loop device, with preallocated segments (the default) and with
+//! zero-filled spares prepared in the background (where the space also runs out in the
+//! spare's preparation).
 //! The manager's side (its consolidated files' filesystem running full) is in
 //! `manager_faults.rs`.
 
@@ -11,11 +12,14 @@ use duraplane::log::{DiskPolicy, Entry, LogError, Offset, Stream, StreamOptions}
 mod mount_support;
 use mount_support::Mounted;
 
-fn opts(policy: DiskPolicy) -> StreamOptions {
+/// `zero_fill`: segments written with zeros before use (spares prepared in the background,
+/// where space also runs out), or only preallocated (the default).
+fn opts(policy: DiskPolicy, zero_fill: bool) -> StreamOptions {
     StreamOptions {
         segment_size: Some(64 << 10),
         disk_policy: policy,
         subscribers: vec!["m".into()],
+        zero_filled_segments: Some(zero_fill),
         ..Default::default()
     }
 }
@@ -28,17 +32,22 @@ fn payload(i: usize) -> Vec<u8> {
 
 #[test]
 fn stop_policy_refuses_appends_and_loses_nothing() {
-    stop_policy(&Mounted::tmpfs("512k"));
+    stop_policy(&Mounted::tmpfs("512k"), false);
 }
 
 #[test]
 fn stop_policy_on_ext4_with_zero_filled_spares() {
-    stop_policy(&Mounted::ext4(4));
+    stop_policy(&Mounted::ext4(4), true);
 }
 
-fn stop_policy(fs: &Mounted) {
+#[test]
+fn stop_policy_on_ext4_with_preallocated_segments() {
+    stop_policy(&Mounted::ext4(4), false);
+}
+
+fn stop_policy(fs: &Mounted, zero_fill: bool) {
     let dir = fs.path().join("mainlog.cluster");
-    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop, zero_fill)).unwrap();
     let mut acked: BTreeMap<Offset, Vec<u8>> = BTreeMap::new();
     let mut err = None;
     for i in 0..20_000 {
@@ -76,24 +85,29 @@ fn stop_policy(fs: &Mounted) {
     assert!(o > last);
     assert!(!s.is_disk_full());
     drop(s);
-    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop, false)).unwrap();
     let got: Vec<_> = s.read_from("m").unwrap().map(|e| e.unwrap()).collect();
     assert!(matches!(got.last(), Some(Entry::Record(r)) if r.payload == b"after space came back"));
 }
 
 #[test]
 fn drop_oldest_policy_keeps_appending_and_readers_see_the_gap() {
-    drop_oldest_policy(&Mounted::tmpfs("512k"), 3000);
+    drop_oldest_policy(&Mounted::tmpfs("512k"), 3000, false);
 }
 
 #[test]
 fn drop_oldest_policy_on_ext4_with_zero_filled_spares() {
-    drop_oldest_policy(&Mounted::ext4(4), 8000);
+    drop_oldest_policy(&Mounted::ext4(4), 8000, true);
 }
 
-fn drop_oldest_policy(fs: &Mounted, records: usize) {
+#[test]
+fn drop_oldest_policy_on_ext4_with_preallocated_segments() {
+    drop_oldest_policy(&Mounted::ext4(4), 8000, false);
+}
+
+fn drop_oldest_policy(fs: &Mounted, records: usize, zero_fill: bool) {
     let dir = fs.path().join("rejectlog.cluster");
-    let s = Stream::open(&dir, &opts(DiskPolicy::DropOldest)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::DropOldest, zero_fill)).unwrap();
     let mut acked: BTreeMap<Offset, Vec<u8>> = BTreeMap::new();
     for i in 0..records {
         acked.insert(s.append(&payload(i)).unwrap(), payload(i));
@@ -125,7 +139,7 @@ fn drop_oldest_policy(fs: &Mounted, records: usize) {
 fn failed_write_poisons_the_stream_for_good() {
     let fs = Mounted::tmpfs("256k");
     let dir = fs.path().join("paniclog.cluster");
-    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop, false)).unwrap();
     let first = s.append(b"acknowledged").unwrap();
     // One batch larger than the free space: the write itself hits ENOSPC.
     let big: Vec<Vec<u8>> = (0..30).map(|i| vec![i as u8; 10_000]).collect();
@@ -151,7 +165,7 @@ fn failed_write_poisons_the_stream_for_good() {
     assert!(s.summary().unwrap().poisoned.is_some());
     drop(s);
     // A restart recovers from what is on disk: the acknowledged record is there.
-    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop, false)).unwrap();
     let mut r = s.read_from("m").unwrap();
     match r.next().unwrap().unwrap() {
         Entry::Record(rec) => assert_eq!(
@@ -169,7 +183,7 @@ fn failed_write_poisons_the_stream_for_good() {
 fn failed_write_fails_every_later_ticket() {
     let fs = Mounted::tmpfs("256k");
     let dir = fs.path().join("rejectlog.cluster");
-    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop, false)).unwrap();
     let tickets: Vec<_> = (0..400)
         .map_while(|i| s.append_async(&payload(i)).ok().map(|t| (i, t)))
         .collect();
@@ -192,7 +206,7 @@ fn failed_write_fails_every_later_ticket() {
     }
     assert!(failed, "256 KiB cannot hold 400 KB");
     drop(s);
-    let s = Stream::open(&dir, &opts(DiskPolicy::Stop)).unwrap();
+    let s = Stream::open(&dir, &opts(DiskPolicy::Stop, false)).unwrap();
     let on_disk: BTreeMap<Offset, Vec<u8>> = s
         .read_from("m")
         .unwrap()
