@@ -203,6 +203,12 @@ pub(super) fn sequential_write(dir: &Path, bytes: u64, how: Seq) -> Result<f64> 
     Ok(rate)
 }
 
+/// Opens a phase's stream. Each phase has its own name and its files stay until the
+/// scenario ends (`run` removes the whole directory): deleting a phase's ~1.5 GB right
+/// after it made every fdatasync of the next phase slow for seconds on a disk mounted with
+/// online discard (this machine's root), so phases measured each other's cleanup (the
+/// twelfth session's full run: bulk 0.81 × B after the earlier phases' deletes, 1.27–1.31
+/// × B alone).
 fn open(dir: &Path, name: &str, segment: u64) -> Result<Stream> {
     let p = dir.join(name);
     let _ = std::fs::remove_dir_all(&p);
@@ -218,28 +224,20 @@ fn open(dir: &Path, name: &str, segment: u64) -> Result<Stream> {
     .with_context(|| format!("open {}", p.display()))
 }
 
-/// Closes a phase's stream and deletes it, so its data (and writeback) does not weigh on
-/// the next phase.
-fn discard(s: Stream) {
-    let p = s.path().to_path_buf();
-    drop(s);
-    let _ = std::fs::remove_dir_all(p);
-}
-
 /// One producer on the I/O path `io` asks for (`DURAPLANE_LOG_IO`: "auto" or "io_uring"),
 /// interleaved slice by slice with F: (appends/s, F, path used).
 fn one_producer_on(dir: &Path, secs: f64, io: &str) -> Result<(f64, f64, String)> {
     // SAFETY: the bench runs its phases one after another; no other thread of this process
     // reads the environment while the variable changes (the stream reads it at open).
     unsafe { std::env::set_var(duraplane::log::LOG_IO_ENV, io) };
-    let r = one_producer(dir, secs);
+    let r = one_producer(dir, secs, &format!("one-{io}.cluster"));
     // SAFETY: as above.
     unsafe { std::env::remove_var(duraplane::log::LOG_IO_ENV) };
     r
 }
 
-fn one_producer(dir: &Path, secs: f64) -> Result<(f64, f64, String)> {
-    let s = open(dir, "one.cluster", 64 << 20)?;
+fn one_producer(dir: &Path, secs: f64, name: &str) -> Result<(f64, f64, String)> {
+    let s = open(dir, name, 64 << 20)?;
     let mut calib = FsyncCalibration::new(dir, "calib-fsync")?;
     let path = s.io_path().as_str().to_owned();
     let rec = [0x41u8; 256];
@@ -257,7 +255,6 @@ fn one_producer(dir: &Path, secs: f64) -> Result<(f64, f64, String)> {
         }
         took += start.elapsed().as_secs_f64();
     }
-    discard(s);
     Ok((n as f64 / took, fn_ as f64 / ftook, path))
 }
 
@@ -337,7 +334,12 @@ fn disk_probe(
 /// `append_batch_async` ticket, else one `append_async` each — then sleeps until the next
 /// is due. Latency = durable acknowledgement (the commit's completion time) − intended time.
 fn open_loop(dir: &Path, secs: f64, producers: usize, batched: bool) -> Result<OpenLoop> {
-    let s = open(dir, "open.cluster", 64 << 20)?;
+    let name = if batched {
+        "open-batched"
+    } else {
+        "open-single"
+    };
+    let s = open(dir, &format!("{name}.cluster"), 64 << 20)?;
     let stop = Arc::new(AtomicBool::new(false));
     let probe = disk_probe(dir, stop.clone())?;
     let interval = Duration::from_secs_f64(producers as f64 / OFFERED);
@@ -447,7 +449,6 @@ fn open_loop(dir: &Path, secs: f64, producers: usize, batched: bool) -> Result<O
         .join()
         .map_err(|_| anyhow::anyhow!("disk probe panicked"))??;
     let st = s.stats();
-    discard(s);
     Ok(OpenLoop {
         segment_rolls: st.segment_rolls,
         probe,
@@ -577,7 +578,6 @@ fn many_producers(dir: &Path, secs: f64, producers: usize) -> Result<(f64, Histo
     }
     let el = start.elapsed().as_secs_f64();
     let syncs = s.stats().syncs;
-    discard(s);
     Ok((total.load(Ordering::Relaxed) as f64 / el, h, syncs))
 }
 
@@ -655,10 +655,9 @@ impl LogAppends {
         let b = calibrate_seq(dir, seq_bytes)?;
         let (one, one_f, one_io) = one_producer_on(dir, secs, "auto")?;
         let (one_uring, uring_f, uring_io) = one_producer_on(dir, secs, "io_uring")?;
-        // The yardstick runs just before, not after: right after the open loop its ~1.5 GB
-        // of segments are deleted, and with online discard (this machine's root is mounted
-        // `discard`) every fdatasync is slow for seconds after a large delete (yardstick
-        // p99 18–19 ms with a half after the open loop, 1.0–1.4 ms before it or alone).
+        // The yardstick runs just before the open loop, in the same disk state. (When the
+        // phases still deleted their streams, a yardstick half run after the open loop
+        // measured p99 18–19 ms against 1.0–1.4 ms before it: see `open`.)
         let raw = raw_group_commit(dir, secs)?;
         let ol = open_loop(dir, secs, 64, true)?;
         let single = open_loop(dir, secs, 64, false)?;
