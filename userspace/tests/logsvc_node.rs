@@ -95,6 +95,80 @@ fn receive(c: &mut LogClient, n: usize) -> Vec<Record> {
     got
 }
 
+/// Requests written all at once (the daemon appends consecutive requests for one stream
+/// that arrive together as one batch): one answer per request, in request order; records
+/// of one stream in one write get consecutive frame positions; an unknown stream and a
+/// record too large for the stream's segments refuse only themselves; a record over the
+/// socket's limit is refused and ends the connection.
+fn raw_requests_in_one_write(lsock: &Path) {
+    use std::io::{Read, Write};
+    fn put(req: &mut Vec<u8>, name: &str, len: u32, rec: &[u8]) {
+        req.push(name.len() as u8);
+        req.extend_from_slice(name.as_bytes());
+        req.extend_from_slice(&len.to_be_bytes());
+        req.extend_from_slice(rec);
+    }
+    let rec = |i: usize| format!("raw {i:03}").into_bytes();
+    let big = vec![0x5au8; 5 << 20]; // over the 4 MiB segments, under the socket's 16 MiB
+    let mut req = Vec::new();
+    for i in 0..150 {
+        put(&mut req, "mainlog", 7, &rec(i));
+    }
+    put(&mut req, "nosuchlog", 1, b"x");
+    put(&mut req, "nosuchlog", 1, b"y");
+    put(&mut req, "bouncelog", 7, &rec(0));
+    put(&mut req, "bouncelog", 7, &rec(1));
+    put(&mut req, "mainlog", big.len() as u32, &big);
+    put(&mut req, "mainlog", 7, &rec(150));
+    put(&mut req, "mainlog", (16 << 20) + 1, b"");
+    let mut c = std::os::unix::net::UnixStream::connect(lsock).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let writer = {
+        let mut c = c.try_clone().expect("clone");
+        std::thread::spawn(move || c.write_all(&req))
+    };
+    let mut answers = Vec::new();
+    c.read_to_end(&mut answers)
+        .expect("answers, then the daemon closes");
+    writer.join().expect("writer").expect("requests written");
+    // Parse: [0][offset u64] or [1][len u16][message].
+    let mut got: Vec<Result<u64, String>> = Vec::new();
+    let mut a = &answers[..];
+    while let Some((&st, rest)) = a.split_first() {
+        if st == 0 {
+            got.push(Ok(u64::from_be_bytes(rest[..8].try_into().expect("8"))));
+            a = &rest[8..];
+        } else {
+            let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            got.push(Err(String::from_utf8_lossy(&rest[2..2 + n]).into_owned()));
+            a = &rest[2 + n..];
+        }
+    }
+    assert_eq!(got.len(), 157, "one answer per request: {got:?}");
+    let main: Vec<u64> = got[..150]
+        .iter()
+        .map(|r| r.clone().expect("mainlog record durable"))
+        .collect();
+    assert!(
+        main.windows(2).all(|w| w[1] == w[0] + 32 + 7),
+        "consecutive frame positions: {main:?}"
+    );
+    for r in &got[150..152] {
+        let e = r.as_ref().expect_err("unknown stream refused");
+        assert!(
+            e.contains("no cluster:// stream named \"nosuchlog\""),
+            "{e}"
+        );
+    }
+    let (b0, b1) = (got[152].clone(), got[153].clone());
+    assert_eq!(b0.expect("bouncelog") + 32 + 7, b1.expect("bouncelog"));
+    let e = got[154].as_ref().expect_err("over the segment size");
+    assert!(e.contains("exceeds the maximum"), "{e}");
+    assert!(got[155].as_ref().expect("after the refused one") > &main[149]);
+    assert_eq!(got[156], Err("record too large".to_owned()));
+}
+
 fn start(tb: &mut Testbed, dir: &Path) -> (DaemonNode, PathBuf) {
     tb.add_host("solo").expect("host");
     tb.attach("solo", &["192.0.2.1/24"]).expect("attach");
@@ -238,6 +312,7 @@ fn local_appends_show_logs_and_the_log_service() {
     // The connection is still usable after refusals.
     lc.append("mainlog", b"still here")
         .expect("append after refusals");
+    raw_requests_in_one_write(&lsock);
 
     // Wrong key: refused.
     assert!(with_client(
