@@ -529,11 +529,12 @@ fn zero_filled_segments_and_no_spare_left_behind() {
     assert!(got.iter().all(|r| r.payload == payload));
 }
 
-/// By default segments are only preallocated: no spare is zero-filled beside the commits
-/// (its writes lengthened a fast stream's fdatasyncs), the committer writes zeros just
-/// ahead of small commits instead, and records come back the same across rolls.
+/// By default a stream of small commits gets preallocated segments only: no spare is
+/// zero-filled beside its commits (those writes lengthened a fast stream's fdatasyncs),
+/// the committer writes zeros just ahead of its commits instead, and records come back the
+/// same across rolls.
 #[test]
-fn segments_are_preallocated_not_zero_filled_by_default() {
+fn small_commits_get_no_zero_filled_segments_by_default() {
     const SEG: u64 = 1 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
@@ -560,6 +561,56 @@ fn segments_are_preallocated_not_zero_filled_by_default() {
     let got = records(&s, "m");
     assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), offs);
     assert!(got.iter().all(|r| r.payload == payload));
+}
+
+/// By default a stream committing in large writes (bulk appends) gets its next segments as
+/// zero-filled spares: the segment after a roll is written to its end before use.
+#[test]
+fn bulk_commits_get_zero_filled_spares_by_default() {
+    const SEG: u64 = 4 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    if on_tmpfs(tmp.path()) || std::env::var_os("DURAPLANE_LOG_PREZERO").is_some() {
+        return;
+    }
+    let dir = tmp.path().join("b");
+    let s = Stream::open(&dir, &small(&["m"], SEG)).unwrap();
+    let batch: Vec<Vec<u8>> = (0..128).map(|i| vec![i as u8; 4000]).collect(); // ~0.5 MB
+    for _ in 0..3 {
+        s.append_batch(&batch).unwrap();
+    }
+    // Past a quarter of the segment in 0.5 MB commits: a spare is being zero-filled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let spare = loop {
+        let ready = spare_files(&dir)
+            .into_iter()
+            .map(|n| dir.join(n))
+            .find(|p| written_at(p, SEG - 4096));
+        if let Some(p) = ready {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no zero-filled spare");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Its last zeros are written; give its thread time to sync and hand it over.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut offs = Vec::new();
+    while s.stats().segment_rolls == 0 {
+        offs.extend(s.append_batch(&batch).unwrap());
+    }
+    assert!(!spare.exists(), "the spare was renamed in at the roll");
+    let segs = segment_files(&dir);
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    let second = dir.join(&segs[1]);
+    assert!(
+        written_at(&second, SEG - 4096),
+        "the segment after the roll is written zeros to its end, not an unwritten extent"
+    );
+    let got = records(&s, "m");
+    assert_eq!(got.len(), 3 * 128 + offs.len());
+    assert_eq!(
+        got[3 * 128..].iter().map(|r| r.offset).collect::<Vec<_>>(),
+        offs
+    );
 }
 
 /// Records from 1 byte to 1 MB, straddling segment ends, come back byte-equal and in order,

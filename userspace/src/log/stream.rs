@@ -21,22 +21,50 @@ use super::uring::{self, Io, LOG_IO_ENV, LogIo};
 /// Logical position of a record: bytes of frames written before it (segment headers excluded).
 pub type Offset = u64;
 
-/// Environment variable turning on zero-filled segments (`1`/`on`) for streams whose
-/// [`StreamOptions::zero_filled_segments`] is unset. Off by default: the spare's zeros
-/// double the bytes written and, written while the active segment is committed, lengthen
-/// its fdatasyncs (issue 6, open loop of 550k records/s, 6 alternating pairs: p99 1.1–1.7
-/// ms without, 2.2–3.5 ms with); the committer's zeros ahead of the data already spare
-/// small commits the extent conversions.
+/// Environment variable for streams whose [`StreamOptions::zero_filled_segments`] is unset:
+/// `1`/`on` zero-fills every segment, `0`/`off` none; unset, only streams that commit in
+/// large writes get zero-filled spares ([`ZeroFill::Auto`]).
 pub const LOG_PREZERO_ENV: &str = "DURAPLANE_LOG_PREZERO";
 
-fn prezero_from_env() -> bool {
-    matches!(
-        std::env::var(LOG_PREZERO_ENV)
-            .ok()
-            .as_deref()
-            .map(str::trim),
-        Some("1" | "on" | "yes" | "true")
-    )
+/// Which segments are written with zeros before use, so commits overwrite written blocks
+/// instead of converting unwritten extents (each conversion makes that fdatasync a journal
+/// commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroFill {
+    /// Every segment: the first at creation, the next ones as spares.
+    Always,
+    /// None (the committer's zeros ahead of small commits still apply).
+    Never,
+    /// Spares only while the active segment's commits average [`BULK_COMMIT`] or more.
+    /// A fast stream of small commits does better without: the spare's zeros, written
+    /// while it commits, lengthen its fdatasyncs (issue 6, open loop of 550k records/s, 6
+    /// alternating pairs: p99 1.1–1.7 ms without spares, 2.2–3.5 ms with), and the zeros
+    /// ahead of its small commits already spare it the conversions. Bulk writers are the
+    /// other way round: 1 MiB commits into unwritten extents ran at 0.67 × B against 0.96
+    /// × B into zero-filled spares (4 alternating pairs of the full bench).
+    Auto,
+}
+
+/// Average commit size from which [`ZeroFill::Auto`] prepares zero-filled spares: bulk
+/// appends (the bench's are 1 MiB), well above a fast stream of small records (550k
+/// records/s of 256 B: ~21 KB per commit on average, up to a few MB after a stall).
+const BULK_COMMIT: u64 = ZERO_AHEAD as u64;
+
+fn zero_fill_of(opt: Option<bool>) -> ZeroFill {
+    let env = || match std::env::var(LOG_PREZERO_ENV)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("1" | "on" | "yes" | "true") => ZeroFill::Always,
+        Some("0" | "off" | "no" | "false") => ZeroFill::Never,
+        _ => ZeroFill::Auto,
+    };
+    match opt {
+        Some(true) => ZeroFill::Always,
+        Some(false) => ZeroFill::Never,
+        None => env(),
+    }
 }
 
 /// Default roll size, as jlog.
@@ -88,10 +116,11 @@ pub struct StreamOptions {
     pub subscribers: Vec<String>,
     /// Also check every frame of sealed segments on open (normally trusted).
     pub verify_sealed: bool,
-    /// Write every segment with zeros before use (the first at creation, the next ones as
-    /// spares prepared in the background), so commits overwrite written blocks. `None`:
-    /// [`LOG_PREZERO_ENV`], default off. Bulk appends gain ~8 % with it; a fast stream's
-    /// commit latency loses (see [`LOG_PREZERO_ENV`]). Never on tmpfs.
+    /// `Some(true)`: write every segment with zeros before use (the first at creation, the
+    /// next ones as spares prepared in the background), so commits overwrite written
+    /// blocks; `Some(false)`: never. `None` ([`LOG_PREZERO_ENV`] unset): zero-filled
+    /// spares only while the stream commits in large writes (bulk appends gain, a fast
+    /// stream of small commits loses latency with them). Never on tmpfs.
     pub zero_filled_segments: Option<bool>,
 }
 
@@ -265,6 +294,9 @@ struct Writer {
     /// When this writer started on its segment, and at which position: the append rate
     /// that paces the next spare ([`Writer::spare_pace`]).
     since: (Instant, u64),
+    /// Commits written into this segment since `since`: their average size decides
+    /// [`ZeroFill::Auto`].
+    commits: u64,
 }
 
 /// Longest a spare's zero fill is spread over (a slow stream still gets it in seconds).
@@ -543,8 +575,9 @@ struct Inner {
     io: LogIo,
     /// The thread leading commits for asynchronous appends, started by the first one.
     committer: OnceLock<std::thread::Thread>,
-    /// Segments are written with zeros before use (false on tmpfs, where that buys nothing).
-    prezero: bool,
+    /// Which segments are written with zeros before use (`Never` on tmpfs, where that
+    /// buys nothing).
+    zero_fill: ZeroFill,
     spare: Mutex<SpareState>,
 }
 
@@ -746,14 +779,17 @@ impl Stream {
             segment_size = sz;
         }
 
-        let prezero = opts.zero_filled_segments.unwrap_or_else(prezero_from_env)
-            && files::zero_fill_helps(&dir);
+        let zero_fill = if files::zero_fill_helps(&dir) {
+            zero_fill_of(opts.zero_filled_segments)
+        } else {
+            ZeroFill::Never
+        };
         let mut found = list_segments(&dir, true)?;
         let mut fresh = false;
         if found.is_empty() {
             // A new stream's first segment is written with zeros at once (see `SpareState`);
             // if that fails, a plain preallocated one reports the real problem or works.
-            let spare = if prezero {
+            let spare = if zero_fill == ZeroFill::Always {
                 files::prepare_spare(&dir, segment_size, Duration::ZERO, || true)
                     .ok()
                     .flatten()
@@ -838,6 +874,7 @@ impl Stream {
             },
             io,
             since: (Instant::now(), SEGMENT_HEADER_LEN + scan.valid_len as u64),
+            commits: 0,
         };
         let segments: BTreeMap<Offset, Seg> = found
             .into_iter()
@@ -905,7 +942,7 @@ impl Stream {
             rolls: AtomicU64::new(0),
             io: io_kind,
             committer: OnceLock::new(),
-            prezero,
+            zero_fill,
             spare: Mutex::new(SpareState::default()),
         });
         let stream = Stream { inner };
@@ -1283,7 +1320,13 @@ impl Stream {
             m.end = w.end;
             m.disk_full = false;
         }
-        if inner.prezero && w.pos >= inner.segment_size / 4 {
+        w.commits += 1;
+        let spares = match inner.zero_fill {
+            ZeroFill::Always => true,
+            ZeroFill::Never => false,
+            ZeroFill::Auto => w.pos.saturating_sub(w.since.1) / w.commits >= BULK_COMMIT,
+        };
+        if spares && w.pos >= inner.segment_size / 4 {
             self.kick_spare(w.spare_pace(inner.segment_size));
         }
         Ok(())
@@ -1411,6 +1454,7 @@ impl Stream {
             },
             io,
             since: (Instant::now(), SEGMENT_HEADER_LEN),
+            commits: 0,
         };
         inner.rolls.fetch_add(1, Ordering::Relaxed);
         self.collect()
