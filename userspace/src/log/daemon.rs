@@ -915,10 +915,8 @@ fn serve_local(
 }
 
 fn reply_err(c: &mut UnixStream, msg: &str) -> io::Result<()> {
-    let m = &msg.as_bytes()[..msg.len().min(u16::MAX as usize)];
-    let mut v = vec![1u8];
-    v.extend_from_slice(&(m.len() as u16).to_be_bytes());
-    v.extend_from_slice(m);
+    let mut v = Vec::new();
+    refusals(&mut v, msg, 1);
     c.write_all(&v)
 }
 
