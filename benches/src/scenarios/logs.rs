@@ -576,15 +576,15 @@ fn many_producers(dir: &Path, secs: f64, producers: usize) -> Result<(f64, Histo
     Ok((total.load(Ordering::Relaxed) as f64 / el, h, syncs))
 }
 
-/// Bulk appends: bytes/s of payload, and the stream (kept for the replay).
 /// Slices the bulk appends are interleaved with B in.
 const BULK_SLICES: u64 = 16;
 
 /// Bulk appends of `bytes` (1 MiB `append_batch` commits), interleaved slice by slice with
 /// B — the same bytes written sequentially in 1 MiB writes into a scratch file, one
-/// fdatasync per slice — so both see the same moments of the disk: (appends bytes/s,
-/// B bytes/s, the stream). Measured apart, B moved from 362 to 585 MB/s between two full
-/// runs minutes apart while the appends stayed at 450–460 MB/s.
+/// fdatasync per slice — so both see the same moments of the disk: (appends bytes/s of
+/// payload, B bytes/s, the stream, kept for the replay). Measured apart, B moved from 362
+/// to 585 MB/s between two full runs minutes apart while the appends stayed at 450–460
+/// MB/s.
 fn bulk(dir: &Path, bytes: u64) -> Result<(f64, f64, Stream)> {
     let s = open(dir, "bulk.cluster", 64 << 20)?;
     let seq = Scratch::create(dir, "calib-seq-interleaved")?;
