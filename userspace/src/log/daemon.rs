@@ -1071,6 +1071,8 @@ fn read_requests(mut c: UnixStream, shared: &Shared, stop: &AtomicBool, tx: &Syn
             let mut batch_name: &[u8] = &[];
             let mut bytes = 0;
             let mut too_large = false;
+            // A complete request is left for the next batch.
+            let mut more = false;
             while let Some((req, len)) = parse_request(&buf[used..]) {
                 let Request::Append { name, record } = req else {
                     too_large = true;
@@ -1081,6 +1083,7 @@ fn read_requests(mut c: UnixStream, shared: &Shared, stop: &AtomicBool, tx: &Syn
                         || batch.len() == LOCAL_BATCH
                         || bytes + record.len() > LOCAL_BATCH_BYTES)
                 {
+                    more = true;
                     break;
                 }
                 batch_name = name;
@@ -1095,7 +1098,7 @@ fn read_requests(mut c: UnixStream, shared: &Shared, stop: &AtomicBool, tx: &Syn
                 let _ = tx.send(Owed::Refused("record too large".to_owned(), 1));
                 return;
             }
-            if parse_request(&buf[used..]).is_none() {
+            if !more {
                 break;
             }
         }
